@@ -1,0 +1,84 @@
+"""Shared defaults for every config: the paper's FEELVOS setting, one knob per line.
+
+Each `configs/<name>.py` starts from `get_base_config()` and changes only what differs.
+Change a run from the command line: `--config.model.window=7 --config.batch_size=8`.
+"""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The FEELVOS paper's setting (Voigtlaender et al., CVPR 2019, and its official code)."""
+  config = ml_collections.ConfigDict()
+
+  # --- Training loop (flax-examples names) ---
+  config.seed = 0  # Seeds parameters, data order, augmentation and reference subsampling.
+  config.batch_size = 48  # Global batch of (reference, previous, current) samples: 16 GPUs x 3 videos.
+  config.num_train_steps = 200_000  # Paper: 200k steps.
+  config.learning_rate = 7e-4  # Peak learning rate (paper: 7e-4).
+  config.log_every_steps = 50  # Training metrics to TensorBoard/stdout every N steps.
+  config.eval_every_steps = 10_000  # Validation J&F every N steps (0 disables).
+  config.checkpoint_every_steps = 2_000  # Checkpoint every N steps (and always at the end).
+  config.keep_checkpoints = 3  # Most recent checkpoints kept (plus the best by validation J&F).
+  config.num_eval_videos = -1  # Validation videos used by the in-training evaluation (-1: all).
+  config.profile = False  # Capture a jax.profiler trace of a few steps early in training.
+
+  # --- Optimizer ---
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"  # "sgd" (momentum SGD, paper) or "adam" / "adamw".
+  config.optimizer.momentum = 0.9  # SGD momentum (paper: 0.9).
+  config.optimizer.weight_decay = 4e-5  # L2 weight decay (paper: 4e-5).
+  config.optimizer.grad_clip_norm = 5.0  # Global gradient-norm clip (paper: 5); 0 disables.
+  config.optimizer.schedule = "poly"  # "poly" (paper), "cosine" or "constant".
+  config.optimizer.poly_power = 0.9  # Power of the polynomial decay (paper: 0.9).
+  config.optimizer.warmup_steps = 0  # Linear warm-up steps before the decay.
+  config.optimizer.end_learning_rate = 0.0  # Learning rate at the end of the decay.
+
+  # --- Loss ---
+  config.loss = ml_collections.ConfigDict()
+  config.loss.top_k_percent = 0.15  # Bootstrapped CE keeps this fraction of hardest pixels (paper: 15%).
+  config.loss.hard_mining_ramp_steps = 100_000  # Kept fraction ramps 100% -> top_k_percent over these steps.
+  config.loss.upsample_logits = True  # Loss at label resolution (paper) instead of stride 4.
+
+  # --- Model ---
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "xception65"  # "xception65" (paper), "resnet50", "resnet101" or "tiny".
+  config.model.output_stride = 16  # Backbone output stride: 16 (ASPP rates 6/12/18) or 8 (12/24/36).
+  config.model.decoder_channels = 256  # DeepLabv3+ ASPP and decoder width.
+  config.model.embedding_dim = 100  # Pixel embedding dimension (paper: 100).
+  config.model.max_objects = 10  # Object slots besides the background; padded slots get -inf logits.
+  config.model.window = 15  # Local-matching window radius k: (2k+1)^2 offsets (paper: 15).
+  config.model.dilation = 1  # Local-matching dilation (1: FEELVOS; >1: atrous, CFBI).
+  config.model.max_reference_pixels = 1024  # Reference pixels per object in training global matching.
+  config.model.matching_chunk_size = 4096  # Query pixels per chunk in global matching (bounds memory).
+  config.model.head_channels = 256  # Dynamic segmentation head width (paper: 256).
+  config.model.head_kernel_size = 7  # Depthwise kernel of the head (paper: 7).
+  config.model.head_num_layers = 4  # Depthwise-separable layers in the head (paper: 4).
+  config.model.freeze_backbone_batch_norm = True  # Backbone BN uses running stats in training (paper).
+  config.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
+  config.model.pretrained = ""  # Backbone weights file (see feelvos_jax/weights.py); "" for none.
+
+  # --- Data ---
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "davis2017/480p"  # TFDS name/config (datasets/ registers the builders).
+  config.dataset.data_dir = ""  # TFDS data dir ("": TFDS default ~/tensorflow_datasets).
+  config.dataset.manual_dir = ""  # Raw dataset folder in its official layout (DAVIS, YouTube-VOS).
+  config.dataset.train_split = "train"  # Split used for training.
+  config.dataset.eval_split = "validation"  # Split used for evaluation.
+  config.dataset.crop_size = (465, 465)  # Training crop (height, width) (paper: 465x465).
+  config.dataset.min_scale = 1.0  # Random rescale range before cropping (paper: 1.0-1.3).
+  config.dataset.max_scale = 1.3
+  config.dataset.random_flip = True  # Random horizontal flip (one decision per sample).
+  config.dataset.reference_frame = "random"  # "random" annotated frame (paper) or "first".
+  config.dataset.max_frame_gap = 1  # Previous/current frames at most this far apart (paper: 1).
+  config.dataset.min_object_pixels = 10  # Reject samples whose reference objects have fewer stride-4 pixels.
+  config.dataset.shuffle_buffer = 256  # Videos in the tf.data shuffle buffer.
+  config.dataset.prefetch = 2  # Batches prefetched to the devices.
+  config.dataset.eval_pad_multiple = 4  # Evaluation frames padded to a multiple of this.
+
+  # --- Parallelism ---
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # Devices on the `data` axis (batch sharded); -1: all that remain.
+  config.mesh.fsdp = 1  # Devices on the `fsdp` axis (parameters sharded); 1 disables.
+  config.matching = ml_collections.ConfigDict()
+  config.matching.shard_axis = ""  # "": unsharded; "query" or "reference": shard_map global matching.
+  return config
