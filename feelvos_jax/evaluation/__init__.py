@@ -1,0 +1,20 @@
+"""DAVIS evaluation: J and F per frame, the semi-supervised protocol, the result tables.
+
+Reproduces the official davis2017-evaluation tool (semi-supervised task); see `metrics`,
+`videos` and `davis_files` for the exact semantics. NumPy/SciPy only, no JAX.
+"""
+from feelvos_jax.evaluation.davis_files import evaluate_predictions
+from feelvos_jax.evaluation.davis_files import evaluate_sequence
+from feelvos_jax.evaluation.davis_files import format_table
+from feelvos_jax.evaluation.davis_files import write_results_csv
+from feelvos_jax.evaluation.metrics import boundary_f_measure
+from feelvos_jax.evaluation.metrics import boundary_map
+from feelvos_jax.evaluation.metrics import region_similarity
+from feelvos_jax.evaluation.statistics import mean_recall_decay
+from feelvos_jax.evaluation.videos import davis_object_ids
+from feelvos_jax.evaluation.videos import evaluate_arrays
+from feelvos_jax.evaluation.videos import evaluate_video
+from feelvos_jax.evaluation.videos import GLOBAL_COLUMNS
+from feelvos_jax.evaluation.videos import PER_SEQUENCE_COLUMNS
+from feelvos_jax.evaluation.videos import summarize
+from feelvos_jax.evaluation.videos import VideoScores
