@@ -1,0 +1,119 @@
+"""Training input pipeline throughput on the synthetic set (configs/synthetic.py settings).
+
+    cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline
+
+Prepares `config.dataset.name` through `datasets.registry.load_builder` (generated, no download),
+measures the steady-state rate of `create_train_dataset` batches (batch_size_per_host =
+config.batch_size on one host) with videos decoded by TFDS and with frames left encoded
+(`input_pipeline.LAZY_FRAME_DECODERS`), and the time to the first batch when resuming at a late
+step; prints them and appends a dated section to BENCHMARKS.md.
+"""
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import synthetic
+from datasets import registry
+from feelvos_jax import input_pipeline
+
+_BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+_COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline"
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def _batches_per_second(iterator, warmup: int, count: int) -> tuple[float, float]:
+  """(seconds to the first batch, batches/s over `count` batches after `warmup` more)."""
+  start = time.perf_counter()
+  next(iterator)
+  first = time.perf_counter() - start
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(count):
+    next(iterator)
+  return first, count / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--num_batches", type=int, default=100, help="Timed batches.")
+  parser.add_argument("--warmup_batches", type=int, default=10, help="Untimed batches first.")
+  parser.add_argument("--resume_step", type=int, default=10_000,
+                      help="Step at which the resumed pipeline starts.")
+  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  args = parser.parse_args()
+
+  tf.config.set_visible_devices([], "GPU")
+  config = synthetic.get_config()
+  builder = registry.load_builder(config.dataset)
+  split = config.dataset.train_split
+  num_videos = builder.info.splits[config.dataset.train_split].num_examples
+  kwargs = dict(batch_size_per_host=config.batch_size, max_objects=config.model.max_objects,
+                seed=config.seed, process_index=0, process_count=1)
+
+  results = {}
+  for mode, decoders in (("decoded videos", None),
+                         ("encoded frames", input_pipeline.LAZY_FRAME_DECODERS)):
+    videos = builder.as_dataset(split=split, decoders=decoders)
+    first, rate = _batches_per_second(
+        input_pipeline.create_train_dataset(config.dataset, videos, **kwargs),
+        args.warmup_batches, args.num_batches)
+    resume_first, _ = _batches_per_second(
+        input_pipeline.create_train_dataset(config.dataset, videos, start_step=args.resume_step,
+                                            **kwargs), 0, 1)
+    results[mode] = (first, rate, resume_first)
+
+  crop = "x".join(str(size) for size in config.dataset.crop_size)
+  lines = [
+      f"## Input pipeline, {datetime.date.today().isoformat()}",
+      "",
+      f"- Machine: {_cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
+      f"jobs), Python {platform.python_version()}",
+      f"- Versions: JAX {jax.__version__}, TensorFlow {tf.__version__}, "
+      f"TFDS {tfds.__version__}",
+      f"- Command: `{_COMMAND}`",
+      f"- Data: `{config.dataset.name}` train ({num_videos} videos), configs/synthetic.py: "
+      f"batch {config.batch_size}, crop {crop}, scale {config.dataset.min_scale}-"
+      f"{config.dataset.max_scale}, max_frame_gap {config.dataset.max_frame_gap}, "
+      f"max_objects {config.model.max_objects}, reference_frame "
+      f"{config.dataset.reference_frame}",
+      f"- Training batches/s, steady state over {args.num_batches} batches after "
+      f"{args.warmup_batches} warm-up; time to the first batch from step 0 and resuming at "
+      f"step {args.resume_step}:",
+  ]
+  for mode, (first, rate, resume_first) in results.items():
+    lines.append(f"  - {mode}: **{rate:.1f} batches/s** ({rate * config.batch_size:.0f} "
+                 f"samples/s); first batch {first:.1f} s, resumed {resume_first:.1f} s")
+  lines += [
+      "  - encoded frames = `builder.as_dataset(split, decoders=input_pipeline."
+      "LAZY_FRAME_DECODERS)`: only the 3 frames of a sample are decoded.",
+      "- Tiny-model training steps/s to compare with: the training benchmark in `benchmarks/` "
+      "(added by the training work) gives it; its section records its command.",
+      "",
+  ]
+  report = "\n".join(lines)
+  print(report)
+  if not args.no_write:
+    with open(_BENCHMARKS_FILE, "a") as benchmarks:
+      benchmarks.write("\n" + report)
+
+
+if __name__ == "__main__":
+  main()
