@@ -1,0 +1,69 @@
+"""FEELVOS models (Flax Linen): `build_model(config.model)` and the backbone registry.
+
+Modules: `layers` (padded convs, conv + BN blocks, aligned bilinear resize), `xception`
+(DeepLabv3+ Xception-65), `resnet` (atrous ResNet-50/101), `tiny` (a small CNN for tests and the
+synthetic demo), `deeplab` (ASPP + decoder), `heads` (embedding and dynamic segmentation heads),
+`feelvos` (the network and its `embed` / `segment` / `__call__` API).
+"""
+import functools
+from typing import Callable
+
+import jax.numpy as jnp
+import flax.linen as nn
+import ml_collections
+
+from feelvos_jax.models.feelvos import FEELVOS
+from feelvos_jax.models.resnet import ResNet
+from feelvos_jax.models.tiny import TinyBackbone
+from feelvos_jax.models.xception import Xception65
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "xception65": Xception65,
+    "resnet50": functools.partial(ResNet, depth=50),
+    "resnet101": functools.partial(ResNet, depth=101),
+    "tiny": TinyBackbone,
+}
+"""Backbone constructors by `config.model.backbone`; called with output_stride and dtype."""
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+"""Compute dtypes by `config.model.dtype`."""
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS:
+  """The FEELVOS module configured by `config.model` (see configs/common.py)."""
+  name = model_config.backbone
+  if name not in BACKBONES:
+    raise ValueError(f"config.model.backbone={name!r} is not a known backbone; "
+                     f"choose one of {sorted(BACKBONES)}")
+  if model_config.output_stride not in (8, 16):
+    raise ValueError(f"config.model.output_stride must be 8 or 16, "
+                     f"got {model_config.output_stride!r}")
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype={model_config.dtype!r} is not one of {sorted(DTYPES)}")
+  positive = ("decoder_channels", "embedding_dim", "max_objects", "head_channels",
+              "head_kernel_size", "head_num_layers")
+  for key in positive:
+    if model_config[key] < 1:
+      raise ValueError(f"config.model.{key} must be >= 1, got {model_config[key]!r}")
+  if model_config.window < 0 or model_config.dilation < 1:
+    raise ValueError(f"config.model.window must be >= 0 and config.model.dilation >= 1, got "
+                     f"{model_config.window!r} and {model_config.dilation!r}")
+  dtype = DTYPES[model_config.dtype]
+  return FEELVOS(
+      backbone=BACKBONES[name](output_stride=model_config.output_stride, dtype=dtype),
+      output_stride=model_config.output_stride,
+      decoder_channels=model_config.decoder_channels,
+      embedding_dim=model_config.embedding_dim,
+      max_objects=model_config.max_objects,
+      window=model_config.window,
+      dilation=model_config.dilation,
+      max_reference_pixels=model_config.max_reference_pixels or None,
+      matching_chunk_size=model_config.matching_chunk_size or None,
+      head_channels=model_config.head_channels,
+      head_kernel_size=model_config.head_kernel_size,
+      head_num_layers=model_config.head_num_layers,
+      freeze_backbone_batch_norm=model_config.freeze_backbone_batch_norm,
+      dtype=dtype)
+
+
+__all__ = ["BACKBONES", "FEELVOS", "build_model"]

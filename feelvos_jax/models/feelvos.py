@@ -1,0 +1,185 @@
+"""The FEELVOS network: DeepLabv3+ features, pixel embeddings, matching, dynamic head.
+
+  embed(frames [B, H, W, 3])  ->  features [B, h, w, D], embeddings [B, h, w, E]
+      frames / 127.5 - 1 -> backbone -> ASPP + decoder (stride-4 features, D channels)
+      -> embedding head (E channels)                     h, w = ceil(H / 4), ceil(W / 4)
+  segment(features, embeddings, reference and previous embeddings/labels, previous_probs,
+          num_objects)  ->  logits [B, h, w, K], K = 1 + max_objects
+      global matching of the embeddings against the reference frame's (per slot),
+      local matching against the previous frame's (window, dilation), and per slot k the head
+      input concat[features, global_k, previous_probs_k, local_k]; one head, vmapped over the
+      slots; slots k > num_objects[b] get -inf.
+
+As the official code: background is slot 0 and is matched like any object; matching runs on
+float32 embeddings whatever the compute dtype; in training (`train=True`) global matching uses
+at most `max_reference_pixels` random reference pixels per slot (rng stream 'matching').
+
+Batch norm: only the DeepLab part (backbone, ASPP, decoder) has it; the heads have none.
+With `freeze_backbone_batch_norm` (the paper) it uses the running averages even when
+`train=True` and never changes `batch_stats`, so an `apply(..., mutable=['batch_stats'])`
+returns them unchanged; otherwise `train=True` normalises with batch statistics and updates
+the running averages (then `mutable=['batch_stats']` is required).
+
+Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32 and the
+logits are returned in float32.
+
+Paper vs official code, where they differ or the paper is silent (details in each module):
+the official code is followed for the non-negative (ReLU) embeddings, ReLU after both convs of
+every head layer, biases and no batch norm in the heads, the head input order, the initialisers
+of the heads, and DeepLab's padding, batch-norm constants and aligned-corner upsampling. Left
+out: the dropout after ASPP's projection (DeepLab) and multi-grid rates. ResNet backbones follow
+torchvision (stride on the 3x3 conv) so that its weights load.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from feelvos_jax import matching
+from feelvos_jax.models.deeplab import DeepLabV3PlusHead
+from feelvos_jax.models.heads import EmbeddingHead, ObjectSegmentationHead
+
+
+def _check_shape(name: str, array: jax.Array, expected: tuple[int | None, ...],
+                 layout: str) -> None:
+  """Raises ValueError unless `array` has rank len(expected) and the given sizes (None: any)."""
+  shape = tuple(array.shape)
+  if len(shape) != len(expected) or any(
+      size is not None and size != actual for size, actual in zip(expected, shape)):
+    wanted = tuple("?" if size is None else size for size in expected)
+    raise ValueError(f"{name} must have shape {layout} = {wanted}, got {shape}")
+
+
+class FEELVOS(nn.Module):
+  """FEELVOS (Voigtlaender et al., CVPR 2019); see the module docstring.
+
+  Attributes:
+    backbone: the feature extractor, called as backbone(frames in [-1, 1], train) ->
+      (low-level features at stride 4, top features at output_stride); it has a
+      `batch_norm_momentum` attribute that the ASPP and decoder share.
+    output_stride: the backbone's output stride (8 or 16), which sets the ASPP rates.
+    decoder_channels: ASPP and decoder width D.
+    embedding_dim: embedding dimension E.
+    max_objects: object slots besides the background; K = 1 + max_objects.
+    window: local matching window radius (offsets in [-window, window]^2, times dilation).
+    dilation: local matching dilation.
+    max_reference_pixels: reference pixels per slot in training global matching (None: all).
+    matching_chunk_size: query pixels per chunk in global matching (None: no chunking).
+    head_channels, head_kernel_size, head_num_layers: the dynamic segmentation head.
+    freeze_backbone_batch_norm: DeepLab batch norm uses running averages even in training.
+    dtype: compute dtype.
+  """
+  backbone: nn.Module
+  output_stride: int = 16
+  decoder_channels: int = 256
+  embedding_dim: int = 100
+  max_objects: int = 10
+  window: int = 15
+  dilation: int = 1
+  max_reference_pixels: int | None = 1024
+  matching_chunk_size: int | None = 4096
+  head_channels: int = 256
+  head_kernel_size: int = 7
+  head_num_layers: int = 4
+  freeze_backbone_batch_norm: bool = True
+  dtype: Any = jnp.float32
+
+  @property
+  def num_slots(self) -> int:
+    """K: the background slot plus max_objects object slots."""
+    return 1 + self.max_objects
+
+  def setup(self):
+    self.deeplab = DeepLabV3PlusHead(
+        self.decoder_channels, self.output_stride,
+        batch_norm_momentum=self.backbone.batch_norm_momentum, dtype=self.dtype)
+    self.embedding = EmbeddingHead(self.embedding_dim, dtype=self.dtype)
+    self.segmentation_head = ObjectSegmentationHead(
+        num_layers=self.head_num_layers, channels=self.head_channels,
+        kernel_size=self.head_kernel_size, dtype=self.dtype)
+
+  def embed(self, frames: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """frames [B, H, W, 3] in [0, 255] -> (features [B, h, w, D], embeddings [B, h, w, E]).
+
+    Both in the compute dtype; h, w = ceil(H / 4), ceil(W / 4).
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+      raise ValueError(f"frames must be RGB images of shape [B, H, W, 3], got {frames.shape}")
+    x = (frames.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
+    batch_norm_train = train and not self.freeze_backbone_batch_norm
+    low_level, high_level = self.backbone(x, train=batch_norm_train)
+    features = self.deeplab(low_level, high_level, train=batch_norm_train)
+    return features, self.embedding(features)
+
+  def segment(self, features: jax.Array, embeddings: jax.Array,
+              reference_embedding: jax.Array, reference_labels: jax.Array,
+              previous_embedding: jax.Array, previous_labels: jax.Array,
+              previous_probs: jax.Array, num_objects: jax.Array,
+              train: bool = False) -> jax.Array:
+    """Logits [B, h, w, K] (float32) of the frame whose features and embeddings are given.
+
+    Args:
+      features: [B, h, w, D] decoder features of the current frame.
+      embeddings: [B, h, w, E] its embeddings.
+      reference_embedding: [B, h', w', E] embeddings of the reference frame.
+      reference_labels: [B, h', w'] int stride-4 reference labels (0..N, 255 ignored).
+      previous_embedding: [B, h, w, E] embeddings of the previous frame.
+      previous_labels: [B, h, w] int stride-4 labels of the previous frame.
+      previous_probs: [B, h, w, K] previous-frame probabilities per slot.
+      num_objects: [B] int objects per sample, excluding the background.
+      train: subsample the reference pixels of global matching (rng stream 'matching').
+    """
+    _check_shape("features", features, (None,) * 4, "[B, h, w, D]")
+    batch, height, width = features.shape[:3]
+    _check_shape("embeddings", embeddings, (batch, height, width, None), "[B, h, w, E]")
+    dim = embeddings.shape[-1]
+    _check_shape("reference_embedding", reference_embedding, (batch, None, None, dim),
+                 "[B, h', w', E]")
+    _check_shape("reference_labels", reference_labels,
+                 (batch,) + tuple(reference_embedding.shape[1:3]), "[B, h', w']")
+    _check_shape("previous_embedding", previous_embedding, (batch, height, width, dim),
+                 "[B, h, w, E]")
+    _check_shape("previous_labels", previous_labels, (batch, height, width), "[B, h, w]")
+    _check_shape("previous_probs", previous_probs, (batch, height, width, self.num_slots),
+                 "[B, h, w, K = 1 + config.model.max_objects]")
+    _check_shape("num_objects", num_objects, (batch,), "[B]")
+
+    global_maps = self._global_matching(embeddings, reference_embedding, reference_labels,
+                                        train)
+    local_maps = jax.vmap(lambda query, previous, labels: matching.local_matching(
+        query, previous, labels, self.num_slots, window=self.window,
+        dilation=self.dilation))(embeddings.astype(jnp.float32),
+                                 previous_embedding.astype(jnp.float32), previous_labels)
+    object_maps = jnp.stack(
+        [global_maps, previous_probs.astype(jnp.float32), local_maps], axis=-1)
+    logits = self.segmentation_head(features, object_maps.astype(self.dtype))
+    present = jnp.arange(self.num_slots)[None, :] <= num_objects[:, None]
+    return jnp.where(present[:, None, None, :], logits.astype(jnp.float32), -jnp.inf)
+
+  def _global_matching(self, embeddings: jax.Array, reference_embedding: jax.Array,
+                       reference_labels: jax.Array, train: bool) -> jax.Array:
+    """[B, h, w, K] global matching maps, reference pixels subsampled when training."""
+    subsample = train and self.max_reference_pixels is not None
+    rngs = (jax.random.split(self.make_rng("matching"), embeddings.shape[0]) if subsample
+            else None)
+
+    def match(query, reference, labels, rng):
+      return matching.global_matching(
+          query, reference, labels, self.num_slots,
+          max_reference_pixels=self.max_reference_pixels if subsample else None, rng=rng,
+          chunk_size=self.matching_chunk_size)
+
+    return jax.vmap(match, in_axes=(0, 0, 0, 0 if subsample else None))(
+        embeddings.astype(jnp.float32), reference_embedding.astype(jnp.float32),
+        reference_labels, rngs)
+
+  def __call__(self, current_frame: jax.Array, reference_embedding: jax.Array,
+               reference_labels: jax.Array, previous_embedding: jax.Array,
+               previous_labels: jax.Array, previous_probs: jax.Array,
+               num_objects: jax.Array, train: bool = False) -> jax.Array:
+    """embed(current_frame) then segment: logits [B, ceil(H/4), ceil(W/4), K] (float32)."""
+    features, embeddings = self.embed(current_frame, train=train)
+    return self.segment(features, embeddings, reference_embedding, reference_labels,
+                        previous_embedding, previous_labels, previous_probs, num_objects,
+                        train=train)

@@ -1,0 +1,151 @@
+"""FEELVOS heads: the pixel embedding and the dynamic segmentation head.
+
+Both are built from `SeparableConvReLU`: depthwise k x k conv + bias -> ReLU -> pointwise 1x1
+conv + bias -> ReLU, with no batch norm. That is what the official code gets from TF-slim's
+defaults (`split_separable_conv2d` outside any arg scope: biases and ReLU after both convs).
+
+Embedding head (official scope `embedding/split_separable_conv2d`): one SeparableConvReLU,
+3x3, to `embedding_dim` (100 in the paper) on the 256-channel decoder features. Its final ReLU
+makes the embeddings non-negative, as in the official code (the paper does not mention it).
+Initialisation as the official `conv2d_identity_initializer`: identity plus truncated normal
+noise of stddev 0.03 (the official code sets the depthwise identity on channel 0 only, an
+artefact of TF's [k, k, C, 1] depthwise layout; here every channel starts as identity).
+
+Dynamic segmentation head (scopes `embedding_seg/split_separable_conv2d_{n}` and
+`logits/semantic`): `num_layers` SeparableConvReLU layers (paper: 4 of depthwise 7x7 ->
+pointwise 256) and a 1x1 conv to one logit, applied to each object slot with the same weights.
+Its input for one slot is concat[features (D), global matching map, previous-frame
+probability, local matching map] (D + 3 = 259 channels in the paper), in that order, as the
+official code concatenates them. Initialisers as DeepLab's split separable conv (truncated
+normal, stddev 0.33 depthwise, 0.06 pointwise) and its logits layer (stddev 0.01).
+
+`ObjectSegmentationHead` is the head under `nn.vmap` over the object axis: one set of
+parameters, features broadcast to every slot. Because a depthwise conv acts channel by channel
+and a 1x1 conv is a sum over channel groups, the first layer is computed group by group:
+the feature part does not depend on the slot, so under vmap it is computed once per frame
+instead of once per object (the result equals the convolution of the concatenation).
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from feelvos_jax.models.layers import same_padding
+
+Initializer = Callable[..., jax.Array]
+
+
+def identity_init(depthwise: bool, stddev: float = 0.03) -> Initializer:
+  """Conv kernel [k, k, C_in, C_out] = centred identity + truncated normal(stddev) noise.
+
+  Depthwise kernels [k, k, 1, C] get a centred 1 in every channel; full kernels get
+  kernel[c, c, i, i] = 1 for i < min(C_in, C_out).
+  """
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    height, width, inputs, outputs = shape
+    identity = np.zeros(shape, np.float32)
+    if depthwise:
+      identity[height // 2, width // 2, 0, :] = 1.0
+    else:
+      diagonal = np.arange(min(inputs, outputs))
+      identity[height // 2, width // 2, diagonal, diagonal] = 1.0
+    noise = stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+    return jnp.asarray(identity, dtype) + noise
+  return init
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """[B, H, W, C] conv [k, k, 1, C] (one filter per channel, padded to keep H, W)."""
+  padding = same_padding(kernel.shape[0])
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=(padding, padding),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+
+
+class SeparableConvReLU(nn.Module):
+  """Depthwise k x k + bias -> ReLU -> pointwise 1x1 + bias -> ReLU on concat(*inputs).
+
+  Params: depthwise_kernel [k, k, 1, C], depthwise_bias [C], pointwise_kernel
+  [1, 1, C, features], pointwise_bias [features], C the summed channels of the inputs. The
+  inputs ([B, H, W, C_i], same B, H, W) are never concatenated: each group is convolved with
+  its slice of the kernels and the pointwise contributions are summed.
+  """
+  features: int
+  kernel_size: int = 3
+  depthwise_init: Initializer = nn.initializers.truncated_normal(0.33)
+  pointwise_init: Initializer = nn.initializers.truncated_normal(0.06)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, *inputs: jax.Array) -> jax.Array:
+    """inputs [B, H, W, C_i] -> [B, H, W, features]."""
+    sizes = [x.shape[-1] for x in inputs]
+    channels = sum(sizes)
+    k = self.kernel_size
+    depthwise_kernel = self.param("depthwise_kernel", self.depthwise_init, (k, k, 1, channels))
+    depthwise_bias = self.param("depthwise_bias", nn.initializers.zeros, (channels,))
+    pointwise_kernel = self.param("pointwise_kernel", self.pointwise_init,
+                                  (1, 1, channels, self.features))
+    pointwise_bias = self.param("pointwise_bias", nn.initializers.zeros, (self.features,))
+    output = pointwise_bias.astype(self.dtype)
+    start = 0
+    for x, size in zip(inputs, sizes):
+      group = slice(start, start + size)
+      start += size
+      hidden = depthwise_conv(x.astype(self.dtype),
+                              depthwise_kernel[..., group].astype(self.dtype))
+      hidden = nn.relu(hidden + depthwise_bias[group].astype(self.dtype))
+      output = output + jnp.einsum("bhwc,cf->bhwf", hidden,
+                                   pointwise_kernel[0, 0, group].astype(self.dtype))
+    return nn.relu(output)
+
+
+class EmbeddingHead(nn.Module):
+  """Decoder features [B, h, w, D] -> non-negative embeddings [B, h, w, embedding_dim]."""
+  embedding_dim: int = 100
+  kernel_size: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:
+    return SeparableConvReLU(self.embedding_dim, self.kernel_size,
+                             depthwise_init=identity_init(depthwise=True),
+                             pointwise_init=identity_init(depthwise=False), dtype=self.dtype,
+                             name="separable_conv")(features)
+
+
+class DynamicSegmentationHead(nn.Module):
+  """One object slot: (features [B, h, w, D], maps [B, h, w, 3]) -> logits [B, h, w].
+
+  `object_maps` holds, in this order, the global matching map, the previous-frame probability
+  and the local matching map of the slot.
+  """
+  num_layers: int = 4
+  channels: int = 256
+  kernel_size: int = 7
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, object_maps: jax.Array) -> jax.Array:
+    if self.num_layers < 1:
+      raise ValueError(f"config.model.head_num_layers must be >= 1, got {self.num_layers}")
+    x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
+                          name="layer_0")(features, object_maps)
+    for index in range(1, self.num_layers):
+      x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
+                            name=f"layer_{index}")(x)
+    logits = nn.Conv(1, (1, 1), kernel_init=nn.initializers.truncated_normal(0.01),
+                     dtype=self.dtype, param_dtype=jnp.float32, name="logits")(x)
+    return logits[..., 0]
+
+
+ObjectSegmentationHead = nn.vmap(
+    DynamicSegmentationHead,
+    variable_axes={"params": None},
+    split_rngs={"params": False},
+    in_axes=(None, 3),
+    out_axes=3)
+"""DynamicSegmentationHead over slots: (features [B, h, w, D], maps [B, h, w, K, 3]) ->
+logits [B, h, w, K], one set of weights shared by every slot."""

@@ -1,0 +1,263 @@
+"""Pretrained weights from user-provided files into the FEELVOS `params` / `batch_stats` trees.
+
+`load_pretrained(params, batch_stats, path, backbone)` reads
+  - for `xception65`: a TensorFlow checkpoint of the DeepLabv3+ Xception-65 family (the
+    tensorflow/models DeepLab model zoo, e.g. its COCO-pretrained xception_65) or of the
+    official FEELVOS code, via `tf.train.load_checkpoint` (a checkpoint prefix or folder);
+  - for `resnet50` / `resnet101`: a torchvision state dict saved as `.npz`, e.g.
+    `np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})`.
+It returns new trees (loaded leaves replaced, cast to the leaf's dtype; the rest untouched) and
+a `LoadReport`. A variable whose shape differs from the model's raises ValueError naming it
+and both shapes, unless `allow_shape_mismatch=True`, which leaves such leaves as they were and
+lists them in the report.
+
+TF name map (Flax path under params/batch_stats -> TF variable; `<conv>` is a conv + batch
+norm, mapped as `.../conv/kernel` -> `<scope>/weights` (depthwise: `depthwise_weights`),
+`.../bn/scale|bias` -> `<scope>/BatchNorm/gamma|beta`, batch_stats `.../bn/mean|var` ->
+`<scope>/BatchNorm/moving_mean|moving_variance`):
+  backbone/entry_flow_conv1_{1,2}/<conv>        xception_65/entry_flow/conv1_{1,2}
+  backbone/<block>_unit_<u>/separable_conv<i>/depthwise/<conv>
+      xception_65/<block>/unit_<u>/xception_module/separable_conv<i>_depthwise
+      (<block> is entry_flow_block1 .. exit_flow_block2 for entry_flow/block1 ..)
+  backbone/<block>_unit_<u>/separable_conv<i>/pointwise/<conv>   ..._pointwise
+  backbone/<block>_unit_<u>/shortcut/<conv>     .../xception_module/shortcut
+  deeplab/aspp/{image_pooling,aspp0,concat_projection}/<conv>   same name at the top level
+  deeplab/aspp/aspp<i>/{depthwise,pointwise}/<conv>             aspp<i>_{depthwise,pointwise}
+  deeplab/decoder/feature_projection0/<conv>                    decoder/feature_projection0
+  deeplab/decoder/decoder_conv<i>/{depthwise,pointwise}/<conv>  decoder/decoder_conv<i>_...
+  embedding/separable_conv/{depthwise,pointwise}_{kernel,bias}
+      embedding/split_separable_conv2d_{depthwise,pointwise}/{<weights>,biases}
+  segmentation_head/layer_<n>/{depthwise,pointwise}_{kernel,bias}
+      embedding_seg/split_separable_conv2d_<n>_{depthwise,pointwise}/{<weights>,biases}
+  segmentation_head/logits/{kernel,bias}        logits/semantic/{weights,biases}
+where <weights> is `depthwise_weights` or `weights`. Depthwise kernels are [k, k, C, 1] in TF
+and [k, k, 1, C] here (transposed on load); other kernels share the [k, k, in, out] layout.
+The embedding and head variables exist only in FEELVOS checkpoints; DeepLab checkpoints leave
+them missing (they keep their initialisation).
+
+torchvision name map (backbone only): `layer3.4.conv2.weight` -> backbone/layer3_4/conv2/kernel
+(module path with '.' -> '_' between a layer and its block index, and `downsample.0|1` ->
+`downsample_0|1`); conv `weight` [out, in, kh, kw] -> `kernel` [kh, kw, in, out]; batch norm
+`weight|bias` -> `scale|bias`, `running_mean|running_var` -> batch_stats `mean|var`.
+
+Bookkeeping entries are skipped, neither loaded nor reported: TF's `global_step` and optimizer
+or moving-average slots (`.../Momentum`, `.../Adam*`, `.../ExponentialMovingAverage`), and
+torchvision's `num_batches_tracked`.
+"""
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax.numpy as jnp
+import numpy as np
+
+from feelvos_jax.models import xception
+
+Path = tuple[str, ...]
+Leaf = tuple[str, Path]  # (collection, path inside it)
+
+_BN_LEAVES = {"scale": "BatchNorm/gamma", "bias": "BatchNorm/beta",
+              "mean": "BatchNorm/moving_mean", "var": "BatchNorm/moving_variance"}
+_TF_SKIPPED = re.compile(r"(^global_step$)|(/(Momentum|Adam\w*|ExponentialMovingAverage)$)")
+_XCEPTION_MODULES = {
+    "entry_flow_conv1_1": "entry_flow/conv1_1",
+    "entry_flow_conv1_2": "entry_flow/conv1_2",
+    **{xception.unit_module_name(scope, unit): f"{scope}/unit_{unit}/xception_module"
+       for scope, _, _, _, num_units, _ in xception.XCEPTION65_BLOCKS
+       for unit in range(1, num_units + 1)},
+}
+_TORCH_LEAVES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
+                 ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
+                 ("batch_stats", "var"): "running_var"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+  """What `load_pretrained` did, by name.
+
+  loaded: source variables copied into the model.
+  missing: model leaves ('params/...' or 'batch_stats/...') that the file format names but
+    the file lacks; they keep their current values.
+  unexpected: source variables that no model leaf takes (bookkeeping entries excluded).
+  mismatched: 'name: file shape vs model shape' for variables skipped because of their shape
+    (only with allow_shape_mismatch=True; otherwise they raise).
+  """
+  loaded: tuple[str, ...]
+  missing: tuple[str, ...]
+  unexpected: tuple[str, ...]
+  mismatched: tuple[str, ...]
+
+  def summary(self) -> str:
+    """A few lines for logs."""
+    lines = [f"loaded {len(self.loaded)} variables"]
+    for title, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                         ("shape mismatch", self.mismatched)):
+      if names:
+        lines.append(f"{title} ({len(names)}): " + ", ".join(names))
+    return "\n".join(lines)
+
+
+def _conv_bn_tf_name(parts: Path) -> tuple[str, bool]:
+  """('aspp1', 'depthwise', 'conv', 'kernel') -> ('aspp1_depthwise/depthwise_weights', True)."""
+  *modules, layer, leaf = parts
+  depthwise = bool(modules) and modules[-1] == "depthwise"
+  if len(modules) >= 2 and modules[-1] in ("depthwise", "pointwise"):
+    modules = modules[:-2] + [f"{modules[-2]}_{modules[-1]}"]
+  if layer == "conv" and leaf == "kernel":
+    return "/".join(modules + ["depthwise_weights" if depthwise else "weights"]), depthwise
+  if layer == "bn" and leaf in _BN_LEAVES:
+    return "/".join(modules + [_BN_LEAVES[leaf]]), False
+  raise KeyError(parts)
+
+
+def _separable_relu_tf_name(scope: str, leaf: str) -> tuple[str, bool]:
+  """SeparableConvReLU leaf ('depthwise_kernel', ...) -> (TF name, is depthwise kernel)."""
+  part, kind = leaf.split("_")
+  if kind == "bias":
+    return f"{scope}_{part}/biases", False
+  return f"{scope}_{part}/{'depthwise_weights' if part == 'depthwise' else 'weights'}", (
+      part == "depthwise")
+
+
+def xception_tf_name(collection: str, path: Path) -> tuple[str, bool] | None:
+  """TF variable of a FEELVOS (xception65) leaf and whether it is a depthwise kernel
+  (stored [k, k, C, 1], transposed on load).
+
+  None for leaves the TF checkpoints do not hold. See the module docstring for the map.
+  """
+  del collection  # The leaf name tells params from batch_stats.
+  top, rest = path[0], path[1:]
+  try:
+    if top == "backbone" and rest[0] in _XCEPTION_MODULES:
+      name, depthwise = _conv_bn_tf_name(rest[1:])
+      return f"xception_65/{_XCEPTION_MODULES[rest[0]]}/{name}", depthwise
+    if top == "deeplab" and rest[0] == "aspp":
+      return _conv_bn_tf_name(rest[1:])
+    if top == "deeplab" and rest[0] == "decoder":
+      name, depthwise = _conv_bn_tf_name(rest[1:])
+      return f"decoder/{name}", depthwise
+    if top == "embedding" and rest[0] == "separable_conv":
+      return _separable_relu_tf_name("embedding/split_separable_conv2d", rest[1])
+    if top == "segmentation_head" and rest[0].startswith("layer_"):
+      index = rest[0][len("layer_"):]
+      return _separable_relu_tf_name(f"embedding_seg/split_separable_conv2d_{index}", rest[1])
+    if top == "segmentation_head" and rest[0] == "logits":
+      return f"logits/semantic/{'weights' if rest[1] == 'kernel' else 'biases'}", False
+  except (KeyError, IndexError, ValueError):
+    return None
+  return None
+
+
+def torchvision_name(collection: str, path: Path) -> tuple[str, bool] | None:
+  """torchvision state-dict key of a FEELVOS (resnet) leaf and whether it is a conv kernel
+  (stored [out, in, kh, kw], transposed on load)."""
+  if path[0] != "backbone" or (collection, path[-1]) not in _TORCH_LEAVES:
+    return None
+  modules = ".".join(module.replace("_", ".") for module in path[1:-1])
+  return f"{modules}.{_TORCH_LEAVES[collection, path[-1]]}", path[-1] == "kernel"
+
+
+def _load_tensorflow(path: str) -> dict[str, Callable[[], np.ndarray]]:
+  """{variable name: reader} of a TF checkpoint (prefix or folder)."""
+  import tensorflow as tf  # Imported on use: heavy, and only this format needs it.
+  reader = tf.train.load_checkpoint(path)
+  return {name: (lambda name=name: reader.get_tensor(name))
+          for name in reader.get_variable_to_shape_map() if not _TF_SKIPPED.search(name)}
+
+
+def _load_npz(path: str) -> dict[str, Callable[[], np.ndarray]]:
+  """{key: reader} of a .npz state dict, num_batches_tracked entries excluded."""
+  arrays = np.load(path)
+  return {name: (lambda name=name: arrays[name])
+          for name in arrays.files if not name.endswith("num_batches_tracked")}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Format:
+  """How one backbone's pretrained file is read and mapped."""
+  description: str
+  is_npz: bool
+  read: Callable[[str], dict[str, Callable[[], np.ndarray]]]
+  leaf_name: Callable[[str, Path], tuple[str, bool] | None]
+  kernel_to_flax: Callable[[np.ndarray], np.ndarray]
+
+
+_TF_FORMAT = _Format("a TensorFlow checkpoint (DeepLab Xception-65 or FEELVOS)", False,
+                     _load_tensorflow, xception_tf_name,
+                     lambda kernel: np.transpose(kernel, (0, 1, 3, 2)))
+_TORCH_FORMAT = _Format("a torchvision state dict saved as .npz", True, _load_npz,
+                        torchvision_name, lambda kernel: np.transpose(kernel, (2, 3, 1, 0)))
+FORMATS = {"xception65": _TF_FORMAT, "resnet50": _TORCH_FORMAT, "resnet101": _TORCH_FORMAT}
+"""The pretrained-weight format of each backbone that has one."""
+
+
+def _check_path(path: str, file_format: _Format) -> None:
+  if file_format.is_npz != path.endswith(".npz"):
+    raise ValueError(f"config.model.pretrained={path!r} is not {file_format.description}")
+  exists = (os.path.isfile(path) if file_format.is_npz
+            else os.path.isdir(path) or os.path.isfile(path + ".index"))
+  if not exists:
+    raise ValueError(f"config.model.pretrained={path!r}: no such "
+                     f"{'file' if file_format.is_npz else 'checkpoint (prefix.index or folder)'}")
+
+
+def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], path: str,
+                    backbone: str, *, allow_shape_mismatch: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, Any], LoadReport]:
+  """Copies the variables of a pretrained file into the FEELVOS variable trees.
+
+  Args:
+    params: the model's 'params' collection (from `model.init`).
+    batch_stats: its 'batch_stats' collection.
+    path: the weights file: a TF checkpoint prefix or folder for xception65, a .npz
+      torchvision state dict for resnet50 / resnet101.
+    backbone: config.model.backbone.
+    allow_shape_mismatch: skip variables whose shape differs (listed in the report) instead
+      of raising.
+
+  Returns:
+    (params, batch_stats, report): new nested dicts and a LoadReport.
+
+  Raises:
+    ValueError: no pretrained format for `backbone`, a missing or wrong-format file, or a
+      shape mismatch (naming every mismatched variable with both shapes).
+  """
+  if backbone not in FORMATS:
+    raise ValueError(f"config.model.backbone={backbone!r} has no pretrained weight format; "
+                     f"config.model.pretrained works with {sorted(FORMATS)}")
+  file_format = FORMATS[backbone]
+  _check_path(path, file_format)
+  source = file_format.read(path)
+  trees = {"params": flax.traverse_util.flatten_dict(flax.core.unfreeze(params)),
+           "batch_stats": flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))}
+  loaded, missing, mismatched, used = [], [], [], set()
+  for collection, flat in trees.items():
+    for leaf_path, leaf in flat.items():
+      named = file_format.leaf_name(collection, leaf_path)
+      if named is None:
+        continue
+      name, is_kernel = named
+      where = f"{collection}/{'/'.join(leaf_path)}"
+      if name not in source:
+        missing.append(where)
+        continue
+      used.add(name)
+      stored = np.asarray(source[name]())
+      value = file_format.kernel_to_flax(stored) if is_kernel else stored
+      if value.shape != tuple(leaf.shape):
+        mismatched.append(f"{name}: file shape {stored.shape} (as the model lays it out: "
+                          f"{value.shape}) vs model shape {tuple(leaf.shape)} at {where}")
+        continue
+      flat[leaf_path] = jnp.asarray(value, dtype=leaf.dtype)
+      loaded.append(name)
+  if mismatched and not allow_shape_mismatch:
+    raise ValueError(f"config.model.pretrained={path!r}: shape mismatch for "
+                     + "; ".join(mismatched))
+  report = LoadReport(loaded=tuple(sorted(loaded)), missing=tuple(sorted(missing)),
+                      unexpected=tuple(sorted(set(source) - used)),
+                      mismatched=tuple(sorted(mismatched)))
+  return (flax.traverse_util.unflatten_dict(trees["params"]),
+          flax.traverse_util.unflatten_dict(trees["batch_stats"]), report)
