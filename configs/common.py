@@ -81,4 +81,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = 1  # Devices on the `fsdp` axis (parameters sharded); 1 disables.
   config.matching = ml_collections.ConfigDict()
   config.matching.shard_axis = ""  # "": unsharded; "query" or "reference": shard_map global matching.
+
+  # --- Inference (feelvos_jax/inference.py) ---
+  config.inference = ml_collections.ConfigDict()
+  config.inference.object_buckets = (1, 3, 10)  # Object slots per compiled step: smallest that fits, else chunks of the largest; () = (model.max_objects,).
+
+  # --- Export (main.py --mode=export, feelvos_jax/export.py) ---
+  config.export = ml_collections.ConfigDict()
+  config.export.buckets = ((480, 864, 3), (480, 864, 10))  # (height, width, objects) shapes exported; sizes multiples of model.output_stride.
+  config.export.max_reference_frames = 1  # Steps exported for 1..this many frames where objects first appear (DAVIS: 1).
+  config.export.platforms = ("cpu", "cuda", "tpu")  # jax.export lowering platforms of the bundle.
   return config

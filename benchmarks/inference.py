@@ -1,0 +1,234 @@
+"""Video propagation speed and memory: frames/s, embed / matching / head split, memory vs length.
+
+    cd /work/main && /work/venv/bin/python -m benchmarks.inference
+
+Random weights (speed does not depend on them) and a synthetic streamed video (a textured
+pattern moving over the frames, one box per object given in frame 0). For each backbone and
+object count it reports:
+- frames/s of `inference.VideoPropagator.propagate` over `--frames` frames after a warm-up
+  video (compilation excluded), end to end: host padding, the jitted step, labels to the host;
+- ms per frame of three separately jitted pieces: `embed` (backbone, ASPP, decoder, embedding
+  head), matching (global against the reference frame and local against the previous frame,
+  all 1 + slots maps) and the dynamic segmentation head over the slots;
+- the peak process RSS and, where the device reports it, the most device memory in use.
+Then the memory of two runs of `--memory_frames` lengths (one backbone/object setting): flat
+in the video's length when inference keeps no per-frame state. tiny uses configs/synthetic.py,
+xception65 configs/davis.py (the paper's model). Appends a dated section to BENCHMARKS.md.
+"""
+import argparse
+import datetime
+import functools
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import psutil
+
+from configs import davis
+from configs import synthetic
+from feelvos_jax import inference
+from feelvos_jax import matching
+from feelvos_jax import models
+
+_BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+_CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def _device_bytes_in_use() -> int:
+  """Bytes in use on the first device, 0 where the backend reports no memory stats (CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats.get("bytes_in_use", 0)) if stats else 0
+
+
+def synthetic_video(num_frames: int, height: int, width: int, num_objects: int,
+                    seed: int = 0) -> tuple[Iterator[np.ndarray], np.ndarray]:
+  """(a generator of [H, W, 3] uint8 frames, the frame-0 label map [H, W] with 1..N boxes)."""
+  rng = np.random.default_rng(seed)
+  texture = rng.integers(0, 256, (height + num_frames, width + num_frames, 3), dtype=np.uint8)
+  labels = np.zeros((height, width), np.int32)
+  for index in range(num_objects):
+    top, left = rng.integers(0, height * 3 // 4), rng.integers(0, width * 3 // 4)
+    labels[top:top + height // 6, left:left + width // 8] = index + 1
+
+  def frames():
+    for t in range(num_frames):
+      yield texture[t:t + height, t:t + width]
+
+  return frames(), labels
+
+
+def _run(propagator: inference.VideoPropagator, num_frames: int, height: int, width: int,
+         num_objects: int) -> tuple[float, int, int, int]:
+  """(seconds, RSS bytes at the start, peak RSS bytes, most device bytes in use) of propagating
+  one streamed video, memory sampled after every frame."""
+  frames, labels = synthetic_video(num_frames, height, width, num_objects)
+  process = psutil.Process()
+  start_rss = process.memory_info().rss
+  peak_rss, peak_device = start_rss, _device_bytes_in_use()
+  start = time.perf_counter()
+  for _ in propagator.propagate(frames, {0: labels}, [0] * num_objects):
+    peak_rss = max(peak_rss, process.memory_info().rss)
+    peak_device = max(peak_device, _device_bytes_in_use())
+  return time.perf_counter() - start, start_rss, peak_rss, peak_device
+
+
+def _median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
+  jax.block_until_ready(function(*args))  # Compile.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(function(*args))
+    times.append(time.perf_counter() - start)
+  return 1000 * float(np.median(times))
+
+
+def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: int,
+                repeats: int) -> dict[str, float]:
+  """ms per frame of embed, matching and head, each jitted alone at the padded frame size."""
+  frame = jnp.asarray(synthetic_video(1, height, width, 0)[0].__next__())[None]
+  embed = jax.jit(functools.partial(model.apply, method="embed"))
+  features, embeddings = embed(variables, frame)
+  h, w = features.shape[1:3]
+  labels = jnp.asarray(np.random.default_rng(0).integers(0, num_slots, (h, w)), jnp.int32)
+
+  @jax.jit
+  def match(query, reference, labels):
+    query, reference = query.astype(jnp.float32), reference.astype(jnp.float32)
+    global_maps = matching.global_matching(query, reference, labels, num_slots,
+                                           chunk_size=model.matching_chunk_size)
+    local_maps = matching.local_matching(query, reference, labels, num_slots,
+                                         window=model.window, dilation=model.dilation)
+    return global_maps, local_maps
+
+  object_maps = jnp.zeros((1, h, w, num_slots, 3), model.dtype)
+  head = jax.jit(functools.partial(
+      model.apply, method=lambda module, f, maps: module.segmentation_head(f, maps)))
+  return {
+      "embed": _median_ms(embed, variables, frame, repeats=repeats),
+      "matching": _median_ms(match, embeddings[0], embeddings[0], labels, repeats=repeats),
+      "head": _median_ms(head, variables, features, object_maps, repeats=repeats),
+  }
+
+
+def _setup(backbone: str, seed: int = 0) -> tuple[Any, Any, Any]:
+  config = _CONFIGS[backbone]()
+  model = models.build_model(config.model)
+  variables = jax.jit(model.init)({"params": jax.random.PRNGKey(seed)},
+                                  *inference.example_inputs(model))
+  return config, model, variables
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--height", type=int, default=480, help="Frame height.")
+  parser.add_argument("--width", type=int, default=854, help="Frame width.")
+  parser.add_argument("--backbones", default="tiny,xception65", help="Comma-separated.")
+  parser.add_argument("--objects", default="1,3,10", help="Comma-separated object counts.")
+  parser.add_argument("--frames", type=int, default=20, help="Timed frames per video.")
+  parser.add_argument("--repeats", type=int, default=5, help="Timed calls per piece.")
+  parser.add_argument("--sizes", default="",
+                      help="Per-backbone frame size overrides, e.g. xception65=240x432.")
+  parser.add_argument("--memory_backbone", default="tiny", help="Backbone of the length runs.")
+  parser.add_argument("--memory_objects", type=int, default=3, help="Objects of the length runs.")
+  parser.add_argument("--memory_frames", default="50,500", help="Two video lengths.")
+  parser.add_argument("--memory_size", default="", help="HxW of the length runs (default: "
+                      "--height x --width).")
+  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  args = parser.parse_args()
+
+  memory_height, memory_width = (tuple(int(n) for n in args.memory_size.split("x"))
+                                 if args.memory_size else (args.height, args.width))
+  config, model, variables = _setup(args.memory_backbone)
+  propagator = inference.VideoPropagator(model, variables,
+                                         object_buckets=config.inference.object_buckets)
+  _run(propagator, 3, memory_height, memory_width, args.memory_objects)
+  memory_rows = []
+  for num_frames in (int(n) for n in args.memory_frames.split(",")):
+    seconds, start_rss, rss, device = _run(propagator, num_frames, memory_height, memory_width,
+                                           args.memory_objects)
+    memory_rows.append((num_frames, num_frames / seconds, start_rss / 2**20, rss / 2**20,
+                        device / 2**20))
+    print(memory_rows[-1], flush=True)
+
+  sizes = {backbone: (args.height, args.width) for backbone in args.backbones.split(",")}
+  for override in filter(None, args.sizes.split(",")):
+    backbone, size = override.split("=")
+    sizes[backbone] = tuple(int(n) for n in size.split("x"))
+  rows = []
+  for backbone, (height, width) in sizes.items():
+    config, model, variables = _setup(backbone)
+    propagator = inference.VideoPropagator(model, variables,
+                                           object_buckets=config.inference.object_buckets)
+    for num_objects in (int(n) for n in args.objects.split(",")):
+      plan = propagator.plan(height, width, num_objects)
+      _run(propagator, 3, height, width, num_objects)  # Compiles start and step.
+      seconds, _, rss, device = _run(propagator, args.frames, height, width, num_objects)
+      pieces = piece_times(model, variables, plan.height, plan.width,
+                           1 + plan.objects_per_chunk * plan.num_chunks, args.repeats)
+      rows.append((backbone, num_objects, f"{height}x{width}",
+                   plan.objects_per_chunk * plan.num_chunks,
+                   args.frames, args.frames / seconds, pieces["embed"], pieces["matching"],
+                   pieces["head"], rss / 2**20, device / 2**20))
+      print(rows[-1], flush=True)
+
+  device = jax.local_devices()[0]
+  lines = [
+      f"## Video inference, {datetime.date.today().isoformat()}",
+      "",
+      f"- Machine: {device.platform} backend ({device.device_kind}); host {_cpu_model()}, "
+      f"{os.cpu_count()} CPU cores visible (shared with other jobs), Python "
+      f"{platform.python_version()}",
+      f"- Versions: JAX {jax.__version__}",
+      f"- Command: `cd /work/main && {sys.executable} -m benchmarks.inference "
+      f"{' '.join(sys.argv[1:])}`",
+      "- Random weights; tiny = configs/synthetic.py model, xception65 = configs/davis.py "
+      "(paper) model, output stride 16; one streamed synthetic video per row; frames/s end to "
+      "end after a warm-up video (compilation excluded); embed / matching / head: ms per "
+      "frame of each piece jitted alone (median); slots = object slots of the compiled step "
+      "(config.inference.object_buckets); RSS = peak process RSS during the run (the process "
+      "runs the rows in order); device = most device memory in use (0: not reported on CPU). "
+      "Timings on a shared, loaded machine are noisy.",
+      "",
+      "| backbone | objects | frame | slots | frames | frames/s | embed ms | matching ms "
+      "| head ms | peak RSS MiB | device MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    lines.append("| {} | {} | {} | {} | {} | {:.2f} | {:.0f} | {:.0f} | {:.0f} | {:.0f} | "
+                 "{:.0f} |".format(*row))
+  lines += [
+      "",
+      f"Memory against video length ({args.memory_backbone}, {args.memory_objects} objects, "
+      f"{memory_height}x{memory_width}; run first, in a fresh process, one after the other):",
+      "",
+      "| frames | frames/s | RSS at start MiB | peak RSS MiB | device MiB |",
+      "|---|---|---|---|---|",
+  ]
+  for row in memory_rows:
+    lines.append("| {} | {:.2f} | {:.0f} | {:.0f} | {:.0f} |".format(*row))
+  report = "\n".join(lines) + "\n"
+  print(report)
+  if not args.no_write:
+    with open(_BENCHMARKS_FILE, "a") as benchmarks:
+      benchmarks.write("\n" + report)
+
+
+if __name__ == "__main__":
+  main()

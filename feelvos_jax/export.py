@@ -1,0 +1,288 @@
+"""Inference-only bundles: weights, config and StableHLO propagation steps of a checkpoint.
+
+`export(config, workdir)` (what `main.py --mode=export` runs) reads the latest checkpoint of
+`<workdir>/checkpoints` and writes (by default to `<workdir>/export`):
+
+  manifest.json   format, checkpoint step, buckets, platforms and the function files
+  config.json     the run's config
+  variables/      {'params', 'batch_stats'} (orbax StandardSave; no optimizer state)
+  functions/      `jax.export`-serialized (StableHLO) functions, per bucket (H, W, objects):
+                  start_<H>x<W>x<objects>.bin                    (`propagation.start_video`)
+                  step_<H>x<W>x<objects>_r<R>.bin for R = 1..max (`propagation.propagation_step`
+                  with R reference frames)
+
+`load(path)` returns an `ExportedModel` that propagates videos with the deserialized functions
+and the same host loop as in-process inference (`propagation.run_video`), without building the
+Flax model or a training state. A video runs in the smallest bucket whose height, width and
+object count hold it, its frames padded to that bucket's size; object slots per chunk and
+chunks follow `config.inference.object_buckets` as in-process. The bundle is written into a
+temporary folder and renamed into place: a crash never leaves a half bundle.
+"""
+import dataclasses
+import functools
+import json
+import shutil
+import uuid
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax import inference
+from feelvos_jax import models
+from feelvos_jax import propagation
+
+FORMAT = "feelvos_jax.export/1"
+"""Bundle format written into manifest.json and checked by `load`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+  """One exported shape: padded frame size and the object capacity.
+
+  Attributes:
+    height, width: padded frame size (multiples of the backbone's output stride).
+    objects: most objects a video of this bucket may have.
+    objects_per_chunk, num_chunks: the step's object slots (S = objects_per_chunk * num_chunks).
+  """
+  height: int
+  width: int
+  objects: int
+  objects_per_chunk: int
+  num_chunks: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.height}x{self.width}x{self.objects}"
+
+
+def export_buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
+  """The Buckets of `config.export.buckets` (checked; ValueError names the key at fault)."""
+  object_buckets = propagation.check_object_buckets(
+      config.inference.object_buckets or (config.model.max_objects,),
+      "config.inference.object_buckets")
+  multiple = max(FEATURE_STRIDE, config.model.output_stride)
+  buckets = []
+  for entry in config.export.buckets:
+    if len(entry) != 3 or not all(isinstance(n, int) and n >= 1 for n in entry):
+      raise ValueError(f"config.export.buckets entries must be (height, width, objects) of "
+                       f"positive ints, got {tuple(entry)!r}")
+    height, width, objects = entry
+    if height % multiple or width % multiple:
+      raise ValueError(f"config.export.buckets entry {tuple(entry)}: height and width must be "
+                       f"multiples of the output stride {multiple}")
+    if objects > propagation.MAX_OBJECTS:
+      raise ValueError(f"config.export.buckets entry {tuple(entry)}: at most "
+                       f"{propagation.MAX_OBJECTS} objects")
+    objects_per_chunk, num_chunks = propagation.bucket_slots(objects, object_buckets)
+    buckets.append(Bucket(height, width, objects, objects_per_chunk, num_chunks))
+  if not buckets:
+    raise ValueError("config.export.buckets is empty: nothing to export")
+  if len({b.name for b in buckets}) != len(buckets):
+    raise ValueError(f"config.export.buckets has duplicates: {list(config.export.buckets)}")
+  if config.export.max_reference_frames < 1:
+    raise ValueError(f"config.export.max_reference_frames must be >= 1, got "
+                     f"{config.export.max_reference_frames}")
+  return buckets
+
+
+def _with_reference_frames(state: propagation.State, reference_frames: int) -> propagation.State:
+  """The ShapeDtypeStructs of a one-reference-frame `state` with R reference frames."""
+  def stacked(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((reference_frames * x.shape[0],) + x.shape[1:], x.dtype)
+  return dict(state, reference_embedding=stacked(state["reference_embedding"]),
+              reference_labels=stacked(state["reference_labels"]))
+
+
+def _function_files(bucket: Bucket, max_reference_frames: int) -> dict[str, Any]:
+  return {"start": f"start_{bucket.name}.bin",
+          "steps": {str(r): f"step_{bucket.name}_r{r}.bin"
+                    for r in range(1, max_reference_frames + 1)}}
+
+
+def export_functions(model: Any, variables: Any, bucket: Bucket, max_reference_frames: int,
+                     platforms: Sequence[str]) -> dict[str, bytes]:
+  """Serialized start and step functions of one bucket: file name -> bytes."""
+  model = model.clone(max_objects=bucket.objects_per_chunk)
+  abstract_variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+  frame = jax.ShapeDtypeStruct((bucket.height, bucket.width, 3), jnp.uint8)
+  labels = jax.ShapeDtypeStruct((bucket.height, bucket.width), jnp.int32)
+  num_slots = bucket.objects_per_chunk * bucket.num_chunks
+  start = jax.jit(functools.partial(propagation.start_video, model, num_slots=num_slots))
+  files = _function_files(bucket, max_reference_frames)
+  serialized = {files["start"]: jax.export.export(start, platforms=platforms)(
+      abstract_variables, frame, labels).serialize()}
+  initial_state = jax.eval_shape(start, abstract_variables, frame, labels)
+  step = jax.jit(functools.partial(propagation.propagation_step, model,
+                                   objects_per_chunk=bucket.objects_per_chunk))
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  valid_size = jax.ShapeDtypeStruct((2,), jnp.int32)
+  for reference_frames, file_name in files["steps"].items():
+    state = _with_reference_frames(initial_state, int(reference_frames))
+    exported = jax.export.export(step, platforms=platforms)(
+        abstract_variables, state, frame, labels, scalar, valid_size)
+    serialized[file_name] = exported.serialize()
+  return serialized
+
+
+def _write_bundle(folder: epath.Path, config: ml_collections.ConfigDict, variables: Any,
+                  step: int, buckets: Sequence[Bucket],
+                  functions: Mapping[str, bytes]) -> None:
+  (folder / "functions").mkdir(parents=True)
+  for file_name, data in functions.items():
+    (folder / "functions" / file_name).write_bytes(bytes(data))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(folder / "variables", variables)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
+  manifest = {
+      "format": FORMAT,
+      "checkpoint_step": int(step),
+      "jax_version": jax.__version__,
+      "platforms": list(config.export.platforms),
+      "max_reference_frames": int(config.export.max_reference_frames),
+      "buckets": [dict(dataclasses.asdict(b),
+                       **_function_files(b, config.export.max_reference_frames))
+                  for b in buckets],
+  }
+  (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _replace_folder(source: epath.Path, destination: epath.Path) -> None:
+  """Renames `source` to `destination`, replacing an existing bundle there."""
+  previous = None
+  if destination.exists():
+    previous = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex}"
+    destination.rename(previous)
+  source.rename(destination)
+  if previous is not None:
+    shutil.rmtree(previous)
+
+
+def export(config: ml_collections.ConfigDict, workdir: str,
+           export_dir: Optional[str] = None) -> epath.Path:
+  """Writes the inference bundle of the latest checkpoint in `<workdir>/checkpoints`.
+
+  Args:
+    config: the run's config (its `export` section picks buckets and platforms).
+    workdir: the training workdir.
+    export_dir: destination folder (default `<workdir>/export`); replaced if it exists.
+
+  Returns:
+    The bundle's folder.
+  """
+  buckets = export_buckets(config)
+  platforms = tuple(config.export.platforms)
+  if not platforms:
+    raise ValueError("config.export.platforms is empty: name at least one, e.g. ('cpu',)")
+  model = models.build_model(config.model)
+  variables, step = inference.restore_variables(config, workdir, model)
+  functions = {}
+  for bucket in buckets:
+    logging.info("Exporting bucket %s (%d slots x %d chunks) for %s", bucket.name,
+                 bucket.objects_per_chunk, bucket.num_chunks, platforms)
+    functions.update(export_functions(model, variables, bucket,
+                                      config.export.max_reference_frames, platforms))
+  destination = epath.Path(export_dir or epath.Path(workdir) / "export")
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  temporary = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex}"
+  try:
+    _write_bundle(temporary, config, variables, step, buckets, functions)
+    _replace_folder(temporary, destination)
+  finally:
+    if temporary.exists():
+      shutil.rmtree(temporary)
+  logging.info("Wrote the inference bundle of step %d to %s", step, destination)
+  return destination
+
+
+class ExportedModel:
+  """A bundle loaded for inference: `propagate` runs videos with its serialized functions."""
+
+  def __init__(self, path: epath.PathLike):
+    """Reads the bundle at `path` (see the module docstring)."""
+    self.path = epath.Path(path)
+    manifest_path = self.path / "manifest.json"
+    if not manifest_path.exists():
+      raise FileNotFoundError(f"{self.path} is not an inference bundle: no manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+      raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    self.manifest = manifest
+    self.config = ml_collections.ConfigDict(json.loads((self.path / "config.json").read_text()))
+    self.checkpoint_step = manifest["checkpoint_step"]
+    fields = [field.name for field in dataclasses.fields(Bucket)]
+    self.buckets = []
+    self._files = {}
+    for entry in manifest["buckets"]:
+      bucket = Bucket(**{field: entry[field] for field in fields})
+      self.buckets.append(bucket)
+      self._files[bucket.name] = {"start": entry["start"], "steps": entry["steps"]}
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(self.path / "variables").item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    self.variables = checkpointer.restore(self.path / "variables", abstract)
+    checkpointer.close()
+    self._functions = {}
+
+  def _function(self, file_name: str) -> Any:
+    if file_name not in self._functions:
+      exported = jax.export.deserialize(
+          bytearray((self.path / "functions" / file_name).read_bytes()))
+      self._functions[file_name] = jax.jit(exported.call)
+    return self._functions[file_name]
+
+  def bucket_for(self, height: int, width: int, num_objects: int) -> Bucket:
+    """The smallest bucket (by area, then objects) holding the video; ValueError if none."""
+    fitting = [b for b in self.buckets
+               if b.height >= height and b.width >= width and b.objects >= num_objects]
+    if not fitting:
+      raise ValueError(
+          f"no exported bucket holds a {height}x{width} video with {num_objects} objects; "
+          f"buckets (height, width, objects): "
+          f"{[(b.height, b.width, b.objects) for b in self.buckets]} (config.export.buckets)")
+    return min(fitting, key=lambda b: (b.height * b.width, b.objects))
+
+  def plan(self, height: int, width: int, num_objects: int) -> propagation.Plan:
+    """The Plan of a video (see `propagation.run_video`) from the bundle's functions."""
+    bucket = self.bucket_for(height, width, num_objects)
+    files = self._files[bucket.name]
+    start = self._function(files["start"])
+    h = bucket.height // FEATURE_STRIDE
+    variables = self.variables
+
+    def step(state, frame, paste_labels, num_objects, valid_size):
+      reference_frames = state["reference_labels"].shape[0] // h
+      if str(reference_frames) not in files["steps"]:
+        raise ValueError(
+            f"the video needs {reference_frames} reference frames (objects first appearing "
+            f"in that many frames) but the bundle was exported with at most "
+            f"{len(files['steps'])} (config.export.max_reference_frames)")
+      function = self._function(files["steps"][str(reference_frames)])
+      return function(variables, state, frame, paste_labels, num_objects, valid_size)
+
+    return propagation.Plan(height=bucket.height, width=bucket.width,
+                            objects_per_chunk=bucket.objects_per_chunk,
+                            num_chunks=bucket.num_chunks,
+                            start=functools.partial(start, variables), step=step)
+
+  def propagate(self, frames: Iterable[np.ndarray], annotations: Mapping[int, np.ndarray],
+                first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,
+                name: str = "video") -> Iterator[np.ndarray]:
+    """Labels [H, W] int32 of every frame, as `inference.VideoPropagator.propagate`."""
+    return propagation.run_video(self.plan, frames, annotations, first_frame, object_ids,
+                                 name=name)
+
+
+def load(path: epath.PathLike) -> ExportedModel:
+  """Loads the bundle that `export` wrote to `path`."""
+  return ExportedModel(path)

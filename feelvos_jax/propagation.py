@@ -1,0 +1,382 @@
+"""FEELVOS video propagation: one jitted step per frame, memory flat in the video's length.
+
+The pure functions of a step (`start_video`, `propagation_step`, `add_reference`) and the host
+loop that drives them over a video (`run_video`); `inference.VideoPropagator` compiles them for
+a model and `export.ExportedModel` runs their serialized form.
+
+How a video runs (the semi-supervised protocol, YouTube-VOS style objects included):
+- Objects are given by a label map at the frame where each first appears (`first_frame`). The
+  propagation starts at the first of these frames, f0; earlier frames are predicted background.
+- Internally objects take slots 1..N in order of first appearance (ties in label order), so the
+  objects present at frame t are always slots 1..n(t) and `num_objects = n(t)` masks the rest.
+- At f0 the given mask is the prediction; the frame's embedding and stride-4 labels become the
+  first reference frame. Background reference: the background pixels of f0 only.
+- At every later frame t: embed once, match globally against the reference buffer and locally
+  against frame t-1, run the segmentation head per slot, softmax over slots (the stride-4
+  probabilities for the next step), upsample the logits bilinearly to the padded frame
+  (`losses.upsample_logits`, logit (i, j) on pixel (4i, 4j)), argmax to labels. Objects whose
+  first annotation is frame t are then pasted over the prediction (labels and one-hot
+  probabilities), and frame t joins the reference buffer labelled with those objects only.
+- Stride-4 labels for local matching are the argmax labels subsampled by `[::4, ::4]`, with
+  padding pixels set to IGNORE_LABEL so that they never match.
+
+Reference buffer: the R reference frames stacked along the height, embeddings [R*h, w, E] and
+labels [R*h, w] (IGNORE_LABEL where a frame does not reference an object). Global matching
+takes, per object, the nearest labelled reference pixel, so matching against the stack equals
+matching each object against its own first frame. R grows by one at each frame where objects
+first appear (never with the video's length: R <= N); DAVIS videos keep R = 1.
+
+Static shapes: frames are padded (bottom/right, `PAD_PIXEL`) to a multiple of the backbone's
+output stride; the object axis is padded to `objects_per_chunk` slots (a bucket). Videos with
+more objects than a bucket run the objects in chunks inside the step: each chunk sees its own
+objects as 1..m and the others as IGNORE_LABEL (never matched), shares the background, and the
+chunks' logits are merged (background once) before the softmax. The step therefore compiles
+once per (padded height, padded width, slots per chunk, chunks, reference frames).
+
+Streaming: frames may be any iterable; only the current state (reference buffer, previous
+embedding, labels and probabilities) is kept, and each frame's labels are fetched while the
+next frame is being computed.
+"""
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import losses
+
+PAD_PIXEL = 128
+"""Value of padded frame pixels, as the input pipeline pads (`input_pipeline.PAD_PIXEL`)."""
+
+MAX_OBJECTS = IGNORE_LABEL - 1
+"""Most objects a video may have: ids 1..254 (255 is IGNORE_LABEL)."""
+
+State = dict[str, jax.Array]
+"""Propagation state: reference_embedding [R*h, w, E], reference_labels [R*h, w] int32,
+previous_embedding [h, w, E], previous_labels [h, w] int32, previous_probs [h, w, 1+S] float32
+(S = object slots of all chunks)."""
+
+
+def _one_hot_probs(labels: jax.Array, num_classes: int) -> jax.Array:
+  """One-hot [h, w] -> [h, w, num_classes] float32; IGNORE_LABEL gives all zeros."""
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+
+
+def start_video(model: nn.Module, variables: Any, frame: jax.Array, given_labels: jax.Array,
+                *, num_slots: int) -> State:
+  """The state after the first annotated frame.
+
+  Args:
+    model: the FEELVOS module.
+    variables: {'params', 'batch_stats'}.
+    frame: [Hp, Wp, 3] uint8 padded frame.
+    given_labels: [Hp, Wp] int32 slot labels of the annotation (0 background, IGNORE_LABEL
+      for void and padding).
+    num_slots: S, object slots of all chunks (static).
+
+  Returns:
+    The State with one reference frame.
+  """
+  _, embeddings = model.apply(variables, frame[None], train=False, method="embed")
+  labels = given_labels[::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  return {
+      "reference_embedding": embeddings[0],
+      "reference_labels": labels,
+      "previous_embedding": embeddings[0],
+      "previous_labels": labels,
+      "previous_probs": _one_hot_probs(labels, 1 + num_slots),
+  }
+
+
+def _chunk_labels(labels: jax.Array, first_slot: jax.Array, slots: int) -> jax.Array:
+  """Slot labels -> labels of one chunk: its slots first_slot+1.. become 1..slots, the
+  background stays 0 and every other object becomes IGNORE_LABEL."""
+  in_chunk = (labels > first_slot) & (labels <= first_slot + slots)
+  return jnp.where(labels == 0, 0, jnp.where(in_chunk, labels - first_slot, IGNORE_LABEL))
+
+
+def segment_logits(model: nn.Module, variables: Any, state: State, features: jax.Array,
+                   embeddings: jax.Array, num_objects: jax.Array, *,
+                   objects_per_chunk: int) -> jax.Array:
+  """Stride-4 logits of every slot of every chunk, merged: [h, w, 1 + S].
+
+  Args:
+    model, variables: as in `start_video`.
+    state: the State of the previous frame.
+    features: [1, h, w, D] decoder features of the current frame.
+    embeddings: [1, h, w, E] embeddings of the current frame.
+    num_objects: int32 scalar, objects present (slots 1..num_objects); later slots get -inf.
+    objects_per_chunk: M, object slots of the model (its `max_objects`).
+
+  Returns:
+    [h, w, 1 + S] logits: slot 0 the background (from the first chunk), then chunk c's
+    objects at 1 + c*M ... (c+1)*M.
+  """
+  num_slots = state["previous_probs"].shape[-1] - 1
+  if num_slots % objects_per_chunk:
+    raise ValueError(f"state holds {num_slots} object slots, not a multiple of "
+                     f"objects_per_chunk={objects_per_chunk}")
+  num_chunks = num_slots // objects_per_chunk
+  probs = state["previous_probs"]
+
+  def chunk(index: jax.Array) -> jax.Array:
+    first_slot = index * objects_per_chunk
+    chunk_probs = jnp.concatenate([
+        probs[..., :1],
+        jax.lax.dynamic_slice_in_dim(probs, 1 + first_slot, objects_per_chunk, axis=-1)], -1)
+    count = jnp.clip(num_objects - first_slot, 0, objects_per_chunk)
+    logits = model.apply(
+        variables, features, embeddings,
+        state["reference_embedding"][None],
+        _chunk_labels(state["reference_labels"], first_slot, objects_per_chunk)[None],
+        state["previous_embedding"][None],
+        _chunk_labels(state["previous_labels"], first_slot, objects_per_chunk)[None],
+        chunk_probs[None], count[None].astype(jnp.int32), train=False, method="segment")
+    return logits[0].astype(jnp.float32)
+
+  chunk_logits = jax.lax.map(chunk, jnp.arange(num_chunks))  # [C, h, w, 1 + M]
+  height, width = chunk_logits.shape[1:3]
+  objects = jnp.transpose(chunk_logits[..., 1:], (1, 2, 0, 3)).reshape(height, width, num_slots)
+  return jnp.concatenate([chunk_logits[0, ..., :1], objects], axis=-1)
+
+
+def propagation_step(model: nn.Module, variables: Any, state: State, frame: jax.Array,
+                     paste_labels: jax.Array, num_objects: jax.Array, valid_size: jax.Array, *,
+                     objects_per_chunk: int) -> tuple[State, jax.Array]:
+  """Segments one frame and advances the state (see the module docstring).
+
+  Args:
+    model, variables: as in `start_video`.
+    state: the State after the previous frame.
+    frame: [Hp, Wp, 3] uint8 padded frame.
+    paste_labels: [Hp, Wp] int32: slots of objects first annotated in this frame where their
+      mask is, IGNORE_LABEL elsewhere (all IGNORE_LABEL on most frames).
+    num_objects: int32 scalar, objects present before this frame (slots 1..num_objects).
+    valid_size: [2] int32, the frame's (height, width) before padding.
+    objects_per_chunk: M (static).
+
+  Returns:
+    (new state, labels [Hp, Wp] int32 slot labels; padding rows/columns hold IGNORE_LABEL).
+  """
+  features, embeddings = model.apply(variables, frame[None], train=False, method="embed")
+  logits = segment_logits(model, variables, state, features, embeddings, num_objects,
+                          objects_per_chunk=objects_per_chunk)
+  probs = jax.nn.softmax(logits, axis=-1)
+  height, width = frame.shape[:2]
+  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
+  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
+  labels = jnp.where(paste_labels != IGNORE_LABEL, paste_labels, labels)
+  inside = ((jnp.arange(height) < valid_size[0])[:, None]
+            & (jnp.arange(width) < valid_size[1])[None, :])
+  labels = jnp.where(inside, labels, IGNORE_LABEL)
+  pasted = paste_labels[::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  probs = jnp.where((pasted != IGNORE_LABEL)[..., None],
+                    _one_hot_probs(pasted, probs.shape[-1]), probs)
+  new_state = dict(state, previous_embedding=embeddings[0],
+                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
+                   previous_probs=probs)
+  return new_state, labels
+
+
+def add_reference(state: State, paste_labels: jax.Array) -> State:
+  """Appends the last frame (its embedding, the pasted objects' stride-4 labels) to the
+  reference buffer: R -> R + 1. `paste_labels` [Hp, Wp] as given to `propagation_step`."""
+  labels = paste_labels[::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  return dict(
+      state,
+      reference_embedding=jnp.concatenate(
+          [state["reference_embedding"], state["previous_embedding"]], axis=0),
+      reference_labels=jnp.concatenate([state["reference_labels"], labels], axis=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How one video runs: its padded size, its object slots and the two compiled functions.
+
+  Attributes:
+    height, width: padded frame size.
+    objects_per_chunk: M, slots per chunk.
+    num_chunks: C; the state holds S = C * M object slots.
+    start: (frame [Hp, Wp, 3] uint8, given_labels [Hp, Wp] int32) -> State.
+    step: (state, frame, paste_labels, num_objects, valid_size) -> (State, labels [Hp, Wp]).
+  """
+  height: int
+  width: int
+  objects_per_chunk: int
+  num_chunks: int
+  start: Callable[..., State]
+  step: Callable[..., tuple[State, jax.Array]]
+
+
+Planner = Callable[[int, int, int], Plan]
+"""(frame height, frame width, number of objects) -> Plan."""
+
+
+def round_up(value: int, multiple: int) -> int:
+  return -(-value // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Objects:
+  """A video's objects in slot order (first appearance), with the label lookups."""
+  first_frame: np.ndarray  # [N] first frame of slot 1..N.
+  label_to_slot: np.ndarray  # [256] input label -> slot (0 -> 0, 255 -> 255, unknown -> -1).
+  slot_to_id: np.ndarray  # [256] slot -> output id (0 and 255 -> 0).
+
+
+def _order_objects(first_frame: Sequence[int], object_ids: Optional[Sequence[int]],
+                   name: str) -> _Objects:
+  first_frame = np.asarray(first_frame, dtype=np.int64).reshape(-1)
+  num_objects = len(first_frame)
+  if num_objects == 0:
+    raise ValueError(f"video {name!r}: no object to propagate (first_frame is empty)")
+  if num_objects > MAX_OBJECTS:
+    raise ValueError(f"video {name!r}: {num_objects} objects, at most {MAX_OBJECTS} supported")
+  if (first_frame < 0).any():
+    raise ValueError(f"video {name!r}: negative first_frame {first_frame.tolist()}")
+  if object_ids is None:
+    object_ids = np.arange(1, num_objects + 1)
+  object_ids = np.asarray(object_ids, dtype=np.int64).reshape(-1)
+  if object_ids.shape != (num_objects,):
+    raise ValueError(f"video {name!r}: {len(object_ids)} object_ids for {num_objects} objects")
+  order = np.argsort(first_frame, kind="stable")  # order[s - 1] + 1 = input label of slot s.
+  label_to_slot = np.full(256, -1, np.int64)
+  label_to_slot[0], label_to_slot[IGNORE_LABEL] = 0, IGNORE_LABEL
+  label_to_slot[order + 1] = np.arange(1, num_objects + 1)
+  slot_to_id = np.zeros(256, np.int64)
+  slot_to_id[1:num_objects + 1] = object_ids[order]
+  return _Objects(first_frame[order], label_to_slot, slot_to_id)
+
+
+def _to_slots(labels: np.ndarray, objects: _Objects, name: str, frame: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.ndim != 2:
+    raise ValueError(f"video {name!r} frame {frame}: annotation must be [H, W], got shape "
+                     f"{labels.shape}")
+  values = np.unique(labels)
+  unknown = values[(values < 0) | (values > 255)]
+  if unknown.size == 0:
+    unknown = values[objects.label_to_slot[values] < 0]
+  if unknown.size:
+    raise ValueError(f"video {name!r} frame {frame}: annotation holds label(s) "
+                     f"{unknown.tolist()} that are neither 0, {IGNORE_LABEL} nor objects "
+                     f"1..{len(objects.first_frame)}")
+  return objects.label_to_slot[labels]
+
+
+def _pad(array: np.ndarray, height: int, width: int, value: int) -> np.ndarray:
+  padding = [(0, height - array.shape[0]), (0, width - array.shape[1])]
+  padding += [(0, 0)] * (array.ndim - 2)
+  return np.pad(array, padding, constant_values=value)
+
+
+def run_video(planner: Planner, frames: Iterable[np.ndarray],
+              annotations: Mapping[int, np.ndarray], first_frame: Sequence[int],
+              object_ids: Optional[Sequence[int]] = None, *,
+              name: str = "video") -> Iterator[np.ndarray]:
+  """Propagates the given masks through a video, one frame at a time.
+
+  Args:
+    planner: picks the padded size, the slots and the compiled functions (`Plan`).
+    frames: iterable of [H, W, 3] uint8 frames (an array [T, H, W, 3] works).
+    annotations: frame index -> [H, W] int label map (0 background, 1..N objects, IGNORE_LABEL
+      void) for every frame in `first_frame`; only the objects first appearing at a frame
+      are read from its map (and, at the first of these frames, the background).
+    first_frame: [N] frame index at which object n+1 is first annotated.
+    object_ids: [N] id written for object n+1 (default 1..N).
+    name: video name for error messages.
+
+  Yields:
+    [H, W] int32 labels per frame, in `object_ids` (0 background).
+  """
+  objects = _order_objects(first_frame, object_ids, name)
+  num_objects = len(objects.first_frame)
+  start_frame = int(objects.first_frame[0])
+  pending = []  # Labels not yet handed out: at most this frame's and the previous one's.
+  plan = height = width = state = None
+  index = -1
+  for index, frame in enumerate(frames):
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+      raise ValueError(f"video {name!r} frame {index}: frames must be uint8 RGB, got dtype "
+                       f"{frame.dtype}")
+    if plan is None:
+      if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"video {name!r} frame {index}: expected [H, W, 3], got {frame.shape}")
+      height, width = frame.shape[:2]
+      plan = planner(height, width, num_objects)
+      valid_size = np.array([height, width], np.int32)
+    elif frame.shape != (height, width, 3):
+      raise ValueError(f"video {name!r} frame {index}: shape {frame.shape} differs from the "
+                       f"first frame's {(height, width, 3)}")
+    if index < start_frame:
+      pending.append(np.zeros((plan.height, plan.width), np.int32))
+    else:
+      new = np.flatnonzero(objects.first_frame == index) + 1  # Slots first annotated here.
+      if new.size:
+        if index not in annotations:
+          raise ValueError(f"video {name!r}: objects first appear at frame {index} but no "
+                           f"annotation is given for it")
+        given = _to_slots(annotations[index], objects, name, index)
+        if given.shape != (height, width):
+          raise ValueError(f"video {name!r} frame {index}: annotation shape {given.shape} "
+                           f"differs from the frame's {(height, width)}")
+        later = np.unique(given[(given > new.max()) & (given != IGNORE_LABEL)])
+        if later.size:
+          raise ValueError(f"video {name!r} frame {index}: the annotation holds objects "
+                           f"whose first_frame is later")
+        missing = [int(s) for s in new if not (given == s).any()]
+        if missing:
+          raise ValueError(f"video {name!r} frame {index}: object(s) with first_frame {index} "
+                           f"are absent from its annotation (slots {missing})")
+      padded_frame = _pad(frame, plan.height, plan.width, PAD_PIXEL)
+      if index == start_frame:
+        given = _pad(given, plan.height, plan.width, IGNORE_LABEL).astype(np.int32)
+        state = plan.start(padded_frame, given)
+        pending.append(np.where(given == IGNORE_LABEL, 0, given))
+      else:
+        if new.size:
+          paste = np.where(np.isin(given, new), given, IGNORE_LABEL)
+          paste = _pad(paste, plan.height, plan.width, IGNORE_LABEL).astype(np.int32)
+        else:
+          paste = np.full((plan.height, plan.width), IGNORE_LABEL, np.int32)
+        present = np.int32(np.sum(objects.first_frame < index))
+        state, labels = plan.step(state, padded_frame, paste, present, valid_size)
+        if new.size:
+          state = add_reference(state, paste)
+        pending.append(labels)
+    while len(pending) > 1:
+      yield objects.slot_to_id[np.asarray(pending.pop(0))[:height, :width]].astype(np.int32)
+  if index < start_frame:
+    raise ValueError(f"video {name!r}: {index + 1} frames, but objects first appear at frame "
+                     f"{start_frame}")
+  if pending:
+    yield objects.slot_to_id[np.asarray(pending.pop(0))[:height, :width]].astype(np.int32)
+  last_frame = int(objects.first_frame[-1])
+  if index < last_frame:
+    raise ValueError(f"video {name!r}: {index + 1} frames, but an object first appears at frame "
+                     f"{last_frame}")
+
+
+def bucket_slots(num_objects: int, object_buckets: Sequence[int]) -> tuple[int, int]:
+  """(slots per chunk M, chunks C): the smallest bucket holding every object, else the largest
+  bucket in ceil(N / M) chunks."""
+  for slots in object_buckets:
+    if slots >= num_objects:
+      return slots, 1
+  slots = object_buckets[-1]
+  return slots, math.ceil(num_objects / slots)
+
+
+def check_object_buckets(object_buckets: Sequence[int], name: str) -> tuple[int, ...]:
+  """Sorted distinct positive bucket sizes; ValueError naming `name` otherwise."""
+  buckets = tuple(sorted({int(b) for b in object_buckets}))
+  if not buckets or buckets[0] < 1 or buckets[-1] > MAX_OBJECTS:
+    raise ValueError(f"{name} must be a non-empty list of object counts in 1..{MAX_OBJECTS}, "
+                     f"got {tuple(object_buckets)!r}")
+  return buckets

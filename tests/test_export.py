@@ -1,0 +1,111 @@
+"""Inference bundles (feelvos_jax/export.py): export a checkpoint, load it, same masks."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from feelvos_jax import checkpointing
+from feelvos_jax import export as export_lib
+from feelvos_jax import optimizers
+from feelvos_jax import train
+from tests import test_inference
+
+
+def export_config():
+  config = test_inference.small_config()
+  config.export.buckets = ((32, 32, 5), (48, 32, 2))
+  config.export.max_reference_frames = 2
+  config.export.platforms = ("cpu",)
+  return config
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+  """(workdir, bundle path, the loaded bundle) from a saved training checkpoint."""
+  config = export_config()
+  _, model, variables, _, _ = test_inference.shared_setup()
+  tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,
+                                   config.num_train_steps)[0]
+  state = train.TrainState(step=jnp.array(7), params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(0),
+                           apply_fn=model.apply, tx=tx)
+  workdir = tmp_path_factory.mktemp("workdir")
+  checkpointer = checkpointing.Checkpointer(os.fspath(workdir), keep=1)
+  checkpointer.save(7, state, config)
+  checkpointer.close()
+  path = export_lib.export(config, os.fspath(workdir))
+  return workdir, path, export_lib.load(path)
+
+
+def test_bundle_layout(bundle):
+  workdir, path, loaded = bundle
+  assert path == workdir / "export"
+  assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "export"]  # No temp left.
+  assert sorted(p.name for p in path.iterdir()) == [
+      "config.json", "functions", "manifest.json", "variables"]
+  assert sorted(p.name for p in (path / "functions").iterdir()) == [
+      "start_32x32x5.bin", "start_48x32x2.bin", "step_32x32x5_r1.bin", "step_32x32x5_r2.bin",
+      "step_48x32x2_r1.bin", "step_48x32x2_r2.bin"]
+  assert loaded.checkpoint_step == 7
+  assert loaded.config.model.embedding_dim == 8
+  # Weights only: no optimizer state, no step, no rng.
+  assert set(loaded.variables) == {"params", "batch_stats"}
+
+
+def test_exported_and_in_process_masks_are_identical(bundle):
+  _, _, loaded = bundle
+  in_process = test_inference.shared_setup()[3]
+  # 5 objects, one appearing at frame 2 (two reference frames), 30x29 padded to 32x32.
+  frames, labels, first_frame = test_inference.make_video(5, 5, height=30, width=29, seed=4,
+                                                          appear=[0, 0, 0, 0, 2])
+  expected = test_inference.run(in_process, frames, labels, first_frame)
+  got = test_inference.run(loaded, frames, labels, first_frame)
+  np.testing.assert_array_equal(got, expected)
+  assert len(np.unique(got[1:])) > 2
+
+
+def test_bucket_choice_and_limits(bundle):
+  _, _, loaded = bundle
+  assert loaded.bucket_for(40, 30, 2).name == "48x32x2"
+  assert loaded.bucket_for(20, 20, 3).name == "32x32x5"
+  with pytest.raises(ValueError, match="no exported bucket holds a 32x32 video with 6 objects"):
+    loaded.bucket_for(32, 32, 6)
+  frames, labels, first_frame = test_inference.make_video(4, 3, seed=5, appear=[0, 1, 2])
+  with pytest.raises(ValueError, match="config.export.max_reference_frames"):
+    test_inference.run(loaded, frames, labels, first_frame)
+
+
+def test_export_replaces_a_bundle_atomically(bundle, tmp_path):
+  workdir, _, _ = bundle
+  config = export_config()
+  config.export.buckets = ((32, 32, 1),)
+  config.export.max_reference_frames = 1
+  destination = tmp_path / "bundle"
+  destination.mkdir()
+  (destination / "stale.txt").write_text("old")
+  export_lib.export(config, os.fspath(workdir), os.fspath(destination))
+  assert not (destination / "stale.txt").exists()
+  assert sorted(p.name for p in (destination / "functions").iterdir()) == [
+      "start_32x32x1.bin", "step_32x32x1_r1.bin"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("buckets", ((30, 32, 2),), "multiples of the output stride 16"),
+    ("buckets", ((32, 32),), r"\(height, width, objects\)"),
+    ("buckets", (), "empty"),
+    ("max_reference_frames", 0, "max_reference_frames must be >= 1"),
+])
+def test_bad_export_config(key, value, message):
+  config = export_config()
+  config.export[key] = value
+  with pytest.raises(ValueError, match=message):
+    export_lib.export_buckets(config)
+
+
+def test_load_rejects_a_folder_without_a_bundle(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not an inference bundle"):
+    export_lib.load(tmp_path)
