@@ -1,0 +1,452 @@
+"""Interactive video object segmentation: clicks and scribbles on any frame, re-propagated
+through the video without recomputing a single embedding.
+
+    session = InteractiveSession(model, variables, frames, object_ids=[1])
+    session.add_scribble(0, 1, [(120, 200), (130, 210)])   # two clicks on object 1, frame 0
+    session.add_background_scribble(0, background_mask)    # a thin [H, W] bool stroke
+    labels = session.propagate(0, direction="forward")     # [T, H, W] int32 object ids
+    session.add_scribble(14, 1, correction_mask)           # fix frame 14 ...
+    labels = session.propagate(14, direction="both")       # ... and re-propagate from it
+
+Embeddings: the constructor pads the frames (bottom/right, `propagation.PAD_PIXEL`) to a
+multiple of the backbone's output stride and runs the jitted `FEELVOS.embed` over them once,
+`embed_batch_size` frames at a time (the last batch padded, so `embed` compiles once), writing
+into two preallocated device buffers. It keeps, for the whole session,
+  features   [T, h, w, D] and embeddings [T, h, w, E] in the model's compute dtype,
+  h, w = Hp / 4, Wp / 4 (stride 4 of the padded frame), i.e. T x h x w x (D + E) values:
+  with the paper's D = 256, E = 100 in float32, 100 frames of 480x854 (padded to 480x864,
+  h x w = 120 x 216) take 100 x 120 x 216 x 356 x 4 bytes = 3.7 GB (`embedding_bytes`).
+The frames themselves are not kept.
+
+References: one stride-4 map per frame, [T, h, w] object ids (0 background, IGNORE_LABEL where
+unmarked). A point (y, x) (pixel coordinates, fractions floored) marks the stride-4 cell
+containing it, (y // 4, x // 4); a mask [H, W] bool (a thin scribble or a full object mask)
+marks every cell of which at least one pixel is True (the mask's 4x4 blocks, `.any()`). A
+later mark of a cell replaces an earlier one (on the boundary of two full masks, the one added
+last wins). A video's objects are `object_ids` plus those registered with `add_object`; a
+scribble for any other id is refused.
+
+`propagate(from_frame, direction)`:
+- The objects taking part are the registered objects with at least one marked cell (an object
+  without one is predicted nowhere), in slots 1..n in registration order; the object axis is
+  padded or chunked by `object_buckets` as in video inference (`propagation.bucket_slots`).
+- Global matching of every frame is against ALL marked cells of all frames, gathered into one
+  reference row [1, P, E] with their slot labels [1, P], P padded with IGNORE_LABEL to a power
+  of two (at least `MIN_REFERENCE_PIXELS`): the same nearest-pixel matching as stacking the
+  marked frames along the height with IGNORE_LABEL on unmarked cells (the video inference
+  buffer), at the cost of P reference pixels instead of R x h x w.
+- The frame of interaction is segmented first, its "previous frame" being itself with its
+  marked cells as labels (IGNORE_LABEL elsewhere) and their one-hot as probabilities (zero
+  elsewhere); then every frame in the direction(s) is segmented with the frame before it in
+  the direction as previous frame (its embedding, predicted stride-4 labels and softmax
+  probabilities). 'forward' covers from_frame..T-1, 'backward' from_frame..0, 'both' all
+  frames (both chains start from the frame of interaction's result).
+- Each frame is `propagation.segment_logits` (global + local matching and the head) on the
+  stored features and embeddings, then, as in video inference, the logits upsampled
+  bilinearly (`losses.upsample_logits`) and their argmax: the labels are the model's
+  prediction on every frame, the frame of interaction included (marks are not pasted).
+- Only the jitted step runs (matching + head), compiled once per (padded frame size, P bucket,
+  slots per chunk, chunks) and shared by every session of a model. The session keeps the
+  latest labels of every frame ([T, H, W] int32 object ids, background 0 until a frame is
+  first propagated).
+
+Bad input (an unknown object id, a point outside the frame, an empty scribble, a frame index
+out of range, a mask of the wrong shape) raises a ValueError naming the argument, the frame and
+the object, and leaves the session unchanged: everything is checked before any state changes.
+"""
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import losses
+from feelvos_jax import propagation
+
+MIN_REFERENCE_PIXELS = 256
+"""Smallest reference bucket: P is padded to max(this, the next power of two)."""
+
+DIRECTIONS = ("forward", "backward", "both")
+"""The values of `propagate`'s `direction`."""
+
+
+def embed_frames(model: nn.Module, variables: Any, features: jax.Array, embeddings: jax.Array,
+                 frames: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Embeds a batch of frames into the session's buffers.
+
+  Args:
+    model: the FEELVOS module.
+    variables: {'params', 'batch_stats'}.
+    features: [Tp, h, w, D] buffer (donated when jitted).
+    embeddings: [Tp, h, w, E] buffer (donated when jitted).
+    frames: [B, Hp, Wp, 3] uint8 padded frames.
+    start: int32 scalar, the buffer row of the first frame.
+
+  Returns:
+    The buffers with rows start..start+B-1 replaced by the frames' features and embeddings.
+  """
+  batch_features, batch_embeddings = model.apply(variables, frames, train=False,
+                                                 method="embed")
+  return (lax.dynamic_update_slice_in_dim(features, batch_features, start, axis=0),
+          lax.dynamic_update_slice_in_dim(embeddings, batch_embeddings, start, axis=0))
+
+
+def start_state(embeddings: jax.Array, reference_index: jax.Array,
+                reference_labels: jax.Array, frame: jax.Array, frame_labels: jax.Array, *,
+                num_slots: int) -> propagation.State:
+  """The propagation state at the frame of interaction.
+
+  Args:
+    embeddings: [Tp, h, w, E] the session's embeddings.
+    reference_index: [P] int32 flat indices into [Tp * h * w] of the marked cells (padding: 0).
+    reference_labels: [P] int32 their slot labels (padding: IGNORE_LABEL).
+    frame: int32 scalar, the frame of interaction.
+    frame_labels: [h, w] int32 slot labels of its marked cells, IGNORE_LABEL elsewhere.
+    num_slots: S, object slots of all chunks (static).
+
+  Returns:
+    The State (see `propagation.State`): reference [1, P, E] and [1, P]; previous = the frame
+    itself with its marked cells and their one-hot probabilities [h, w, 1 + S].
+  """
+  flat = embeddings.reshape(-1, embeddings.shape[-1])
+  return {
+      "reference_embedding": flat[reference_index][None],
+      "reference_labels": reference_labels[None],
+      "previous_embedding": lax.dynamic_index_in_dim(embeddings, frame, keepdims=False),
+      "previous_labels": frame_labels,
+      "previous_probs": jax.nn.one_hot(frame_labels, 1 + num_slots, dtype=jnp.float32),
+  }
+
+
+def interactive_step(model: nn.Module, variables: Any, state: propagation.State,
+                     features: jax.Array, embeddings: jax.Array, frame: jax.Array,
+                     num_objects: jax.Array, valid_size: jax.Array, *,
+                     objects_per_chunk: int) -> tuple[propagation.State, jax.Array]:
+  """Segments one frame from its stored features and embeddings and advances the state.
+
+  Args:
+    model: the FEELVOS module with `max_objects = objects_per_chunk`.
+    variables: {'params', 'batch_stats'}.
+    state: the State of the previous frame in the propagation direction.
+    features: [Tp, h, w, D] the session's features.
+    embeddings: [Tp, h, w, E] the session's embeddings.
+    frame: int32 scalar, the frame to segment.
+    num_objects: int32 scalar, objects taking part (slots 1..num_objects).
+    valid_size: [2] int32, the frame's (height, width) before padding.
+    objects_per_chunk: M (static).
+
+  Returns:
+    (state with this frame as previous frame, labels [Hp, Wp] int32 slots, IGNORE_LABEL on
+    padding).
+  """
+  frame_features = lax.dynamic_index_in_dim(features, frame, keepdims=True)
+  frame_embeddings = lax.dynamic_index_in_dim(embeddings, frame, keepdims=True)
+  logits = propagation.segment_logits(model, variables, state, frame_features,
+                                      frame_embeddings, num_objects,
+                                      objects_per_chunk=objects_per_chunk)
+  height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
+  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
+  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
+  inside = ((jnp.arange(height) < valid_size[0])[:, None]
+            & (jnp.arange(width) < valid_size[1])[None, :])
+  labels = jnp.where(inside, labels, IGNORE_LABEL)
+  new_state = dict(state, previous_embedding=frame_embeddings[0],
+                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
+                   previous_probs=jax.nn.softmax(logits, axis=-1))
+  return new_state, labels
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_embed(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """Jitted `embed_frames` of a model, buffers donated (updated in place)."""
+  return jax.jit(functools.partial(embed_frames, model), donate_argnums=(1, 2))
+
+
+_start_state = jax.jit(start_state, static_argnames="num_slots")
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_step(model: nn.Module) -> Callable[..., tuple[propagation.State, jax.Array]]:
+  """Jitted `interactive_step` of a model (its max_objects = M)."""
+  return jax.jit(functools.partial(interactive_step, model,
+                                   objects_per_chunk=model.max_objects))
+
+
+def reference_bucket(count: int) -> int:
+  """Reference pixels P compiled for `count` marked cells: a power of two >= the minimum."""
+  return max(MIN_REFERENCE_PIXELS, 1 << max(count - 1, 0).bit_length())
+
+
+def mask_cells(mask: np.ndarray) -> np.ndarray:
+  """[H, W] bool -> [ceil(H/4), ceil(W/4)] bool: cells holding at least one True pixel."""
+  height, width = mask.shape
+  h, w = -(-height // FEATURE_STRIDE), -(-width // FEATURE_STRIDE)
+  padded = np.zeros((h * FEATURE_STRIDE, w * FEATURE_STRIDE), bool)
+  padded[:height, :width] = mask
+  return padded.reshape(h, FEATURE_STRIDE, w, FEATURE_STRIDE).any(axis=(1, 3))
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+class InteractiveSession:
+  """Interactive segmentation of one video (see the module docstring).
+
+  Attributes:
+    model: the FEELVOS module.
+    num_frames, height, width: the video's T, H, W.
+    padded_height, padded_width: Hp, Wp (multiples of `pad_multiple`).
+  """
+
+  def __init__(self, model: nn.Module, variables: Any, frames: np.ndarray, *,
+               object_ids: Optional[Sequence[int]] = None, embed_batch_size: int = 4,
+               object_buckets: Optional[Sequence[int]] = None,
+               pad_multiple: Optional[int] = None):
+    """Embeds every frame once.
+
+    Args:
+      model: the FEELVOS module (`models.build_model(config.model)`).
+      variables: its {'params', 'batch_stats'}.
+      frames: [T, H, W, 3] uint8 RGB frames.
+      object_ids: the video's objects (ids in 1..254); more with `add_object`.
+      embed_batch_size: frames per `embed` call (bounds the backbone's memory).
+      object_buckets: object slots per compiled step (default: the model's max_objects), as
+        `config.inference.object_buckets`.
+      pad_multiple: frames are padded to a multiple of this (default: the output stride).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+      raise ValueError(f"frames must be a non-empty [T, H, W, 3] video, got shape "
+                       f"{frames.shape}")
+    if frames.dtype != np.uint8:
+      raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if not _is_int(embed_batch_size) or embed_batch_size < 1:
+      raise ValueError(f"embed_batch_size must be an int >= 1, got {embed_batch_size!r}")
+    pad_multiple = max(FEATURE_STRIDE,
+                       model.output_stride if pad_multiple is None else pad_multiple)
+    if pad_multiple % FEATURE_STRIDE:
+      raise ValueError(f"pad_multiple must be a multiple of {FEATURE_STRIDE}, "
+                       f"got {pad_multiple}")
+    self.model = model
+    self._variables = jax.device_put(variables)
+    self._object_buckets = propagation.check_object_buckets(
+        object_buckets if object_buckets else (model.max_objects,), "object_buckets")
+    self._object_ids: list[int] = []
+    for object_id in (() if object_ids is None else object_ids):
+      self._check_new_object(object_id, "object_ids")
+      self._object_ids.append(int(object_id))
+
+    self.num_frames, self.height, self.width = frames.shape[:3]
+    self.padded_height = propagation.round_up(self.height, pad_multiple)
+    self.padded_width = propagation.round_up(self.width, pad_multiple)
+    self._features, self._embeddings = self._embed(frames, embed_batch_size)
+    cells = (self.num_frames, self.padded_height // FEATURE_STRIDE,
+             self.padded_width // FEATURE_STRIDE)
+    self._references = np.full(cells, IGNORE_LABEL, np.uint8)
+    self._labels = np.zeros((self.num_frames, self.height, self.width), np.int32)
+
+  def _embed(self, frames: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Features [Tp, h, w, D] and embeddings [Tp, h, w, E] of the padded video."""
+    num_batches = math.ceil(self.num_frames / batch_size)
+    batch_size = math.ceil(self.num_frames / num_batches)  # Least padding, same call count.
+    padded_shape = (batch_size, self.padded_height, self.padded_width, 3)
+    features_shape, embeddings_shape = jax.eval_shape(
+        functools.partial(self.model.apply, train=False, method="embed"), self._variables,
+        jax.ShapeDtypeStruct(padded_shape, jnp.uint8))
+    total = num_batches * batch_size
+    features = jnp.zeros((total,) + features_shape.shape[1:], features_shape.dtype)
+    embeddings = jnp.zeros((total,) + embeddings_shape.shape[1:], embeddings_shape.dtype)
+    embed = _compiled_embed(self.model)
+    for start in range(0, total, batch_size):
+      batch = np.full(padded_shape, propagation.PAD_PIXEL, np.uint8)
+      chunk = frames[start:start + batch_size]
+      batch[:len(chunk), :self.height, :self.width] = chunk
+      features, embeddings = embed(self._variables, features, embeddings, batch,
+                                   np.int32(start))
+    return features, embeddings
+
+  # ------------------------------------------------------------------ read-only state
+  @property
+  def object_ids(self) -> tuple[int, ...]:
+    """The video's objects, in registration order."""
+    return tuple(self._object_ids)
+
+  @property
+  def references(self) -> np.ndarray:
+    """[T, h, w] uint8 (a copy): object id of each marked stride-4 cell, 0 background,
+    IGNORE_LABEL unmarked."""
+    return self._references.copy()
+
+  @property
+  def labels(self) -> np.ndarray:
+    """[T, H, W] int32 (a copy): the latest labels of every frame, in object ids."""
+    return self._labels.copy()
+
+  @property
+  def features(self) -> jax.Array:
+    """[T, h, w, D] stride-4 decoder features of the padded frames."""
+    return self._features[:self.num_frames]
+
+  @property
+  def embeddings(self) -> jax.Array:
+    """[T, h, w, E] stride-4 embeddings of the padded frames."""
+    return self._embeddings[:self.num_frames]
+
+  @property
+  def embedding_bytes(self) -> int:
+    """Bytes of the kept features and embeddings: T x h x w x (D + E) x dtype size (plus
+    the padding rows of the last embed batch)."""
+    return self._features.nbytes + self._embeddings.nbytes
+
+  # ------------------------------------------------------------------ interactions
+  def _check_new_object(self, object_id: Any, name: str) -> None:
+    if not _is_int(object_id) or not 1 <= object_id <= propagation.MAX_OBJECTS:
+      raise ValueError(f"{name}: object ids must be ints in 1..{propagation.MAX_OBJECTS} "
+                       f"(0 is the background, {IGNORE_LABEL} ignore), got {object_id!r}")
+    if int(object_id) in self._object_ids:
+      raise ValueError(f"{name}: object {int(object_id)} is already an object of this video "
+                       f"(objects: {self._object_ids})")
+
+  def _check_frame(self, frame: Any, name: str) -> int:
+    if not _is_int(frame) or not 0 <= frame < self.num_frames:
+      raise ValueError(f"{name} must be a frame index in 0..{self.num_frames - 1}, "
+                       f"got {frame!r}")
+    return int(frame)
+
+  def _cells(self, frame: int, mask_or_points: Any, what: str) -> np.ndarray:
+    """[h, w] bool cells marked by a mask or points (see the module docstring)."""
+    where = f"frame {frame}, {what}"
+    try:
+      values = np.asarray(mask_or_points)
+    except ValueError as error:
+      raise ValueError(f"{where}: mask_or_points must be an [H, W] bool mask or a list of "
+                       f"(y, x) points, got {mask_or_points!r:.80}") from error
+    cells = np.zeros(self._references.shape[1:], bool)
+    if values.dtype == np.bool_:
+      if values.shape != (self.height, self.width):
+        raise ValueError(f"{where}: mask_or_points mask has shape {values.shape}, but the "
+                         f"frames are {(self.height, self.width)}")
+      if not values.any():
+        raise ValueError(f"{where}: mask_or_points is an empty scribble (no True pixel)")
+      marked = mask_cells(values)
+      cells[:marked.shape[0], :marked.shape[1]] = marked
+      return cells
+    if values.size == 0:
+      raise ValueError(f"{where}: mask_or_points is an empty scribble (no point)")
+    if values.ndim != 2 or values.shape[1] != 2 or not np.issubdtype(values.dtype, np.number):
+      raise ValueError(f"{where}: mask_or_points must be an [H, W] bool mask or a list of "
+                       f"(y, x) points ([N, 2] numbers), got an array of shape "
+                       f"{values.shape} and dtype {values.dtype}")
+    points = values.astype(np.float64)
+    outside = ~(np.isfinite(points).all(axis=1) & (points[:, 0] >= 0)
+                & (points[:, 0] < self.height) & (points[:, 1] >= 0)
+                & (points[:, 1] < self.width))
+    if outside.any():
+      raise ValueError(f"{where}: point(s) {values[outside].tolist()[:5]} (y, x) outside the "
+                       f"{self.height}x{self.width} frame")
+    pixels = np.floor(points).astype(np.int64) // FEATURE_STRIDE
+    cells[pixels[:, 0], pixels[:, 1]] = True
+    return cells
+
+  def add_object(self, object_id: int) -> None:
+    """Registers a new object (an id in 1..254 not yet used) for later scribbles."""
+    self._check_new_object(object_id, "add_object")
+    self._object_ids.append(int(object_id))
+
+  def add_scribble(self, frame: int, object_id: int, mask_or_points: Any) -> None:
+    """Marks reference cells of `object_id` (0: background) on `frame`.
+
+    Args:
+      frame: frame index in 0..T-1.
+      object_id: a registered object, or 0 for the background.
+      mask_or_points: clicks as a list of (y, x) pixel coordinates ([N, 2] numbers), or an
+        [H, W] bool mask (a thin scribble or a whole object); marks stride-4 cells as the module
+        docstring says.
+    """
+    frame = self._check_frame(frame, "frame")
+    if not _is_int(object_id) or (object_id != 0 and object_id not in self._object_ids):
+      raise ValueError(f"frame {frame}: object_id {object_id!r} is not an object of this video "
+                       f"(objects: {self._object_ids}, 0 for the background); a new object "
+                       f"must first be registered with add_object")
+    cells = self._cells(frame, mask_or_points, f"object {int(object_id)}")
+    self._references[frame][cells] = int(object_id)
+
+  def add_background_scribble(self, frame: int, mask_or_points: Any) -> None:
+    """Marks background reference cells on `frame` (as `add_scribble` with object 0)."""
+    self.add_scribble(frame, 0, mask_or_points)
+
+  # ------------------------------------------------------------------ propagation
+  def propagate(self, from_frame: int, direction: str = "forward") -> np.ndarray:
+    """Re-segments the frames from `from_frame` in `direction` with the current references.
+
+    Args:
+      from_frame: the frame of interaction (it must hold marked cells).
+      direction: 'forward' (from_frame..T-1), 'backward' (from_frame..0) or 'both'.
+
+    Returns:
+      [T, H, W] int32 labels of every frame in object ids (a copy of `labels`); frames outside
+      the direction keep their earlier labels.
+    """
+    from_frame = self._check_frame(from_frame, "from_frame")
+    if direction not in DIRECTIONS:
+      raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    present = [i for i in self._object_ids if (self._references == i).any()]
+    if not present:
+      raise ValueError(f"no object of this video (objects: {self._object_ids}) has a "
+                       f"reference pixel yet: add_scribble an object before propagating")
+    if (self._references[from_frame] == IGNORE_LABEL).all():
+      raise ValueError(f"from_frame {from_frame} holds no scribble: propagate from a frame "
+                       f"that has one (frames with scribbles: "
+                       f"{self._marked_frames()})")
+
+    id_to_slot = np.full(256, IGNORE_LABEL, np.int32)
+    id_to_slot[0] = 0
+    id_to_slot[present] = np.arange(1, len(present) + 1)
+    slot_to_id = np.zeros(256, np.int32)
+    slot_to_id[1:len(present) + 1] = present
+    slots = id_to_slot[self._references]  # [T, h, w]
+    marked = np.flatnonzero(slots != IGNORE_LABEL)
+    size = reference_bucket(marked.size)
+    reference_index = np.zeros(size, np.int32)
+    reference_index[:marked.size] = marked
+    reference_labels = np.full(size, IGNORE_LABEL, np.int32)
+    reference_labels[:marked.size] = slots.reshape(-1)[marked]
+
+    objects_per_chunk, num_chunks = propagation.bucket_slots(len(present),
+                                                             self._object_buckets)
+    step = _compiled_step(self.model.clone(max_objects=objects_per_chunk))
+    num_objects = np.int32(len(present))
+    valid_size = np.array([self.height, self.width], np.int32)
+    state = _start_state(self._embeddings, reference_index, reference_labels, np.int32(from_frame),
+                  slots[from_frame], num_slots=objects_per_chunk * num_chunks)
+
+    def run(state, frame):
+      return step(self._variables, state, self._features, self._embeddings, np.int32(frame),
+                  num_objects, valid_size)
+
+    after_interaction, first = run(state, from_frame)
+    results = {from_frame: first}
+    chains = []
+    if direction in ("forward", "both"):
+      chains.append(range(from_frame + 1, self.num_frames))
+    if direction in ("backward", "both"):
+      chains.append(range(from_frame - 1, -1, -1))
+    for chain in chains:
+      state = after_interaction
+      for frame in chain:
+        state, results[frame] = run(state, frame)
+    fetched = {frame: slot_to_id[np.asarray(labels)[:self.height, :self.width]]
+               for frame, labels in results.items()}
+    for frame, labels in fetched.items():
+      self._labels[frame] = labels
+    return self.labels
+
+  def _marked_frames(self) -> list[int]:
+    return np.flatnonzero((self._references != IGNORE_LABEL).any(axis=(1, 2))).tolist()

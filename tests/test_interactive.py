@@ -1,0 +1,335 @@
+"""Interactive segmentation (feelvos_jax/interactive.py): tiny backbone, 30x29 videos of 5 frames.
+
+Every test but the compile-count one shares one model, so the steps compile once per session.
+"""
+import collections
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import synthetic
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import inference
+from feelvos_jax import interactive
+from feelvos_jax import losses
+from feelvos_jax import models
+from feelvos_jax import propagation
+from feelvos_jax.models import feelvos
+
+NUM_FRAMES, HEIGHT, WIDTH = 5, 30, 29
+PADDED = 32  # The tiny backbone's output stride 16 pads 30x29 to 32x32.
+
+
+@functools.cache
+def shared_setup():
+  """(model, variables): configs/synthetic.py with narrow layers, random weights."""
+  config = synthetic.get_config()
+  config.model.decoder_channels = 8
+  config.model.embedding_dim = 8
+  config.model.max_objects = 5
+  config.model.window = 3
+  config.model.head_channels = 8
+  config.model.head_kernel_size = 3
+  config.model.head_num_layers = 2
+  model = models.build_model(config.model)
+  return model, random_variables(model)
+
+
+def random_variables(model, seed=0):
+  """Random weights without compiling `model.init` (seconds instead of half a minute): shapes
+  from `jax.eval_shape`, values from NumPy: kernels N(0, 2 / fan_in), biases N(0, 0.1^2),
+  batch-norm scales 1 and running statistics mean 0, variance 1."""
+  shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)},
+                          *inference.example_inputs(model))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    if name == "mean":
+      return np.zeros(leaf.shape, np.float32)
+    if name.endswith("kernel"):
+      return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape).astype(
+          np.float32)
+    return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(name="setup")
+def setup_fixture():
+  return shared_setup()
+
+
+def make_frames(seed=0, height=HEIGHT):
+  """[T, height, 29, 3] uint8 noise with a bright box moving right by one pixel per frame."""
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(0, 256, (NUM_FRAMES, height, WIDTH, 3), dtype=np.uint8)
+  for t in range(NUM_FRAMES):
+    frames[t, 8:20, 6 + t:16 + t] = 230
+  return frames
+
+
+def box(top, left, bottom, right, height=HEIGHT):
+  mask = np.zeros((height, WIDTH), bool)
+  mask[top:bottom, left:right] = True
+  return mask
+
+
+@contextlib.contextmanager
+def count_traces():
+  """Counts jit traces by function name while inside the context."""
+  counts = collections.Counter()
+
+  def listener(event, unused_duration, **kwargs):
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+      counts[kwargs.get("fun_name")] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield counts
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def cells_by_loops(mask):
+  """NumPy reference of the mask downsampling: a cell counts if any of its pixels is set."""
+  h, w = -(-mask.shape[0] // 4), -(-mask.shape[1] // 4)
+  cells = np.zeros((h, w), bool)
+  for i in range(h):
+    for j in range(w):
+      cells[i, j] = mask[4 * i:4 * i + 4, 4 * j:4 * j + 4].any()
+  return cells
+
+
+def test_mask_cells_match_loops():
+  rng = np.random.default_rng(0)
+  for shape, density in [((30, 29), 0.02), ((32, 32), 0.1), ((5, 9), 0.3)]:
+    mask = rng.random(shape) < density
+    np.testing.assert_array_equal(interactive.mask_cells(mask), cells_by_loops(mask))
+
+
+def test_reference_bucket():
+  assert [interactive.reference_bucket(n) for n in (0, 1, 256, 257, 600, 1024)] == [
+      256, 256, 256, 512, 1024, 1024]
+
+
+def test_matches_direct_segment_calls(setup):
+  """Both chains from frame 2, recomputed from `embed`/`segment` on a stacked reference."""
+  model, variables = setup
+  frames = make_frames()
+  session = interactive.InteractiveSession(model, variables, frames, object_ids=[4, 9, 2])
+  object4_frame0 = box(8, 6, 20, 16)
+  object9_frame3 = box(22, 20, 27, 25)
+  background2 = np.eye(HEIGHT, WIDTH, dtype=bool)
+  session.add_scribble(0, 4, object4_frame0)
+  session.add_background_scribble(0, [(29, 28), (0.5, 27.9)])
+  session.add_scribble(2, 4, [(5.5, 6.2), (17, 9)])
+  session.add_background_scribble(2, background2)  # Takes cell (1, 1) from object 4.
+  session.add_scribble(3, 9, object9_frame3)
+  got = session.propagate(2, direction="both")
+
+  # Slots: object 4 -> 1, object 9 -> 2; object 2 has no scribble and takes no part.
+  h = PADDED // 4
+  marks = np.full((NUM_FRAMES, h, h), IGNORE_LABEL, np.int32)
+  marks[0][cells_by_loops(object4_frame0)] = 1
+  marks[0, 29 // 4, 28 // 4] = marks[0, 0, 27 // 4] = 0
+  marks[2, 5 // 4, 6 // 4] = marks[2, 17 // 4, 9 // 4] = 1
+  marks[2][cells_by_loops(background2)] = 0
+  marks[3][cells_by_loops(object9_frame3)] = 2
+  assert marks[2, 1, 1] == 0
+  stored = np.where(marks == IGNORE_LABEL, IGNORE_LABEL, np.array([0, 4, 9])[marks % 255])
+  np.testing.assert_array_equal(session.references, stored)
+
+  model5 = model.clone(max_objects=5)
+  padded = np.full((NUM_FRAMES, PADDED, PADDED, 3), propagation.PAD_PIXEL, np.uint8)
+  padded[:, :HEIGHT, :WIDTH] = frames
+  features, embeddings = jax.jit(functools.partial(model5.apply, method="embed"))(
+      variables, padded)
+  np.testing.assert_allclose(session.embeddings, embeddings, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(session.features, features, rtol=1e-5, atol=1e-5)
+  reference_embedding = jnp.concatenate([embeddings[0], embeddings[2], embeddings[3]])[None]
+  reference_labels = np.concatenate([marks[0], marks[2], marks[3]])[None]
+  segment = jax.jit(functools.partial(model5.apply, method="segment"))
+  valid = np.zeros((PADDED, PADDED), bool)
+  valid[:HEIGHT, :WIDTH] = True
+
+  def segment_frame(t, previous):
+    previous_embedding, previous_labels, previous_probs = previous
+    logits = segment(variables, features[t:t + 1], embeddings[t:t + 1], reference_embedding,
+                     reference_labels, previous_embedding[None], previous_labels[None],
+                     previous_probs[None], jnp.array([2]))
+    upsampled = np.asarray(losses.upsample_logits(logits, (PADDED, PADDED)))[0]
+    labels = np.where(valid, np.argmax(upsampled, axis=-1), IGNORE_LABEL)
+    probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
+    return labels, (embeddings[t], labels[::4, ::4], probs)
+
+  one_hot = np.eye(6)[np.minimum(marks[2], 5)] * (marks[2] != IGNORE_LABEL)[..., None]
+  expected = {}
+  expected[2], after_2 = segment_frame(2, (embeddings[2], marks[2], one_hot))
+  for chain in ([3, 4], [1, 0]):
+    previous = after_2
+    for t in chain:
+      expected[t], previous = segment_frame(t, previous)
+  lookup = np.array([0, 4, 9])
+  for t in range(NUM_FRAMES):
+    np.testing.assert_array_equal(got[t], lookup[expected[t][:HEIGHT, :WIDTH]],
+                                  err_msg=f"frame {t}")
+  assert got.shape == (NUM_FRAMES, HEIGHT, WIDTH) and got.dtype == np.int32
+  assert set(np.unique(got)) == {0, 4, 9}  # Non-trivial, and object 2 is predicted nowhere.
+  np.testing.assert_array_equal(session.labels, got)
+
+
+def test_directions_cover_the_right_frames(setup, monkeypatch):
+  model, variables = setup
+  stepped = []
+  original = interactive._compiled_step
+
+  def recording(step_model):
+    step = original(step_model)
+
+    def record(variables, state, features, embeddings, frame, *rest):
+      stepped.append(int(frame))
+      return step(variables, state, features, embeddings, frame, *rest)
+    return record
+
+  monkeypatch.setattr(interactive, "_compiled_step", recording)
+  session = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
+  session.add_scribble(2, 1, box(9, 9, 18, 18))
+  session.add_background_scribble(2, box(0, 0, 3, 29))
+  both = session.propagate(2, "both")
+  assert stepped == [2, 3, 4, 1, 0]
+  assert all((both[t] != 0).any() for t in range(NUM_FRAMES))
+
+  fresh = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
+  fresh.add_scribble(2, 1, box(9, 9, 18, 18))
+  fresh.add_background_scribble(2, box(0, 0, 3, 29))
+  del stepped[:]
+  forward = fresh.propagate(2, "forward")
+  assert stepped == [2, 3, 4]
+  np.testing.assert_array_equal(forward[2:], both[2:])
+  assert not forward[:2].any()  # Never propagated: still the initial background.
+  fresh.add_scribble(3, 1, [(12, 20)])
+  del stepped[:]
+  backward = fresh.propagate(3, "backward")
+  assert stepped == [3, 2, 1, 0]
+  np.testing.assert_array_equal(backward[4], forward[4])  # Kept from the forward pass.
+  np.testing.assert_array_equal(fresh.labels, backward)
+
+
+def test_points_and_mask_on_the_same_cells_agree(setup):
+  model, variables = setup
+  frames = make_frames(2)
+  with_points = interactive.InteractiveSession(model, variables, frames, object_ids=[1])
+  with_points.add_scribble(1, 1, [(1, 2), (13, 14), (29.9, 28.5)])
+  with_points.add_background_scribble(1, np.array([[20, 3], [0, 27]]))
+  with_mask = interactive.InteractiveSession(model, variables, frames, object_ids=[1])
+  mask = np.zeros((HEIGHT, WIDTH), bool)
+  mask[3, 0] = mask[12, 15] = mask[28, 28] = True  # Cells (0, 0), (3, 3), (7, 7).
+  with_mask.add_scribble(1, 1, mask)
+  background = np.zeros((HEIGHT, WIDTH), bool)
+  background[23, 0] = background[2, 24] = True  # Cells (5, 0), (0, 6).
+  with_mask.add_background_scribble(1, background)
+  np.testing.assert_array_equal(with_points.references, with_mask.references)
+  assert (with_points.references != IGNORE_LABEL).sum() == 5
+  np.testing.assert_array_equal(with_points.propagate(1, "both"),
+                                with_mask.propagate(1, "both"))
+
+
+def _bad_calls():
+  points = [(3, 4)]
+  return [
+      (lambda s: s.add_scribble(0, 7, points), "object_id 7 is not an object"),
+      (lambda s: s.add_scribble(NUM_FRAMES, 1, points), "frame must be a frame index"),
+      (lambda s: s.add_scribble(-1, 1, points), "frame must be a frame index"),
+      (lambda s: s.add_scribble(0, 1, [(30, 3)]), r"frame 0, object 1: point\(s\) \[\[30, 3\]\]"),
+      (lambda s: s.add_scribble(0, 1, [(3, 4), (3, -0.5)]), "outside the 30x29 frame"),
+      (lambda s: s.add_scribble(0, 1, []), "empty scribble"),
+      (lambda s: s.add_scribble(0, 1, np.zeros((HEIGHT, WIDTH), bool)), "empty scribble"),
+      (lambda s: s.add_scribble(0, 1, np.ones((PADDED, PADDED), bool)), r"shape \(32, 32\)"),
+      (lambda s: s.add_scribble(0, 1, np.ones((HEIGHT, WIDTH), np.uint8)), "bool mask"),
+      (lambda s: s.add_scribble(0, 1, [(1, 2, 3)]), "bool mask or a list of"),
+      (lambda s: s.add_background_scribble(9, points), "frame must be a frame index"),
+      (lambda s: s.add_object(1), "object 1 is already"),
+      (lambda s: s.add_object(IGNORE_LABEL), r"ids must be ints in 1\.\.254"),
+      (lambda s: s.propagate(NUM_FRAMES), "from_frame must be a frame index"),
+      (lambda s: s.propagate(0, "sideways"), "direction must be one of"),
+      (lambda s: s.propagate(4), "from_frame 4 holds no scribble"),
+  ]
+
+
+def test_bad_input_raises_and_leaves_the_state_unchanged(setup):
+  model, variables = setup
+  session = interactive.InteractiveSession(model, variables, make_frames(3), object_ids=[1])
+  session.add_object(2)
+  session.add_background_scribble(0, box(0, 0, 2, 29))
+  with pytest.raises(ValueError, match="no object of this video"):
+    session.propagate(0)
+  session.add_scribble(0, 1, box(8, 6, 20, 16))
+  session.propagate(0, "forward")
+
+  def snapshot():
+    return (session.object_ids, session.references, session.labels)
+
+  before = snapshot()
+  assert (before[1] != IGNORE_LABEL).any() and before[2].any()
+  for call, message in _bad_calls():
+    with pytest.raises(ValueError, match=message):
+      call(session)
+    after = snapshot()
+    assert after[0] == before[0]
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[2], before[2])
+  with pytest.raises(ValueError, match="already an object"):
+    interactive.InteractiveSession(model, variables, make_frames(), object_ids=[3, 3])
+  with pytest.raises(ValueError, match="uint8"):
+    interactive.InteractiveSession(model, variables, make_frames().astype(np.float32))
+
+
+def test_embeds_once_and_compiles_once(setup, monkeypatch):
+  """Counts executions of FEELVOS.embed (a debug callback) and jit traces of each function.
+
+  A model and a frame size (36x29, padded to 48x32) of its own: every function traces afresh.
+  """
+  model, variables = setup
+  model = model.clone(matching_chunk_size=1000)
+  embedded = []
+  original_embed = feelvos.FEELVOS.embed
+
+  def counting_embed(self, frames, train=False):
+    jax.debug.callback(lambda n: embedded.append(int(n)), frames.shape[0])
+    return original_embed(self, frames, train)
+
+  monkeypatch.setattr(feelvos.FEELVOS, "embed", counting_embed)
+  with count_traces() as traces:
+    session = interactive.InteractiveSession(model, variables, make_frames(4, height=36),
+                                             object_ids=[1, 2], embed_batch_size=2)
+    jax.effects_barrier()
+  assert embedded == [2, 2, 2]  # 5 frames in 3 batches of 2 (one padding frame).
+  assert traces["embed_frames"] == 1
+  assert session.embedding_bytes == 6 * 12 * 8 * (8 + 8) * 4  # Tp x h x w x (D + E) x 4.
+
+  with count_traces() as traces:
+    session.add_scribble(0, 1, box(8, 6, 20, 16, height=36))
+    session.add_scribble(0, 2, [(25, 3)])
+    session.add_background_scribble(0, box(0, 0, 2, 29, height=36))
+    session.propagate(0, "forward")
+    session.add_scribble(3, 2, [(26, 5)])
+    session.propagate(3, "both")
+    session.add_background_scribble(4, [(1, 1)])
+    session.propagate(4, "backward")
+  assert traces["start_state"] == traces["interactive_step"] == 1
+  with count_traces() as traces:
+    for t in range(NUM_FRAMES):  # 5 x 9 x 8 cells: 360 reference pixels, the next bucket.
+      session.add_background_scribble(t, np.ones((36, WIDTH), bool))
+    session.add_scribble(2, 1, [(10, 10)])
+    session.propagate(2, "both")
+    session.propagate(1, "forward")
+  assert traces["start_state"] == traces["interactive_step"] == 1
+  jax.effects_barrier()
+  assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
