@@ -6,5 +6,6 @@ def get_config():
   config = common.get_base_config()
   config.dataset.name = "youtube_vos/2019"
   config.dataset.max_frame_gap = 5  # YouTube-VOS is annotated every 5th frame.
+  config.eval_every_steps = 0  # Validation has first-frame masks only: score it on the official server.
   config.model.max_objects = 6
   return config

@@ -169,12 +169,14 @@ def check_dataset(dataset_config: ml_collections.ConfigDict, output: str, num_sa
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """Parses absl's global flags (logging, ...), then this command's `FLAGS`; returns the rest.
+  """Parses this command's `FLAGS` first, then absl's global flags (logging, ...) from the rest.
 
+  This command's flags go first so that a global flag of the same name, defined by another
+  module imported into the process (e.g. visualize's --output), never takes their values.
   `--config.*` overrides are read from `sys.argv` by ml_collections, as with any config flag.
   """
   try:
-    return FLAGS(flags.FLAGS(argv, known_only=True))
+    return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)
   except flags.Error as error:
     sys.stderr.write(f"{error}\n\n{__doc__}\nFlags:\n{FLAGS.get_help()}\n")
     sys.exit(1)

@@ -15,14 +15,16 @@ with concrete (non-traced) labels the public functions raise a ValueError via `c
 
 Numerics:
 - Embeddings are rescaled by a power of two (exact) before the matmul, so squared norms never
-  overflow float32: huge embeddings give correct distances instead of inf - inf = nan.
+  overflow float32 (no inf - inf = nan): every finite input gives a finite map, and distinct
+  huge embeddings are at distance 1. As with any ||x||^2 + ||y||^2 - 2 x.y formulation, the
+  rounding error of a squared distance is relative to the squared norms.
 - `dtype=jnp.bfloat16` rounds the (rescaled) embeddings to bfloat16 for the matmul, accumulates
   in float32 and computes the squared norms from the rounded values, so d(x, x) stays 0.
   Measured on unit-normal embeddings (C=100, tests/test_matching.py and benchmarks/matching.py)
   the maps stay within 1e-2 of float32 (the error grows with the squared embedding scale).
 
 Formulations (chosen by measurement, see benchmarks/matching.py and BENCHMARKS.md):
-- Global: reference pixels are sorted by object into blocks of `_REFERENCE_BLOCK_SIZE` slots that
+- Global: reference pixels are sorted by object into blocks (`_REFERENCE_BLOCK_SIZE`) that
   each hold one object only (padding slots never match); a scan over the blocks does one
   [chunk, C] x [C, block] matmul fused with its row minimum and keeps a running per-object
   minimum. Memory: chunk_size x block (never [Q, R, num_objects]); matmul work about
@@ -44,8 +46,9 @@ import numpy as np
 
 from feelvos_jax import IGNORE_LABEL
 
-_REFERENCE_BLOCK_SIZE = 512
-"""Reference slots per block in global matching (one object per block)."""
+_REFERENCE_BLOCK_SIZE = (64, 256)
+"""Smallest and largest number of reference slots per block in global matching (one object per
+block); within it, about total pixels / (8 x objects), so padding stays under ~1/8 of the work."""
 _LOCAL_TILE_SIZE = 8
 """Side of the query tiles of local matching."""
 _MAX_EXPONENT = 126
@@ -213,6 +216,13 @@ def select_reference_pixels(reference_labels: jax.typing.ArrayLike, num_objects:
   if not jnp.issubdtype(reference_labels.dtype, jnp.integer) or reference_labels.ndim != 2:
     raise ValueError(f"reference_labels must be an [H', W'] integer label map, got "
                      f"{reference_labels.dtype}{list(reference_labels.shape)}.")
+  return _select_reference_pixels(reference_labels, rng, num_objects=num_objects,
+                                  max_reference_pixels=max_reference_pixels)
+
+
+@functools.partial(jax.jit, static_argnames=("num_objects", "max_reference_pixels"))
+def _select_reference_pixels(reference_labels: jax.Array, rng: jax.Array, *, num_objects: int,
+                             max_reference_pixels: int) -> jax.Array:
   labels = _reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
   return jnp.where(labels >= 0, labels, IGNORE_LABEL).reshape(reference_labels.shape)
 
@@ -221,7 +231,9 @@ def _block_geometry(num_pixels: int, num_objects: int, max_pixels: int | None) -
   """Static (block size, number of blocks) that hold every object's pixels in its own blocks."""
   per_object = num_pixels if max_pixels is None else min(num_pixels, max_pixels)
   total = min(num_pixels, num_objects * per_object)
-  block = max(1, min(_REFERENCE_BLOCK_SIZE, per_object))
+  smallest, largest = _REFERENCE_BLOCK_SIZE
+  target = max(total // (8 * num_objects), 1)
+  block = min(max(1 << (target.bit_length() - 1), smallest), largest, per_object)
   num_blocks = min((total + num_objects * (block - 1)) // block,
                    num_objects * math.ceil(per_object / block))
   return block, max(num_blocks, 1)
@@ -471,9 +483,9 @@ def _local_min_squared(query: jax.Array, query_sq: jax.Array, previous: jax.Arra
     near_labels = neighbourhoods(labels, row)
     partial = (near_sq[:, None, :] + penalty[None]
                - 2.0 * _dot(query[row], near, "tqc,tnc->tqn"))
-    best = [jnp.min(jnp.where(near_labels[:, None, :] == obj, partial, jnp.inf), axis=-1)
-            for obj in range(num_objects)]
-    return jnp.stack(best, axis=-1) + query_sq[row][..., None]
+    hit = near_labels[:, None, :, None] == jnp.arange(num_objects)  # fused, not materialised
+    best = jnp.min(jnp.where(hit, partial[..., None], jnp.inf), axis=-2)
+    return best + query_sq[row][..., None]
 
   best = lax.map(jax.checkpoint(match_row), jnp.arange(rows))
   best = best.reshape(rows, cols, tile, tile, num_objects).transpose(0, 2, 1, 3, 4)

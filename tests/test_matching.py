@@ -90,62 +90,66 @@ def test_pairwise_distance_huge_norms_stay_finite(scale):
 
 
 # ------------------------------------------------------------------ global matching
-@pytest.mark.parametrize("seed,num_objects,absent", [
-    (0, 1, ()), (1, 3, ()), (2, 3, (1,)), (3, 4, (0, 2)), (4, 2, (0, 1))])
-def test_global_matching_matches_numpy(seed, num_objects, absent):
-  rng = np.random.default_rng(seed)
-  channels = int(rng.integers(3, 9))
-  query = embeddings(rng, (5, 6, channels))
-  reference = embeddings(rng, (4, 7, channels))
-  labels = random_labels(rng, (4, 7), num_objects, absent)
-  got = np.asarray(matching.global_matching(query, reference, labels, num_objects))
-  expected = np_global_matching(query, reference, labels, num_objects)
-  assert got.shape == (5, 6, num_objects) and got.dtype == np.float32
-  np.testing.assert_allclose(got, expected, atol=2e-6)
-  for obj in absent:
-    assert np.all(got[..., obj] == 1.0)
+@pytest.mark.parametrize("channels,num_objects,absent", [
+    (3, 1, ()), (5, 3, (1,)), (8, 4, (0, 2)), (6, 2, (0, 1))])
+def test_global_matching_matches_numpy(channels, num_objects, absent):
+  for seed in range(2):
+    rng = np.random.default_rng([seed, channels])
+    query = embeddings(rng, (5, 6, channels))
+    reference = embeddings(rng, (4, 7, channels))
+    labels = random_labels(rng, (4, 7), num_objects, absent)
+    got = np.asarray(matching.global_matching(query, reference, labels, num_objects))
+    expected = np_global_matching(query, reference, labels, num_objects)
+    assert got.shape == (5, 6, num_objects) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    for obj in absent:
+      assert np.all(got[..., obj] == 1.0)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 13, 29])
-def test_global_matching_chunked_equals_unchunked(chunk_size):
-  rng = np.random.default_rng(chunk_size)
+def test_global_matching_chunked_equals_unchunked():
+  rng = np.random.default_rng(4)
   query = embeddings(rng, (5, 6, 4))
   reference = embeddings(rng, (4, 7, 4))
   labels = random_labels(rng, (4, 7), 3)
   full = matching.global_matching(query, reference, labels, 3)
-  chunked = matching.global_matching(query, reference, labels, 3, chunk_size=chunk_size)
-  # Equal up to the rounding of the matmul kernel XLA picks per shape (a few ulp).
-  np.testing.assert_allclose(chunked, full, rtol=0, atol=1e-6)
+  for chunk_size in (1, 7, 29):  # 30 query pixels: none of these divides it
+    chunked = matching.global_matching(query, reference, labels, 3, chunk_size=chunk_size)
+    # Equal up to the rounding of the matmul kernel XLA picks per shape (a few ulp).
+    np.testing.assert_allclose(chunked, full, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed,max_pixels", [(0, 1), (1, 3), (2, 5)])
-def test_global_matching_subsampling_keeps_max_real_pixels(seed, max_pixels):
-  rng = np.random.default_rng(seed)
+@pytest.mark.parametrize("max_pixels", [3, 28])
+def test_global_matching_subsampling_keeps_max_real_pixels(max_pixels):
+  """With max_pixels >= every count (28 pixels) this is the full result."""
   num_objects = 3
-  reference = embeddings(rng, (4, 7, 6))
-  labels = random_labels(rng, (4, 7), num_objects, absent=(2,))
   match = jax.jit(functools.partial(matching.global_matching, num_objects=num_objects,
                                     max_reference_pixels=max_pixels))
-  key = jax.random.key(seed)
-  # Matching the reference against itself reveals the kept pixels: distance 0 to themselves.
-  self_match = np.asarray(match(reference, reference, labels, rng=key)).reshape(-1, num_objects)
-  flat = labels.reshape(-1)
-  subsets = []
-  for obj in range(num_objects):
-    kept = np.flatnonzero(self_match[:, obj] < 1e-4)
-    assert set(kept) <= set(np.flatnonzero(flat == obj))
-    assert kept.size == min(np.sum(flat == obj), max_pixels)
-    subsets.append(kept)
-  query = embeddings(rng, (5, 6, 6))
-  got = np.asarray(match(query, reference, labels, rng=key))
-  np.testing.assert_allclose(got, np_global_matching(query, reference, labels, num_objects,
-                                                     subsets), atol=2e-6)
-  full = np.asarray(matching.global_matching(query, reference, labels, num_objects))
-  assert np.all(got >= full - 1e-6)
-  np.testing.assert_array_equal(match(query, reference, labels, rng=key), got)
-  everything = matching.global_matching(query, reference, labels, num_objects,
-                                        max_reference_pixels=28, rng=key)
-  np.testing.assert_allclose(everything, full, atol=1e-7)
+  for seed in range(3):
+    rng = np.random.default_rng([seed, max_pixels])
+    reference = embeddings(rng, (4, 7, 6))
+    labels = random_labels(rng, (4, 7), num_objects, absent=(2,))
+    key = jax.random.key(seed)
+    # Matching the reference against itself reveals the kept pixels: distance 0 to themselves.
+    self_match = np.asarray(match(reference, reference, labels, rng=key)).reshape(-1, 3)
+    flat = labels.reshape(-1)
+    selected = np.asarray(matching.select_reference_pixels(labels, 3, max_pixels, key))
+    subsets = []
+    for obj in range(num_objects):
+      kept = np.flatnonzero(self_match[:, obj] < 1e-4)
+      assert set(kept) <= set(np.flatnonzero(flat == obj))
+      assert kept.size == min(np.sum(flat == obj), max_pixels)
+      np.testing.assert_array_equal(kept, np.flatnonzero(selected.reshape(-1) == obj))
+      subsets.append(kept)
+    assert np.all((selected == labels) | (selected == IGNORE_LABEL))
+    query = embeddings(rng, (4, 7, 6))
+    got = np.asarray(match(query, reference, labels, rng=key))
+    np.testing.assert_allclose(got, np_global_matching(query, reference, labels, num_objects,
+                                                       subsets), atol=2e-6)
+    full = np_global_matching(query, reference, labels, num_objects)
+    assert np.all(got >= full - 1e-6)
+    if max_pixels >= labels.size:
+      np.testing.assert_allclose(got, full, atol=2e-6)
+    np.testing.assert_array_equal(match(query, reference, labels, rng=key), got)
 
 
 def test_global_matching_subsampling_depends_on_rng():
@@ -185,21 +189,22 @@ def test_global_matching_out_of_range_labels_never_match_under_jit():
 
 
 # ------------------------------------------------------------------ local matching
-@pytest.mark.parametrize("seed,window,dilation,num_objects", [
-    (0, 0, 1, 2), (1, 1, 1, 3), (2, 2, 1, 1), (3, 1, 2, 3), (4, 2, 2, 2), (5, 9, 1, 3),
-    (6, 4, 3, 2)])
-def test_local_matching_matches_numpy(seed, window, dilation, num_objects):
-  rng = np.random.default_rng(seed)
-  channels = int(rng.integers(3, 9))
-  query = embeddings(rng, (5, 6, channels))
-  previous = embeddings(rng, (5, 6, channels))
-  labels = random_labels(rng, (5, 6), num_objects, absent=(num_objects - 1,) * (seed % 2))
-  labels[0, :] = 0  # an object along the border
-  got = np.asarray(matching.local_matching(query, previous, labels, num_objects,
-                                           window=window, dilation=dilation))
-  expected = np_local_matching(query, previous, labels, num_objects, window, dilation)
-  assert got.shape == (5, 6, num_objects) and got.dtype == np.float32
-  np.testing.assert_allclose(got, expected, atol=2e-6)
+@pytest.mark.parametrize("channels,window,dilation,num_objects", [
+    (3, 0, 1, 2), (4, 1, 1, 3), (5, 2, 1, 1), (6, 1, 2, 3), (7, 2, 2, 2), (8, 9, 1, 3),
+    (3, 4, 3, 2)])
+def test_local_matching_matches_numpy(channels, window, dilation, num_objects):
+  """Includes borders, windows larger than the image, dilation, ignore and absent objects."""
+  for seed in range(2):
+    rng = np.random.default_rng([seed, channels, window])
+    query = embeddings(rng, (5, 6, channels))
+    previous = embeddings(rng, (5, 6, channels))
+    labels = random_labels(rng, (5, 6), num_objects, absent=(num_objects - 1,) * seed)
+    labels[0, :] = 0  # an object along the border
+    got = np.asarray(matching.local_matching(query, previous, labels, num_objects,
+                                             window=window, dilation=dilation))
+    expected = np_local_matching(query, previous, labels, num_objects, window, dilation)
+    assert got.shape == (5, 6, num_objects) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-6)
 
 
 def test_local_matching_out_of_range_labels_never_match_under_jit():

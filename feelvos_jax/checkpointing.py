@@ -1,0 +1,171 @@
+"""Training checkpoints with Orbax: the last few plus the best by validation J&F, config beside;
+and the SIGTERM watch that makes a preempted run save and stop.
+
+Layout: `<workdir>/checkpoints/<step>/{state,config}`; `config` is the run's ConfigDict as JSON.
+Saves are asynchronous; `close()` waits for them. A workdir whose checkpoint was written by an
+incompatible config is refused before anything is compiled or written.
+"""
+import json
+import signal
+import threading
+from typing import Any, Mapping, Optional
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+BEST_METRIC = "J&F-Mean"
+"""Validation metric (higher is better) that picks the best checkpoint."""
+
+# Model knobs that change neither the parameters nor what they mean: a run may resume with others.
+_RUNTIME_MODEL_KEYS = ("dtype", "matching_chunk_size", "pretrained")
+
+
+def _json_round_trip(value: Any) -> Any:
+  """What `value` reads back as from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def _differences(saved: Any, current: Any, prefix: str) -> list[str]:
+  """`prefix.key: checkpoint X, config Y` for every differing leaf of two nested dicts."""
+  if isinstance(saved, dict) and isinstance(current, dict):
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+      lines += _differences(saved.get(key, "<missing>"), current.get(key, "<missing>"),
+                            f"{prefix}.{key}")
+    return lines
+  return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, config {current!r}"]
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+class Checkpointer:
+  """Saves and restores the TrainState of one workdir.
+
+  Keeps the `keep` most recent checkpoints plus the one with the highest `BEST_METRIC` among
+  those saved with metrics.
+  """
+
+  def __init__(self, workdir: str, *, keep: int):
+    if keep < 1:
+      raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}.")
+    self.directory = epath.Path(workdir) / "checkpoints"
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+                           keep_checkpoints_without_metrics=False),
+        ]),
+        enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def saved_config(self, step: int) -> dict[str, Any]:
+    """The config JSON saved with checkpoint `step`."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored.config
+
+  def check_compatible(self, step: int, config: ml_collections.ConfigDict,
+                       abstract_state: Any) -> None:
+    """Raises ValueError if checkpoint `step` cannot be resumed by `config` / `abstract_state`.
+
+    Compared: the model section of the saved config (except runtime-only knobs), the optimizer
+    name (its state must match), and the shapes of `params` and `batch_stats`.
+    """
+    saved = self.saved_config(step)
+    current = _json_round_trip(config.to_dict())
+    saved_model = {k: v for k, v in saved.get("model", {}).items() if k not in _RUNTIME_MODEL_KEYS}
+    current_model = {k: v for k, v in current["model"].items() if k not in _RUNTIME_MODEL_KEYS}
+    problems = _differences(saved_model, current_model, "config.model")
+    problems += _differences(saved.get("optimizer", {}).get("name"),
+                             current["optimizer"]["name"], "config.optimizer.name")
+    metadata = self._manager.item_metadata(step)["state"].tree
+    for collection in ("params", "batch_stats"):
+      saved_shapes = _shapes(metadata.get(collection, {}))
+      current_shapes = _shapes(getattr(abstract_state, collection))
+      for name in sorted(set(saved_shapes) | set(current_shapes)):
+        if saved_shapes.get(name) != current_shapes.get(name):
+          problems.append(f"{collection}{name}: checkpoint shape {saved_shapes.get(name)}, "
+                          f"model shape {current_shapes.get(name)}")
+    if problems:
+      raise ValueError(
+          f"The checkpoint at step {step} in {self.directory} was written by an incompatible "
+          f"config; use another --workdir (nothing was changed). Differences:\n  "
+          + "\n  ".join(problems))
+
+  def restore(self, step: int, abstract_state: Any) -> Any:
+    """Restores checkpoint `step` into `abstract_state` (ShapeDtypeStructs with shardings)."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored.state
+
+  def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
+           metrics: Optional[Mapping[str, float]] = None) -> None:
+    """Starts an asynchronous save of `state` (and the config JSON) as checkpoint `step`.
+
+    `metrics` (validation results holding `BEST_METRIC`) make it a candidate for the best.
+    """
+    if metrics is not None:
+      metrics = {BEST_METRIC: float(metrics[BEST_METRIC])}
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                config=ocp.args.JsonSave(_json_round_trip(config.to_dict()))),
+        metrics=metrics, force=True)
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class PreemptionWatcher:
+  """Tells the training loop when to save and stop after a SIGTERM.
+
+  One process: a SIGTERM handler sets a flag (the previous handler is restored by `close`).
+  Several processes: JAX's distributed runtime catches the preemption notice and agrees on a
+  step every process reaches (`multihost_utils.reached_preemption_sync_point`), so all of them
+  save the same step.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._multiprocess = jax.process_count() > 1
+    self._previous_handler = None
+    if not self._multiprocess and threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    logging.warning("Received signal %d: saving a checkpoint after this step.", signum)
+    self._signalled = True
+
+  def should_stop(self, step: int) -> bool:
+    """Called once per step by every process, with the step just completed."""
+    if self._multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None

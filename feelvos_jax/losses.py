@@ -1,0 +1,128 @@
+"""Bootstrapped cross-entropy: the FEELVOS training loss.
+
+The loss of the official code (DeepLab's `top_k_percent_pixels` with `hard_example_mining_step`):
+per image, the pixel cross-entropies are sorted and only the hardest fraction is averaged; the kept
+fraction ramps linearly from 100% at step 0 to `top_k_percent` at `hard_mining_ramp_steps`.
+Pixels labelled `IGNORE_LABEL` never count, neither in the loss nor in the number of pixels the
+fraction is taken of. Logits hold -inf in padded object slots, so the per-pixel loss is computed
+as `log_softmax` + `take_along_axis` (a one-hot product would give 0 * -inf = nan).
+"""
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax import IGNORE_LABEL
+
+
+def hard_mining_fraction(step: jax.Array, *, top_k_percent: float,
+                         ramp_steps: int) -> jax.Array:
+  """Fraction of a frame's valid pixels that the loss keeps at `step`.
+
+  Linear ramp from 1.0 at step 0 to `top_k_percent` at `ramp_steps`, then constant (official code:
+  `ratio * top_k + (1 - ratio)` with `ratio = min(step / ramp_steps, 1)`). `ramp_steps <= 0` keeps
+  `top_k_percent` from the start.
+  """
+  if not 0.0 < top_k_percent <= 1.0:
+    raise ValueError(f"config.loss.top_k_percent must be in (0, 1], got {top_k_percent}.")
+  if ramp_steps <= 0:
+    return jnp.asarray(top_k_percent, jnp.float32)
+  ratio = jnp.minimum(jnp.asarray(step, jnp.float32) / ramp_steps, 1.0)
+  return ratio * top_k_percent + (1.0 - ratio)
+
+
+def upsample_logits(logits: jax.Array, size: Tuple[int, int]) -> jax.Array:
+  """Bilinear upsampling of stride-4 logits [B, h, w, K] to the label grid [B, H, W, K].
+
+  Logit (i, j) sits on pixel (4i, 4j), the pixel that `labels[::4, ::4]` samples, so output pixel
+  (y, x) reads logit coordinate (y / 4, x / 4); beyond the last logit row/column the edge value
+  holds. Padded slots (-inf everywhere) stay -inf; the interpolation never multiplies an infinity.
+  """
+  batch, _, _, num_slots = logits.shape
+  finite = jnp.isfinite(logits)
+  padded_slot = jnp.all(~finite, axis=(1, 2), keepdims=True)
+  scale = jnp.asarray([FEATURE_STRIDE, FEATURE_STRIDE], jnp.float32)
+  # scale_and_translate maps input pixel centre c to c * scale + translation, in pixel-centre
+  # coordinates: (i + 0.5) * 4 + t = 4 i + 0.5 gives t = 0.5 - 0.5 * 4.
+  translation = 0.5 - 0.5 * scale
+  resized = jax.image.scale_and_translate(
+      jnp.where(finite, logits, 0.0), (batch, size[0], size[1], num_slots),
+      spatial_dims=(1, 2), scale=scale, translation=translation, method="linear",
+      antialias=False)
+  return jnp.where(padded_slot, -jnp.inf, resized)
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        ignore_label: int = IGNORE_LABEL) -> Tuple[jax.Array, jax.Array]:
+  """Softmax cross-entropy of each pixel and whether it counts.
+
+  Args:
+    logits: [B, H, W, K] float, -inf in padded slots.
+    labels: [B, H, W] int, 0..K-1 or `ignore_label`.
+    ignore_label: label value excluded from the loss.
+
+  Returns:
+    (losses [B, H, W] float32, 0 where ignored; valid [B, H, W] bool).
+  """
+  if logits.shape[:3] != labels.shape:
+    raise ValueError(f"logits {logits.shape} and labels {labels.shape} must agree on [B, H, W].")
+  valid = labels != ignore_label
+  safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  return jnp.where(valid, -picked, 0.0), valid
+
+
+def bootstrapped_cross_entropy(logits: jax.Array, labels: jax.Array, kept_fraction: jax.Array,
+                               ignore_label: int = IGNORE_LABEL) -> jax.Array:
+  """Mean cross-entropy of each frame's hardest pixels, averaged over the frames.
+
+  Args:
+    logits: [B, H, W, K] float at the labels' resolution, -inf in padded slots.
+    labels: [B, H, W] int, 0..K-1 or `ignore_label`.
+    kept_fraction: scalar in (0, 1]: each frame keeps floor(kept_fraction * its valid pixels)
+      hardest pixels (at least one).
+    ignore_label: label value excluded from the loss and from the pixel count.
+
+  Returns:
+    Scalar float32: the mean over frames with a valid pixel of the mean loss of their kept pixels
+    (0 if no frame has a valid pixel).
+  """
+  losses, valid = pixel_cross_entropy(logits, labels, ignore_label)
+  batch = losses.shape[0]
+  losses = losses.reshape(batch, -1)
+  valid = valid.reshape(batch, -1)
+  num_valid = jnp.sum(valid, axis=1)
+  num_kept = jnp.floor(jnp.asarray(kept_fraction, jnp.float32) * num_valid.astype(jnp.float32))
+  num_kept = jnp.maximum(num_kept.astype(jnp.int32), 1)
+  hardest_first = -jnp.sort(-jnp.where(valid, losses, -jnp.inf), axis=1)
+  rank = jnp.arange(losses.shape[1])[None, :]
+  kept_sum = jnp.sum(jnp.where(rank < num_kept[:, None], hardest_first, 0.0), axis=1)
+  has_valid = num_valid > 0
+  frame_loss = jnp.where(has_valid, kept_sum / num_kept, 0.0)
+  return jnp.sum(frame_loss) / jnp.maximum(jnp.sum(has_valid), 1)
+
+
+def segmentation_loss(logits: jax.Array, labels: jax.Array, step: jax.Array,
+                      loss_config: ml_collections.ConfigDict) -> Tuple[jax.Array, jax.Array]:
+  """The training loss of stride-4 logits [B, h, w, K] against full-resolution labels [B, H, W].
+
+  With `loss_config.upsample_logits` the logits are upsampled to the labels (paper); otherwise
+  the labels are subsampled to the logits by `labels[:, ::4, ::4]`.
+
+  Returns:
+    (loss scalar, kept_fraction scalar).
+  """
+  expected = tuple(-(-n // FEATURE_STRIDE) for n in labels.shape[1:3])
+  if logits.shape[1:3] != expected:
+    raise ValueError(f"logits {logits.shape} are not at stride {FEATURE_STRIDE} of labels "
+                     f"{labels.shape}: expected spatial size {expected}.")
+  kept_fraction = hard_mining_fraction(step, top_k_percent=loss_config.top_k_percent,
+                                       ramp_steps=loss_config.hard_mining_ramp_steps)
+  if loss_config.upsample_logits:
+    logits = upsample_logits(logits, labels.shape[1:3])
+  else:
+    labels = labels[:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  return bootstrapped_cross_entropy(logits, labels, kept_fraction), kept_fraction

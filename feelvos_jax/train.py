@@ -1,0 +1,419 @@
+"""FEELVOS training: the train state, the sharded train step and the training loop.
+
+The SPMD recipe of big_vision: `jax.eval_shape` of the initialiser gives the state's shapes, from
+which the shardings follow (`feelvos_jax.sharding`); `jax.jit(init, out_shardings=...)` creates the
+state already in place and `jax.jit(train_step, in_shardings, out_shardings, donate_argnums=0)`
+updates it. Each process feeds its own slice of the global batch.
+"""
+import functools
+import importlib
+import importlib.util
+import os
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from jax.experimental import multihost_utils
+
+from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import checkpointing
+from feelvos_jax import losses
+from feelvos_jax import optimizers
+from feelvos_jax import sharding
+
+TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_labels",
+              "previous_labels", "current_labels", "num_objects")
+"""The batch entries the train step reads (the input pipeline may add more)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs: `step` counts the updates done (= batches consumed)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  rng: jax.Array
+  apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the config key for values that would fail later (or silently)."""
+  devices, processes = jax.device_count(), jax.process_count()
+  for key in ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps"):
+    if not isinstance(config[key], int) or config[key] < 1:
+      raise ValueError(f"config.{key} must be a positive integer, got {config[key]!r}.")
+  if config.eval_every_steps < 0:
+    raise ValueError(f"config.eval_every_steps must be >= 0 (0 disables), "
+                     f"got {config.eval_every_steps}.")
+  if config.batch_size % devices or config.batch_size % processes:
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the device "
+                     f"count ({devices}) and the process count ({processes}).")
+  sharding.mesh_shape(config.mesh, devices)
+  crop = tuple(config.dataset.crop_size)
+  if len(crop) != 2 or not all(isinstance(n, int) and n >= 2 * FEATURE_STRIDE for n in crop):
+    raise ValueError(f"config.dataset.crop_size must be (height, width) of integers >= "
+                     f"{2 * FEATURE_STRIDE}, got {config.dataset.crop_size!r}.")
+  pretrained = config.model.pretrained
+  if pretrained and not (os.path.exists(pretrained) or os.path.exists(pretrained + ".index")):
+    raise ValueError(f"config.model.pretrained={pretrained!r}: no such file or checkpoint.")
+  if config.model.max_objects < 1:
+    raise ValueError(f"config.model.max_objects must be >= 1, got {config.model.max_objects}.")
+  losses.hard_mining_fraction(0, top_k_percent=config.loss.top_k_percent,
+                              ramp_steps=config.loss.hard_mining_ramp_steps)
+  optimizers.create_optimizer(config.optimizer, config.learning_rate, config.num_train_steps)
+
+
+def _example_inputs(config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
+  """One sample at the crop size, in the argument order of `FEELVOS.__call__`."""
+  height, width = config.dataset.crop_size
+  h, w = -(-height // FEATURE_STRIDE), -(-width // FEATURE_STRIDE)
+  num_slots = 1 + config.model.max_objects
+  embedding = jnp.zeros((1, h, w, config.model.embedding_dim), jnp.float32)
+  labels = jnp.zeros((1, h, w), jnp.int32)
+  return (jnp.zeros((1, height, width, 3), jnp.float32), embedding, labels, embedding, labels,
+          jnp.zeros((1, h, w, num_slots), jnp.float32), jnp.ones((1,), jnp.int32))
+
+
+def make_init_fn(config: ml_collections.ConfigDict, model: flax.linen.Module,
+                 tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
+  """init(rng) -> the initial TrainState; `rng` is a uint32 [2] PRNGKey."""
+
+  def init(rng: jax.Array) -> TrainState:
+    params_rng, matching_rng, state_rng = jax.random.split(rng, 3)
+    variables = model.init({"params": params_rng, "matching": matching_rng},
+                           *_example_inputs(config), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=state_rng, apply_fn=model.apply, tx=tx)
+
+  return init
+
+
+def _shardings(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def init_fn_and_abstract_state(
+    config: ml_collections.ConfigDict, model: flax.linen.Module,
+    mesh: jax.sharding.Mesh) -> tuple[Callable[[jax.Array], TrainState], TrainState]:
+  """(init(rng) -> TrainState, the TrainState as ShapeDtypeStructs with their shardings).
+
+  Both share one optax transformation, so their (static) tree structures agree: restore into
+  the abstract state or materialise it with `materialize_train_state`, not with a second call.
+  """
+  tx, _ = optimizers.create_optimizer(config.optimizer, config.learning_rate,
+                                      config.num_train_steps)
+  init = make_init_fn(config, model, tx)
+  abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+  shardings = sharding.state_shardings(abstract, mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  return init, abstract
+
+
+def materialize_train_state(init: Callable[[jax.Array], TrainState], abstract_state: TrainState,
+                            rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """Runs `init(rng)` under jit, producing the state directly in the abstract state's shardings.
+
+  `rng` (a uint32 [2] PRNGKey) must be the same on every process.
+  """
+  return jax.jit(init, in_shardings=sharding.replicated_sharding(mesh),
+                 out_shardings=_shardings(abstract_state))(np.asarray(rng))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: flax.linen.Module,
+                       rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial TrainState from `rng`, created in its shardings on `mesh` (big_vision style:
+  eval_shape -> shardings -> jit(init, out_shardings))."""
+  init, abstract = init_fn_and_abstract_state(config, model, mesh)
+  return materialize_train_state(init, abstract, rng, mesh)
+
+
+def load_pretrained(state: TrainState, path: str, backbone: str) -> TrainState:
+  """`state` with the variables of a pretrained file (see feelvos_jax/weights.py) in place of
+  their initialisation, in the same shardings; the optimizer state is untouched (it does not
+  depend on the parameter values at step 0)."""
+  from feelvos_jax import weights  # pylint: disable=g-import-not-at-top
+  params, batch_stats = multihost_utils.process_allgather((state.params, state.batch_stats),
+                                                          tiled=True)
+  params, batch_stats, report = weights.load_pretrained(params, batch_stats, path, backbone)
+  logging.info("Pretrained %s: %d variables loaded, %d not in the file (initialised), %d in "
+               "the file unused.", path, len(report.loaded), len(report.missing),
+               len(report.unexpected))
+
+  def place(value: Any, like: jax.Array) -> jax.Array:
+    value = np.asarray(value)
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
+
+  return state.replace(params=jax.tree.map(place, params, state.params),
+                       batch_stats=jax.tree.map(place, batch_stats, state.batch_stats))
+
+
+def _forward(module: flax.linen.Module, batch: dict[str, jax.Array],
+             num_slots: int) -> jax.Array:
+  """Training forward pass: the three frames embedded in one call, then the current frame
+  segmented against the reference and the previous frame (its ground truth as prediction)."""
+  batch_size = batch["current_frame"].shape[0]
+  frames = jnp.concatenate(
+      [batch["reference_frame"], batch["previous_frame"], batch["current_frame"]], axis=0)
+  features, embeddings = module.embed(frames, train=True)
+  reference_embedding, previous_embedding, current_embedding = jnp.split(embeddings, 3, axis=0)
+  reference_labels = batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  previous_labels = batch["previous_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  previous_probs = jax.nn.one_hot(previous_labels, num_slots)  # IGNORE_LABEL -> all zeros.
+  return module.segment(features[2 * batch_size:], current_embedding, reference_embedding,
+                        reference_labels, previous_embedding, previous_labels, previous_probs,
+                        batch["num_objects"], train=True)
+
+
+def object_iou(logits: jax.Array, labels: jax.Array, num_objects: jax.Array) -> jax.Array:
+  """Mean IoU over the real objects of a batch, at stride 4.
+
+  Args:
+    logits: [B, h, w, K] stride-4 logits.
+    labels: [B, H, W] full-resolution labels (subsampled by `[::4, ::4]`).
+    num_objects: [B] objects per sample, excluding the background.
+
+  Returns:
+    Scalar: mean of |pred & gt| / |pred | gt| over objects 1..num_objects whose union is
+    non-empty; ignored pixels count for neither.
+  """
+  labels = labels[:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  slots = jnp.arange(1, logits.shape[-1])
+  valid = (labels != IGNORE_LABEL)[..., None]
+  predicted = (jnp.argmax(logits, axis=-1)[..., None] == slots) & valid
+  truth = labels[..., None] == slots
+  intersection = jnp.sum(predicted & truth, axis=(1, 2))
+  union = jnp.sum(predicted | truth, axis=(1, 2))
+  counted = (slots[None, :] <= num_objects[:, None]) & (union > 0)
+  ious = jnp.where(counted, intersection / jnp.maximum(union, 1), 0.0)
+  return jnp.sum(ious) / jnp.maximum(jnp.sum(counted), 1)
+
+
+def _global_norm(tree: Any) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on a global batch (see `TRAIN_KEYS` and the PREAMBLE's batch layout).
+
+  Returns the new state and scalar metrics: loss, learning_rate (of this update), grad_norm
+  (before clipping), kept_fraction (pixels in the bootstrapped loss) and iou (training batch).
+  """
+  num_slots = 1 + config.model.max_objects
+  matching_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, mutated = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch, num_slots,
+        method=_forward, mutable=["batch_stats"], rngs={"matching": matching_rng})
+    loss, kept_fraction = losses.segmentation_loss(logits, batch["current_labels"], state.step,
+                                                   config.loss)
+    return loss, (logits, mutated.get("batch_stats", state.batch_stats), kept_fraction)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, batch_stats, kept_fraction)), grads = grad_fn(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  schedule = optimizers.create_learning_rate_schedule(config.optimizer, config.learning_rate,
+                                                      config.num_train_steps)
+  metrics = {"loss": loss, "learning_rate": schedule(state.step),
+             "grad_norm": _global_norm(grads), "kept_fraction": kept_fraction,
+             "iou": object_iou(logits, batch["current_labels"], batch["num_objects"])}
+  return new_state, metrics
+
+
+def compile_train_step(config: ml_collections.ConfigDict, state: TrainState,
+                       mesh: jax.sharding.Mesh) -> Callable[..., Any]:
+  """`train_step` jitted over `mesh`: the state (or its abstract twin) keeps its shardings and is
+  donated, the batch is split over all devices, the metrics are replicated."""
+  state_shardings = _shardings(state)
+  return jax.jit(functools.partial(train_step, config=config),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated_sharding(mesh)),
+                 donate_argnums=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop.
+# --------------------------------------------------------------------------------------------
+
+
+def _load_videos(dataset_config: ml_collections.ConfigDict, split: str, *,
+                 decoders: Optional[dict[str, Any]] = None) -> Any:
+  """The split's videos as a tf.data.Dataset, from the builder registry."""
+  from datasets import registry  # pylint: disable=g-import-not-at-top (imports TF lazily)
+  return registry.load_builder(dataset_config).as_dataset(split=split, shuffle_files=False,
+                                                          decoders=decoders)
+
+
+def _evaluate(model: flax.linen.Module, state: TrainState,
+              config: ml_collections.ConfigDict) -> Optional[dict[str, float]]:
+  """Validation J&F via `feelvos_jax.inference.evaluate_dataset`, or None without that module.
+
+  Every process evaluates the same `config.num_eval_videos` videos of `config.dataset.eval_split`.
+  """
+  if importlib.util.find_spec("feelvos_jax.inference") is None:
+    return None
+  inference = importlib.import_module("feelvos_jax.inference")
+  if not hasattr(inference, "evaluate_dataset"):
+    return None
+  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  videos = _load_videos(config.dataset, config.dataset.eval_split)
+  if config.num_eval_videos >= 0:
+    videos = videos.take(config.num_eval_videos)
+  videos = input_pipeline.create_eval_videos(config.dataset, videos,
+                                             pad_multiple=config.dataset.eval_pad_multiple)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  results = inference.evaluate_dataset(model, variables, videos, config)
+  return {name: float(value) for name, value in results.items() if np.ndim(value) == 0}
+
+
+def _check_finite(history: list[tuple[int, dict[str, jax.Array]]],
+                  checkpointer: checkpointing.Checkpointer) -> list[tuple[int, dict[str, float]]]:
+  """Fetches the metrics of the steps since the last check; raises FloatingPointError at the
+  first step whose loss is not finite (nothing from it on is ever saved)."""
+  fetched = [(step, jax.device_get(metrics)) for step, metrics in history]
+  for step, metrics in fetched:
+    if not np.isfinite(metrics["loss"]):
+      checkpointer.wait_until_finished()
+      raise FloatingPointError(
+          f"Training loss is {metrics['loss']} at step {step}; training stopped without saving "
+          f"that state. Last good checkpoint: step {checkpointer.latest_step()} in "
+          f"{checkpointer.directory}.")
+  return fetched
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
+
+
+def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
+                           init: Callable[[jax.Array], TrainState], abstract_state: TrainState,
+                           config: ml_collections.ConfigDict,
+                           mesh: jax.sharding.Mesh) -> TrainState:
+  """The latest checkpoint's state (refused if `config` is incompatible with it), else the
+  initial state of `config.seed` with the pretrained weights of `config.model.pretrained`."""
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    checkpointer.check_compatible(latest, config, abstract_state)
+    logging.info("Resuming from checkpoint %d in %s.", latest, checkpointer.directory)
+    return checkpointer.restore(latest, abstract_state)
+  state = materialize_train_state(init, abstract_state, jax.random.PRNGKey(config.seed), mesh)
+  if config.model.pretrained:
+    state = load_pretrained(state, config.model.pretrained, config.model.backbone)
+  return state
+
+
+def _write_train_metrics(writer: metric_writers.MetricWriter, step: int,
+                         fetched: list[tuple[int, dict[str, float]]], seconds: float,
+                         config: ml_collections.ConfigDict) -> None:
+  """Means of the metrics of the steps in `fetched` (done in `seconds`) to the writer and log."""
+  means = {f"train/{name}": float(np.mean([metrics[name] for _, metrics in fetched]))
+           for name in fetched[-1][1]}
+  means["train/steps_per_sec"] = len(fetched) / seconds
+  means["train/examples_per_sec"] = means["train/steps_per_sec"] * config.batch_size
+  writer.write_scalars(step, means)
+  logging.info("step %d/%d  loss %.4f  iou %.3f  lr %.3g  grad_norm %.3g  %.2f steps/s  "
+               "%.1f examples/s", step, config.num_train_steps, means["train/loss"],
+               means["train/iou"], means["train/learning_rate"], means["train/grad_norm"],
+               means["train/steps_per_sec"], means["train/examples_per_sec"])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       evaluate: bool = True) -> TrainState:
+  """Trains (resuming from the latest checkpoint in `workdir`), evaluating every
+  `config.eval_every_steps` when `evaluate`; returns the final state.
+
+  Checkpoints every `config.checkpoint_every_steps`, at the end, after each evaluation and on
+  SIGTERM (then returns early). A non-finite loss raises FloatingPointError before anything
+  from that step on is saved.
+  """
+  validate_config(config)
+  if config.matching.shard_axis:
+    logging.warning("config.matching.shard_axis=%r is for inference: training splits the batch "
+                    "over the devices, each matching its own samples.", config.matching.shard_axis)
+  mesh = sharding.create_mesh(config.mesh)
+  logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from feelvos_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.build_model(config.model)
+  init, abstract_state = init_fn_and_abstract_state(config, model, mesh)
+  checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+  state = _restore_or_initialize(checkpointer, init, abstract_state, config, mesh)
+  start_step = int(state.step)
+  step_fn = compile_train_step(config, abstract_state, mesh)
+  batches = input_pipeline.create_train_dataset(
+      config.dataset, _load_videos(config.dataset, config.dataset.train_split,
+                                   decoders=input_pipeline.LAZY_FRAME_DECODERS),
+      batch_size_per_host=config.batch_size // jax.process_count(),
+      max_objects=config.model.max_objects, seed=config.seed, start_step=start_step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
+                                           every_steps=config.log_every_steps, every_secs=None)]
+  if config.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
+                                          first_profile=start_step + 10))
+  eval_available = evaluate and config.eval_every_steps > 0
+  if eval_available and importlib.util.find_spec("feelvos_jax.inference") is None:
+    logging.warning("feelvos_jax.inference is missing: training without evaluation.")
+  watcher = checkpointing.PreemptionWatcher()
+  history: list[tuple[int, dict[str, jax.Array]]] = []
+  last_flush = time.time()
+  try:
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = {key: value for key, value in next(batches).items() if key in TRAIN_KEYS}
+        state, metrics = step_fn(state, sharding.global_batch(batch, mesh))
+      history.append((step, metrics))
+      for hook in hooks:
+        hook(step)
+      last = step == config.num_train_steps
+      preempted = watcher.should_stop(step)
+      eval_now = eval_available and (step % config.eval_every_steps == 0 or last)
+      save_now = step % config.checkpoint_every_steps == 0 or last or preempted or eval_now
+      if step % config.log_every_steps == 0 or save_now:
+        fetched = _check_finite(history, checkpointer)
+        now = time.time()
+        _write_train_metrics(writer, step, fetched, now - last_flush, config)
+        history, last_flush = [], now
+      eval_metrics = _evaluate(model, state, config) if eval_now else None
+      if eval_metrics is not None:
+        writer.write_scalars(step, {f"eval/{name}": value for name, value in eval_metrics.items()})
+        logging.info("step %d  validation %s", step, eval_metrics)
+        last_flush = time.time()  # Training speed excludes the evaluation.
+      if save_now:
+        checkpointer.save(step, state, config, metrics=eval_metrics)
+      if preempted:
+        logging.warning("SIGTERM: saved checkpoint %d in %s, stopping.", step,
+                        checkpointer.directory)
+        break
+  finally:
+    watcher.close()
+    writer.flush()
+    checkpointer.close()
+  return state

@@ -1,0 +1,74 @@
+"""FEELVOS in JAX: train, evaluate or export from a config file.
+
+  python main.py --config=configs/synthetic.py --workdir=/tmp/feelvos
+  python main.py --config=configs/davis2017.py --config.batch_size=8 --workdir=DIR --mode=train
+
+Several processes (one per host): pass --coordinator_address, --num_processes and --process_id,
+or --distributed to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
+"""
+import importlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import tensorflow as tf
+
+from feelvos_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train_and_evaluate",
+                          ["train", "evaluate", "train_and_evaluate", "export"], "What to run.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "jax.distributed.initialize() with cluster auto-detection.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Index of this process.")
+
+_DELEGATES = {"evaluate": ("feelvos_jax.inference", "run_evaluation"),
+              "export": ("feelvos_jax.export", "export")}
+
+
+def _delegate(mode: str):
+  """`module.function(config, workdir)` implementing --mode=evaluate/export."""
+  module_name, function_name = _DELEGATES[mode]
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as error:
+    if error.name != module_name:
+      raise
+    module = None
+  function = getattr(module, function_name, None)
+  if function is None:
+    raise app.UsageError(f"--mode={mode} needs {module_name}.{function_name}(config, workdir), "
+                         f"which this checkout does not provide.")
+  return function
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  tf.config.set_visible_devices([], "GPU")  # TF only feeds data; JAX owns the accelerators.
+  delegate = _delegate(_MODE.value) if _MODE.value in _DELEGATES else None
+  if _COORDINATOR.value or _NUM_PROCESSES.value > 1:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("Process %d of %d; %d local / %d global devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.local_devices())
+  if delegate is not None:
+    delegate(_CONFIG.value, _WORKDIR.value)
+  else:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             evaluate=_MODE.value == "train_and_evaluate")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,147 @@
+"""Bootstrapped cross-entropy against NumPy written from the formula (nested loops, tiny sizes)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import losses
+
+
+def _random_case(rng, batch=3, height=7, width=9, num_slots=4, padded_from=3):
+  logits = rng.normal(size=(batch, height, width, num_slots)).astype(np.float32) * 2
+  logits[..., padded_from:] = -np.inf
+  labels = rng.integers(0, padded_from, size=(batch, height, width)).astype(np.int32)
+  labels[rng.random(labels.shape) < 0.2] = IGNORE_LABEL
+  return logits, labels
+
+
+def _reference_pixel_losses(logits, labels):
+  """Per image, the list of -log softmax(label) over its non-ignored pixels."""
+  per_image = []
+  for b in range(labels.shape[0]):
+    values = []
+    for y in range(labels.shape[1]):
+      for x in range(labels.shape[2]):
+        label = labels[b, y, x]
+        if label == IGNORE_LABEL:
+          continue
+        row = logits[b, y, x].astype(np.float64)
+        finite = row[np.isfinite(row)]
+        log_sum = finite.max() + math.log(np.exp(finite - finite.max()).sum())
+        values.append(log_sum - row[label])
+    per_image.append(values)
+  return per_image
+
+
+def _reference_bootstrapped(logits, labels, fraction):
+  frame_losses = []
+  for values in _reference_pixel_losses(logits, labels):
+    if not values:
+      continue
+    kept = max(int(np.floor(np.float32(fraction) * np.float32(len(values)))), 1)
+    frame_losses.append(np.mean(sorted(values, reverse=True)[:kept]))
+  return np.mean(frame_losses) if frame_losses else 0.0
+
+
+def _reference_upsample(logits, height, width):
+  """Output pixel (y, x) reads logit coordinate (y / 4, x / 4), bilinear, clamped at the edge."""
+  batch, h, w, num_slots = logits.shape
+  out = np.zeros((batch, height, width, num_slots))
+  for y in range(height):
+    for x in range(width):
+      sy, sx = min(y / 4, h - 1), min(x / 4, w - 1)
+      y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+      y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+      dy, dx = sy - y0, sx - x0
+      out[:, y, x] = ((1 - dy) * (1 - dx) * logits[:, y0, x0] + (1 - dy) * dx * logits[:, y0, x1]
+                      + dy * (1 - dx) * logits[:, y1, x0] + dy * dx * logits[:, y1, x1])
+  return out
+
+
+def test_hard_mining_fraction_ramps_linearly():
+  fraction = lambda step: float(losses.hard_mining_fraction(step, top_k_percent=0.15,
+                                                            ramp_steps=100))
+  assert fraction(0) == pytest.approx(1.0)
+  assert fraction(50) == pytest.approx(0.575)
+  assert fraction(100) == pytest.approx(0.15)
+  assert fraction(1000) == pytest.approx(0.15)
+  assert float(losses.hard_mining_fraction(0, top_k_percent=0.3, ramp_steps=0)) == (
+      pytest.approx(0.3))
+  with pytest.raises(ValueError, match="top_k_percent"):
+    losses.hard_mining_fraction(0, top_k_percent=0.0, ramp_steps=10)
+
+
+def test_pixel_cross_entropy_matches_numpy():
+  logits, labels = _random_case(np.random.default_rng(0))
+  pixel_losses, valid = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+  expected = _reference_pixel_losses(logits, labels)
+  for b in range(labels.shape[0]):
+    np.testing.assert_allclose(np.asarray(pixel_losses[b])[np.asarray(valid[b])], expected[b],
+                               rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(pixel_losses)[labels == IGNORE_LABEL] == 0)
+  np.testing.assert_array_equal(np.asarray(valid), labels != IGNORE_LABEL)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.15, 0.01])
+def test_bootstrapped_cross_entropy_matches_numpy(fraction):
+  logits, labels = _random_case(np.random.default_rng(1))
+  labels[1] = IGNORE_LABEL  # A frame without any valid pixel does not count.
+  loss = losses.bootstrapped_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), fraction)
+  np.testing.assert_allclose(float(loss), _reference_bootstrapped(logits, labels, fraction),
+                             rtol=1e-5)
+
+
+def test_bootstrapped_cross_entropy_all_ignored_is_zero():
+  logits, labels = _random_case(np.random.default_rng(2))
+  labels[:] = IGNORE_LABEL
+  assert float(losses.bootstrapped_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                                 0.5)) == 0.0
+
+
+def test_gradient_is_finite_with_padded_slots():
+  logits, labels = _random_case(np.random.default_rng(3))
+  grad = jax.grad(lambda z: losses.bootstrapped_cross_entropy(z, jnp.asarray(labels), 0.3))(
+      jnp.asarray(logits))
+  assert np.all(np.isfinite(np.asarray(grad)))
+  assert np.all(np.asarray(grad)[..., 3:] == 0)
+
+
+def test_upsample_logits_matches_numpy_and_keeps_padding():
+  logits, _ = _random_case(np.random.default_rng(4), height=3, width=4)
+  upsampled = np.asarray(losses.upsample_logits(jnp.asarray(logits), (10, 13)))
+  np.testing.assert_allclose(upsampled[..., :3], _reference_upsample(logits[..., :3], 10, 13),
+                             rtol=1e-5, atol=1e-6)
+  assert np.all(np.isneginf(upsampled[..., 3:]))
+  np.testing.assert_allclose(upsampled[:, ::4, ::4, :3], logits[..., :3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("upsample", [True, False])
+def test_segmentation_loss_resolution(upsample):
+  rng = np.random.default_rng(5)
+  logits, _ = _random_case(rng, height=3, width=4)
+  _, labels = _random_case(rng, height=10, width=13)
+  loss_config = ml_collections.ConfigDict(
+      {"top_k_percent": 0.25, "hard_mining_ramp_steps": 10, "upsample_logits": upsample})
+  loss, kept = losses.segmentation_loss(jnp.asarray(logits), jnp.asarray(labels), 5, loss_config)
+  fraction = 0.5 * 0.25 + 0.5
+  assert float(kept) == pytest.approx(fraction)
+  if upsample:
+    expected_logits = _reference_upsample(np.where(np.isfinite(logits), logits, 0.0), 10, 13)
+    expected_labels = labels
+    expected_logits[..., 3:] = -np.inf
+  else:
+    expected_logits, expected_labels = logits, labels[:, ::4, ::4]
+  np.testing.assert_allclose(
+      float(loss), _reference_bootstrapped(expected_logits, expected_labels, fraction), rtol=1e-5)
+
+
+def test_segmentation_loss_rejects_wrong_stride():
+  logits, labels = _random_case(np.random.default_rng(6), height=10, width=13)
+  loss_config = ml_collections.ConfigDict(
+      {"top_k_percent": 0.25, "hard_mining_ramp_steps": 10, "upsample_logits": True})
+  with pytest.raises(ValueError, match="stride 4"):
+    losses.segmentation_loss(jnp.asarray(logits[:, :2]), jnp.asarray(labels), 0, loss_config)

@@ -1,0 +1,344 @@
+"""The train step and loop on 8 fake CPU devices, with the tiny backbone and in-memory videos.
+
+Every end-to-end run shares one config (`tiny_config`), so the train step compiles once per
+session: the runs after the first load it from a session-local persistent compilation cache.
+"""
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import synthetic
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import checkpointing
+from feelvos_jax import input_pipeline
+from feelvos_jax import models
+from feelvos_jax import sharding
+from feelvos_jax import train
+
+
+def tiny_config():
+  """A few-second config: 32x32 crops, 2 objects, narrow heads, 4 steps, checkpoint every 2."""
+  config = synthetic.get_config()
+  config.batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 0
+  config.keep_checkpoints = 3
+  config.optimizer.warmup_steps = 1
+  config.loss.hard_mining_ramp_steps = 2
+  config.model.decoder_channels = 8
+  config.model.embedding_dim = 4
+  config.model.max_objects = 2
+  config.model.window = 2
+  config.model.max_reference_pixels = 16
+  config.model.head_channels = 8
+  config.model.head_kernel_size = 3
+  config.model.head_num_layers = 1
+  config.dataset.crop_size = (32, 32)
+  config.dataset.min_scale = 1.0
+  config.dataset.max_scale = 1.2
+  config.dataset.min_object_pixels = 1
+  config.dataset.max_frame_gap = 1
+  config.dataset.prefetch = 0
+  return config
+
+
+def fake_videos(num_videos=3, num_frames=4, height=36, width=40, seed=0):
+  """Decoded videos (datasets/features.py spec): two moving squares (ids 3, 7) on noise."""
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(0, 256, (num_videos, num_frames, height, width, 3), dtype=np.uint8)
+  segmentations = np.zeros((num_videos, num_frames, height, width, 1), np.uint8)
+  for v in range(num_videos):
+    for t in range(num_frames):
+      segmentations[v, t, 4 + t + v:18 + t + v, 4:18] = 3
+      segmentations[v, t, 18:32, 20 + t:34 + t] = 7
+      segmentations[v, t, 0, :] = IGNORE_LABEL
+  frames[segmentations[..., 0] == 3] = (220, 40, 40)
+  frames[segmentations[..., 0] == 7] = (40, 40, 220)
+  return tf.data.Dataset.from_tensor_slices({
+      "video": {"name": [f"video{v}" for v in range(num_videos)],
+                "frames": frames, "segmentations": segmentations,
+                "frame_names": [[f"{t:05d}" for t in range(num_frames)]] * num_videos},
+      "objects": {"ids": np.tile(np.array([[3, 7]], np.int32), (num_videos, 1)),
+                  "first_frame": np.zeros((num_videos, 2), np.int32)},
+  })
+
+
+def random_batch(config, seed=0):
+  """A global batch of random frames/labels with config.model.max_objects objects each."""
+  rng = np.random.default_rng(seed)
+  height, width = config.dataset.crop_size
+  size = config.batch_size
+  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
+           for name in ("reference_frame", "previous_frame", "current_frame")}
+  for name in ("reference_labels", "previous_labels", "current_labels"):
+    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
+    labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
+    batch[name] = labels.astype(np.int32)
+  batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
+  return batch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Identical train steps compile once: later runs read the session's persistent cache."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  previous = {name: getattr(jax.config, name) for name in names}
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
+@pytest.fixture
+def in_memory_videos(monkeypatch):
+  monkeypatch.setattr(train, "_load_videos",
+                      lambda dataset_config, split, decoders=None: fake_videos())
+
+
+def transform_batches(monkeypatch, transform):
+  """Passes every training batch through transform(step_index, batch) (0-based index)."""
+  original = input_pipeline.create_train_dataset
+
+  def patched(*args, **kwargs):
+    for index, batch in enumerate(original(*args, **kwargs), start=kwargs["start_step"]):
+      yield transform(index, batch)
+
+  monkeypatch.setattr(input_pipeline, "create_train_dataset", patched)
+
+
+def numpy_state(state):
+  return jax.tree.map(np.asarray, jax.device_get(
+      {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+       "opt_state": state.opt_state, "rng": state.rng}))
+
+
+def assert_trees_equal(actual, expected):
+  jax.tree.map(np.testing.assert_array_equal, actual, expected)
+
+
+def test_object_iou_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 4, 5, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, (3, 14, 18)).astype(np.int32)
+  labels[rng.random(labels.shape) < 0.2] = IGNORE_LABEL
+  num_objects = np.array([3, 1, 2], np.int32)
+  labels[1][labels[1] > 1] = 0
+  predicted, truth = logits.argmax(-1), labels[:, ::4, ::4]
+  ious = []
+  for b in range(3):
+    for slot in range(1, num_objects[b] + 1):
+      inside = truth[b] != IGNORE_LABEL
+      pred = (predicted[b] == slot) & inside
+      gt = truth[b] == slot
+      if (pred | gt).sum():
+        ious.append((pred & gt).sum() / (pred | gt).sum())
+  np.testing.assert_allclose(float(train.object_iou(logits, labels, num_objects)), np.mean(ious),
+                             rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def initial_state():
+  """The initial state of `tiny_config` on all 8 devices (the same compile as the runs below)."""
+  config = tiny_config()
+  mesh = sharding.create_mesh(config.mesh)
+  model = models.build_model(config.model)
+  return train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
+
+
+def _one_step(config, state, batch, devices):
+  """One train step of `state` moved onto a (data, fsdp) mesh over `devices`."""
+  mesh = jax.make_mesh(sharding.mesh_shape(config.mesh, len(devices)), sharding.BATCH_AXES,
+                       devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  state = jax.device_put(jax.device_get(state), sharding.state_shardings(state, mesh))
+  step_fn = train.compile_train_step(config, state, mesh)
+  state, metrics = step_fn(state, sharding.global_batch(batch, mesh))
+  jax.block_until_ready(step_fn(jax.tree.map(jax.numpy.copy, state),
+                                sharding.global_batch(batch, mesh)))
+  assert step_fn._cache_size() == 1  # The updated state does not trigger a recompile.
+  return state, jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def single_device_step(initial_state):
+  config = tiny_config()
+  state, metrics = _one_step(config, initial_state, random_batch(config), jax.devices()[:1])
+  return numpy_state(state), metrics
+
+
+@pytest.mark.parametrize("fsdp", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_step):
+  config = tiny_config()
+  config.mesh.fsdp = fsdp
+  assert len(jax.devices()) == 8
+  state, metrics = _one_step(config, initial_state, random_batch(config), jax.devices())
+  expected_state, expected_metrics = single_device_step
+  for name, value in expected_metrics.items():
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               numpy_state(state), expected_state)
+  specs = {leaf.sharding.spec for leaf in jax.tree.leaves(state.params)}
+  assert (sharding.P() in specs) and ((len(specs) > 1) == (fsdp > 1))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+  """(workdir, final state as numpy) of `tiny_config` trained without interruption."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train, "_load_videos",
+                  lambda dataset_config, split, decoders=None: fake_videos())
+    state = train.train_and_evaluate(tiny_config(), str(workdir), evaluate=False)
+  return workdir, numpy_state(state)
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, in_memory_videos,
+                                                 uninterrupted_run):
+  config = tiny_config()
+  _, expected = uninterrupted_run
+
+  def crash_at_third_batch(index, batch):
+    if index == 2:
+      raise RuntimeError("simulated crash")
+    return batch
+
+  with monkeypatch.context() as patch:
+    transform_batches(patch, crash_at_third_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+      train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert checkpointer.all_steps() == [2]
+  checkpointer.close()
+  resumed = numpy_state(train.train_and_evaluate(config, str(tmp_path), evaluate=False))
+  assert int(resumed["step"]) == 4
+  assert_trees_equal(resumed, expected)
+
+
+def test_sigterm_saves_and_returns(tmp_path, monkeypatch, in_memory_videos):
+  config = tiny_config()
+
+  def terminate_during_second_step(index, batch):
+    if index == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  transform_batches(monkeypatch, terminate_during_second_step)
+  state = train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  assert int(state.step) == 2
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert checkpointer.all_steps() == [2]
+  assert_trees_equal(numpy_state(checkpointer.restore(2, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))),
+                     numpy_state(state))
+  checkpointer.close()
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                   in_memory_videos):
+  config = tiny_config()
+
+  def impossible_labels_at_third_step(index, batch):
+    if index == 2:  # Objects labelled in padded slots: their logit is -inf, the loss inf.
+      batch = dict(batch, num_objects=np.zeros_like(batch["num_objects"]),
+                   current_labels=np.ones_like(batch["current_labels"]))
+    return batch
+
+  transform_batches(monkeypatch, impossible_labels_at_third_step)
+  with pytest.raises(FloatingPointError, match="at step 3.*Last good checkpoint: step 2"):
+    train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert checkpointer.all_steps() == [2]
+  checkpointer.close()
+
+
+def test_batch_size_not_divisible_fails_before_anything(tmp_path, in_memory_videos):
+  config = tiny_config()
+  config.batch_size = 12
+  with pytest.raises(ValueError, match=r"config.batch_size=12 .*device count \(8\)"):
+    train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  assert not list(tmp_path.iterdir())
+
+
+def test_missing_pretrained_file_fails_before_anything(tmp_path, in_memory_videos):
+  config = tiny_config()
+  config.model.pretrained = str(tmp_path / "missing.npz")
+  with pytest.raises(ValueError, match="config.model.pretrained=.*missing.npz"):
+    train.train_and_evaluate(config, str(tmp_path / "workdir"), evaluate=False)
+  assert not (tmp_path / "workdir").exists()
+
+
+def test_unknown_backbone_fails_before_anything(tmp_path, in_memory_videos):
+  config = tiny_config()
+  config.model.backbone = "vgg16"
+  with pytest.raises(ValueError, match="config.model.backbone='vgg16'"):
+    train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  assert not list(tmp_path.iterdir())
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, in_memory_videos,
+                                                     uninterrupted_run):
+  workdir = tmp_path / "copy"
+  shutil.copytree(uninterrupted_run[0], workdir)
+  before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
+  assert any(path.name == "checkpoints" for path in before)
+  config = tiny_config()
+  config.model.embedding_dim = 6
+  config.num_train_steps = 8
+  with pytest.raises(ValueError, match=r"(?s)config.model.embedding_dim: checkpoint 4, config 6"
+                                       r".*embedding.*checkpoint shape"):
+    train.train_and_evaluate(config, str(workdir), evaluate=False)
+  assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
+
+
+def test_evaluation_hook_feeds_checkpoints_keeping_latest_and_best(tmp_path, monkeypatch,
+                                                                   in_memory_videos):
+  from feelvos_jax import inference  # pylint: disable=g-import-not-at-top
+  scores, calls = iter([0.9, 0.5]), []
+
+  def fake_evaluate_dataset(model, variables, videos, config):
+    calls.append(([video["name"] for video in videos], sorted(variables), config.num_eval_videos))
+    return {"J&F-Mean": next(scores), "J-Mean": 0.25}
+
+  monkeypatch.setattr(inference, "evaluate_dataset", fake_evaluate_dataset)
+  config = tiny_config()
+  config.eval_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 2, 1, 1
+  config.num_eval_videos = 2
+  train.train_and_evaluate(config, str(tmp_path), evaluate=True)
+  assert calls == [(["video0", "video1"], ["batch_stats", "params"], 2)] * 2
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  assert checkpointer.all_steps() == [2, 4]  # Step 2 has the best J&F, step 4 is the latest.
+  checkpointer.close()
+
+
+def test_load_pretrained_replaces_variables_in_their_shardings(tmp_path):
+  rng = np.random.default_rng(0)
+  torch_kernel = rng.normal(size=(128, 3, 7, 7)).astype(np.float32)
+  running_mean = rng.normal(size=(128,)).astype(np.float32)
+  np.savez(tmp_path / "resnet.npz", **{"conv1.weight": torch_kernel,
+                                       "bn1.running_mean": running_mean})
+  state = train.TrainState(
+      step=np.zeros((), np.int32), rng=np.zeros((2,), np.uint32), opt_state=(),
+      params={"backbone": {"conv1": {"kernel": np.zeros((7, 7, 3, 128), np.float32)}},
+              "head": {"kernel": np.ones((2, 2), np.float32)}},
+      batch_stats={"backbone": {"bn1": {"mean": np.zeros((128,), np.float32)}}},
+      apply_fn=None, tx=None)
+  mesh = jax.make_mesh((4, 2), sharding.BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  state = jax.device_put(state, sharding.state_shardings(state, mesh))
+  loaded = train.load_pretrained(state, str(tmp_path / "resnet.npz"), "resnet50")
+  kernel = loaded.params["backbone"]["conv1"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(kernel), torch_kernel.transpose(2, 3, 1, 0))
+  assert kernel.sharding == state.params["backbone"]["conv1"]["kernel"].sharding
+  assert kernel.sharding.spec == sharding.P(None, None, None, "fsdp")
+  np.testing.assert_array_equal(np.asarray(loaded.batch_stats["backbone"]["bn1"]["mean"]),
+                                running_mean)
+  np.testing.assert_array_equal(np.asarray(loaded.params["head"]["kernel"]), 1.0)
