@@ -1,7 +1,7 @@
 """FEELVOS in JAX: train, evaluate or export from a config file.
 
   python main.py --config=configs/synthetic.py --workdir=/tmp/feelvos
-  python main.py --config=configs/davis2017.py --config.batch_size=8 --workdir=DIR --mode=train
+  python main.py --config=configs/davis.py --config.batch_size=8 --workdir=DIR --mode=train
 
 Several processes (one per host): pass --coordinator_address, --num_processes and --process_id,
 or --distributed to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
