@@ -10,12 +10,12 @@ import signal
 import threading
 from typing import Any, Mapping, Optional
 
-import jax
 from absl import logging
+from etils import epath
+import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
-from etils import epath
 
 BEST_METRIC = "J&F-Mean"
 """Validation metric (higher is better) that picks the best checkpoint."""

@@ -7,10 +7,10 @@ XLA gathers them for the computation and reduce-scatters their gradients).
 from typing import Any
 
 import jax
-import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"

@@ -12,16 +12,16 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
-from jax.experimental import multihost_utils
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
