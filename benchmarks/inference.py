@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 
+from benchmarks import machine
 from configs import davis
 from configs import synthetic
 from feelvos_jax import inference
@@ -38,17 +39,6 @@ from feelvos_jax import models
 
 _BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def _device_bytes_in_use() -> int:
@@ -192,7 +182,7 @@ def main() -> None:
   lines = [
       f"## Video inference, {datetime.date.today().isoformat()}",
       "",
-      f"- Machine: {device.platform} backend ({device.device_kind}); host {_cpu_model()}, "
+      f"- Machine: {device.platform} backend ({device.device_kind}); host {machine.cpu_model()}, "
       f"{os.cpu_count()} CPU cores visible (shared with other jobs), Python "
       f"{platform.python_version()}",
       f"- Versions: JAX {jax.__version__}",

@@ -19,23 +19,13 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from benchmarks import machine
 from configs import synthetic
 from datasets import registry
 from feelvos_jax import input_pipeline
 
 _BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline"
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def _batches_per_second(iterator, warmup: int, count: int) -> tuple[float, float]:
@@ -84,7 +74,7 @@ def main() -> None:
   lines = [
       f"## Input pipeline, {datetime.date.today().isoformat()}",
       "",
-      f"- Machine: {_cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
+      f"- Machine: {machine.cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
       f"jobs), Python {platform.python_version()}",
       f"- Versions: JAX {jax.__version__}, TensorFlow {tf.__version__}, "
       f"TFDS {tfds.__version__}",

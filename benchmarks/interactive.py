@@ -33,12 +33,12 @@ import numpy as np
 import psutil
 
 from benchmarks import inference as inference_benchmark
+from benchmarks import machine
 from feelvos_jax import interactive
 
 _BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-# The model set-up (configs, random weights) and machine description of the inference benchmark.
+# The model set-up (configs, random weights) of the inference benchmark.
 _setup = inference_benchmark._setup  # pylint: disable=protected-access
-_cpu_model = inference_benchmark._cpu_model  # pylint: disable=protected-access
 
 
 def _video(num_frames: int, height: int, width: int,
@@ -146,7 +146,7 @@ def main() -> None:
       f"## Interactive segmentation, {datetime.date.today().isoformat()}",
       "",
       f"- Machine: {device.platform} backend ({device.device_kind}); host "
-      f"{_cpu_model()}, {os.cpu_count()} CPU cores visible, "
+      f"{machine.cpu_model()}, {os.cpu_count()} CPU cores visible, "
       f"Python {platform.python_version()}; shared with other agents: load average (1 min) "
       f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end",
       f"- Versions: JAX {jax.__version__}",

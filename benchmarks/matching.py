@@ -16,10 +16,10 @@ memory bandwidth measured in the same run; prints a table and appends it to BENC
 import argparse
 import datetime
 import functools
+import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Callable
@@ -29,6 +29,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import machine
 from feelvos_jax import matching
 
 _BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -67,18 +68,6 @@ def _machine_peaks(matmul_size: int, bandwidth_mb: int, repeats: int) -> dict[st
   sum_wall, _ = _timed(lambda: total(x), repeats)
   return {"gflops": flops / wall / 1e6, "gflops_per_cpu_s": flops / cpu / 1e6,
           "copy_gbs": 2 * x.nbytes / copy_wall / 1e6, "read_gbs": x.nbytes / sum_wall / 1e6}
-
-
-def _cpu_model() -> str:
-  try:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next(l.split(":", 1)[1].strip() for l in lines.splitlines()
-                 if l.startswith("Model name"))
-    cores = next(l.split(":", 1)[1].strip() for l in lines.splitlines()
-                 if l.startswith("CPU(s)"))
-    return f"{model}, {cores} CPUs"
-  except (OSError, subprocess.CalledProcessError, StopIteration):
-    return platform.processor() or "unknown CPU"
 
 
 # ------------------------------------------------------------------ inputs
@@ -492,10 +481,10 @@ def main(argv: list[str] | None = None) -> None:
   notes = table.summary() + [f"max |{name} - ours f32| over all cases: {err:.1e}"
                              for name, err in errors.items() if not name.endswith("ours f32")]
   peaks_after = _machine_peaks(args.matmul_size, args.bandwidth_mb, args.repeats)
-  machine = _cpu_model()
+  cpu = f"{machine.cpu_model()}, {os.cpu_count()} CPUs"
   header = (
       f"## Matching (global/local), {datetime.date.today().isoformat()}\n\n"
-      f"- Machine: {machine} (shared with other jobs: timings are noisy; CPU ms = process "
+      f"- Machine: {cpu} (shared with other jobs: timings are noisy; CPU ms = process "
       f"CPU time, less sensitive to other load), Python {platform.python_version()}\n"
       f"- Versions: JAX {jax.__version__}"
       + (f", PyTorch {torch.__version__} (default {torch.get_num_threads()} threads)" if torch else

@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import machine
 from configs import common
 from configs import synthetic
 from feelvos_jax import IGNORE_LABEL
@@ -30,17 +31,6 @@ from feelvos_jax import sharding
 from feelvos_jax import train
 
 _BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def _random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -136,7 +126,7 @@ def main() -> None:
   lines = [
       f"## Train step, {datetime.date.today().isoformat()}",
       "",
-      f"- Machine: {_cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
+      f"- Machine: {machine.cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
       f"jobs), {jax.device_count()} JAX device(s) ({jax.devices()[0].platform}), Python "
       f"{platform.python_version()}",
       f"- Versions: JAX {jax.__version__}",
