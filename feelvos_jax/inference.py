@@ -197,9 +197,22 @@ def _propagator(model: nn.Module, variables: Any,
                 config: ml_collections.ConfigDict) -> VideoPropagator:
   """The VideoPropagator of a run's config (its object buckets)."""
   if config.matching.shard_axis:
-    logging.warning("config.matching.shard_axis=%r: inference runs global matching unsharded, "
-                    "on one device.", config.matching.shard_axis)
+    model = sharded_matching_model(model, config.matching.shard_axis)
   return VideoPropagator(model, variables, object_buckets=config.inference.object_buckets)
+
+
+def sharded_matching_model(model: nn.Module, shard_axis: str) -> nn.Module:
+  """`model` with global matching split over all devices (`config.matching.shard_axis`).
+
+  shard_axis: "query" or "reference" (see `matching.global_matching_sharded`). The variables
+  are unchanged; the masks equal the unsharded model's.
+  """
+  if shard_axis not in ("query", "reference"):
+    raise ValueError(f"config.matching.shard_axis must be '', 'query' or 'reference', "
+                     f"got {shard_axis!r}")
+  mesh = jax.make_mesh((jax.device_count(),), ("matching",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  return model.clone(matching_mesh=mesh, matching_shard_mode=shard_axis)
 
 
 def evaluate_dataset(model: nn.Module, variables: Any, videos: Iterable[Mapping[str, Any]],

@@ -230,6 +230,25 @@ def test_chunked_objects_equal_unchunked(setup):
   assert len(np.unique(expected[1:])) > 2  # Several objects are predicted, not just one.
 
 
+@pytest.mark.parametrize("shard_axis", ["query", "reference"])
+def test_sharded_matching_gives_the_unsharded_masks(setup, shard_axis):
+  """config.matching.shard_axis splits global matching over the 8 fake devices: same masks."""
+  _, model, variables, whole, _ = setup
+  assert jax.device_count() == 8
+  sharded_model = inference.sharded_matching_model(model, shard_axis)
+  assert sharded_model.matching_mesh.shape == {"matching": 8}
+  sharded = inference.VideoPropagator(sharded_model, variables)
+  frames, labels, first_frame = make_video(3, 3, seed=11)
+  expected = run(whole, frames, labels, first_frame)
+  np.testing.assert_array_equal(run(sharded, frames, labels, first_frame), expected)
+  assert len(np.unique(expected[1:])) > 2
+
+
+def test_unknown_shard_axis_is_refused(setup):
+  with pytest.raises(ValueError, match="config.matching.shard_axis"):
+    inference.sharded_matching_model(setup[1], "pixels")
+
+
 def test_object_order_does_not_matter(setup):
   """Slots share one head: relabelling the objects relabels the prediction."""
   _, _, _, propagator, _ = setup

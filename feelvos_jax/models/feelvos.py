@@ -69,6 +69,10 @@ class FEELVOS(nn.Module):
     head_channels, head_kernel_size, head_num_layers: the dynamic segmentation head.
     freeze_backbone_batch_norm: DeepLab batch norm uses running averages even in training.
     dtype: compute dtype.
+    matching_mesh: mesh for sharded global matching (None: unsharded, one device).
+    matching_shard_mode: "" (unsharded), "query" (query rows split over the mesh's first axis)
+      or "reference" (reference pixels split, minima combined with `lax.pmin`); see
+      `matching.global_matching_sharded`. The result equals the unsharded one.
   """
   backbone: nn.Module
   output_stride: int = 16
@@ -84,6 +88,8 @@ class FEELVOS(nn.Module):
   head_num_layers: int = 4
   freeze_backbone_batch_norm: bool = True
   dtype: Any = jnp.float32
+  matching_mesh: jax.sharding.Mesh | None = None
+  matching_shard_mode: str = ""
 
   @property
   def num_slots(self) -> int:
@@ -165,14 +171,24 @@ class FEELVOS(nn.Module):
             else None)
 
     def match(query, reference, labels, rng):
-      return matching.global_matching(
-          query, reference, labels, self.num_slots,
-          max_reference_pixels=self.max_reference_pixels if subsample else None, rng=rng,
-          chunk_size=self.matching_chunk_size)
+      options = dict(max_reference_pixels=self.max_reference_pixels if subsample else None,
+                     rng=rng, chunk_size=self.matching_chunk_size)
+      if self.matching_shard_mode:
+        return matching.global_matching_sharded(
+            query, reference, labels, self.num_slots, mesh=self.matching_mesh,
+            axis_name=self.matching_mesh.axis_names[0], mode=self.matching_shard_mode,
+            **options)
+      return matching.global_matching(query, reference, labels, self.num_slots, **options)
 
+    queries = embeddings.astype(jnp.float32)
+    references = reference_embedding.astype(jnp.float32)
+    if self.matching_shard_mode:
+      # One shard_map per sample: shard_map's pmin path does not batch under vmap.
+      return jnp.stack([
+          match(queries[b], references[b], reference_labels[b],
+                rngs[b] if subsample else None) for b in range(queries.shape[0])])
     return jax.vmap(match, in_axes=(0, 0, 0, 0 if subsample else None))(
-        embeddings.astype(jnp.float32), reference_embedding.astype(jnp.float32),
-        reference_labels, rngs)
+        queries, references, reference_labels, rngs)
 
   def __call__(self, current_frame: jax.Array, reference_embedding: jax.Array,
                reference_labels: jax.Array, previous_embedding: jax.Array,
