@@ -489,8 +489,9 @@ def main(argv: list[str] | None = None) -> None:
       f"- Versions: JAX {jax.__version__}"
       + (f", PyTorch {torch.__version__} (default {torch.get_num_threads()} threads)" if torch else
          ", PyTorch not installed") + "\n"
-      f"- Command: `{_COMMAND} {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
-      f"- Inputs: query/reference {args.height}x{args.width}x{args.channels} (480p at stride 4),"
+      f"- Command: `{' '.join([_COMMAND] + (argv if argv is not None else sys.argv[1:]))}`\n"
+      f"- Inputs: query/reference {args.height}x{args.width}x{args.channels} (480p at stride 4 "
+      f"is 120x214),"
       f" objects = ellipses on background, query = reference moved (2, 3) px + noise; global "
       f"chunk_size {args.chunk_size}; reduced size {args.small_height}x{args.small_width} for "
       f"naive versions (ours rerun there).\n"
