@@ -6,8 +6,6 @@
 Several processes (one per host): pass --coordinator_address, --num_processes and --process_id,
 or --distributed to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
 """
-import importlib
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -15,6 +13,8 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from feelvos_jax import export
+from feelvos_jax import inference
 from feelvos_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -29,31 +29,15 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Index of this process.")
 
-_DELEGATES = {"evaluate": ("feelvos_jax.inference", "run_evaluation"),
-              "export": ("feelvos_jax.export", "export")}
-
-
-def _delegate(mode: str):
-  """`module.function(config, workdir)` implementing --mode=evaluate/export."""
-  module_name, function_name = _DELEGATES[mode]
-  try:
-    module = importlib.import_module(module_name)
-  except ModuleNotFoundError as error:
-    if error.name != module_name:
-      raise
-    module = None
-  function = getattr(module, function_name, None)
-  if function is None:
-    raise app.UsageError(f"--mode={mode} needs {module_name}.{function_name}(config, workdir), "
-                         f"which this checkout does not provide.")
-  return function
+_DELEGATES = {"evaluate": inference.run_evaluation, "export": export.export}
+"""--mode=evaluate/export: `function(config, workdir)`."""
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data; JAX owns the accelerators.
-  delegate = _delegate(_MODE.value) if _MODE.value in _DELEGATES else None
+  delegate = _DELEGATES.get(_MODE.value)
   if _COORDINATOR.value or _NUM_PROCESSES.value > 1:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)

@@ -6,8 +6,6 @@ state already in place and `jax.jit(train_step, in_shardings, out_shardings, don
 updates it. Each process feeds its own slice of the global batch.
 """
 import functools
-import importlib
-import importlib.util
 import os
 import time
 from typing import Any, Callable, Optional
@@ -26,9 +24,13 @@ import optax
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import checkpointing
+from feelvos_jax import inference
+from feelvos_jax import input_pipeline
 from feelvos_jax import losses
+from feelvos_jax import models
 from feelvos_jax import optimizers
 from feelvos_jax import sharding
+from feelvos_jax import weights
 
 TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_labels",
               "previous_labels", "current_labels", "num_objects")
@@ -145,7 +147,6 @@ def load_pretrained(state: TrainState, path: str, backbone: str) -> TrainState:
   """`state` with the variables of a pretrained file (see feelvos_jax/weights.py) in place of
   their initialisation, in the same shardings; the optimizer state is untouched (it does not
   depend on the parameter values at step 0)."""
-  from feelvos_jax import weights  # pylint: disable=g-import-not-at-top
   params, batch_stats = multihost_utils.process_allgather((state.params, state.batch_stats),
                                                           tiled=True)
   params, batch_stats, report = weights.load_pretrained(params, batch_stats, path, backbone)
@@ -262,17 +263,11 @@ def _load_videos(dataset_config: ml_collections.ConfigDict, split: str, *,
 
 
 def _evaluate(model: flax.linen.Module, state: TrainState,
-              config: ml_collections.ConfigDict) -> Optional[dict[str, float]]:
-  """Validation J&F via `feelvos_jax.inference.evaluate_dataset`, or None without that module.
+              config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Validation J&F via `feelvos_jax.inference.evaluate_dataset`.
 
   Every process evaluates the same `config.num_eval_videos` videos of `config.dataset.eval_split`.
   """
-  if importlib.util.find_spec("feelvos_jax.inference") is None:
-    return None
-  inference = importlib.import_module("feelvos_jax.inference")
-  if not hasattr(inference, "evaluate_dataset"):
-    return None
-  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   videos = _load_videos(config.dataset, config.dataset.eval_split)
   if config.num_eval_videos >= 0:
     videos = videos.take(config.num_eval_videos)
@@ -356,8 +351,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.create_mesh(config.mesh)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), jax.device_count(),
                jax.process_count())
-  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from feelvos_jax import models  # pylint: disable=g-import-not-at-top
   model = models.build_model(config.model)
   init, abstract_state = init_fn_and_abstract_state(config, model, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -379,8 +372,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
                                           first_profile=start_step + 10))
   eval_available = evaluate and config.eval_every_steps > 0
-  if eval_available and importlib.util.find_spec("feelvos_jax.inference") is None:
-    logging.warning("feelvos_jax.inference is missing: training without evaluation.")
   watcher = checkpointing.PreemptionWatcher()
   history: list[tuple[int, dict[str, jax.Array]]] = []
   last_flush = time.time()
