@@ -140,8 +140,8 @@ def main() -> None:
   ]
   for name, crop_text, batch, result, pipeline, rss in rows:
     lines.append(f"| {name} | {crop_text} | {batch} | {result['compile_s']:.1f} | "
-                 f"{result['step_s']:.3f} | {result['steps_per_s']:.2f} | "
-                 f"{result['examples_per_s']:.1f} | {pipeline} | {rss:.1f} |")
+                 f"{result['step_s']:.3f} | {result['steps_per_s']:.3g} | "
+                 f"{result['examples_per_s']:.3g} | {pipeline} | {rss:.1f} |")
   report = "\n".join(lines + [""])
   print(report)
   if not args.no_write:

@@ -42,11 +42,13 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """A full copy on every device of the mesh."""
   return NamedSharding(mesh, P())
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
-  """Splits the largest dimension divisible by `fsdp_size` of arrays of >= FSDP_MIN_SIZE elements."""
+  """PartitionSpec splitting the largest dimension divisible by `fsdp_size` over `fsdp`, for
+  arrays of at least FSDP_MIN_SIZE elements (others replicated)."""
   if fsdp_size == 1 or int(np.prod(shape)) < FSDP_MIN_SIZE:
     return P()
   for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
@@ -65,7 +67,8 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
                       abstract_state)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+def global_batch(local_batch: dict[str, np.ndarray],
+                 mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Each process's batch [B_local, ...] -> global arrays [B_local * processes, ...] split over
   the mesh (every process passes its own slice, in process order)."""
   sharding = batch_sharding(mesh)
