@@ -3,8 +3,6 @@
 Every test shares two propagators (object buckets (5,) and (2,)), so each step shape compiles
 once per session.
 """
-import collections
-import contextlib
 import functools
 import os
 
@@ -26,6 +24,7 @@ from feelvos_jax import propagation
 from feelvos_jax import optimizers
 from feelvos_jax import train
 from feelvos_jax import writers
+from tests import tracing
 
 SIZE = 32
 
@@ -69,22 +68,6 @@ def shared_setup():
 @pytest.fixture(name="setup")
 def setup_fixture():
   return shared_setup()
-
-
-@contextlib.contextmanager
-def count_traces():
-  """Counts jit traces by function name while inside the context."""
-  counts = collections.Counter()
-
-  def listener(event, unused_duration, **kwargs):
-    if event == "/jax/core/compile/jaxpr_trace_duration":
-      counts[kwargs.get("fun_name")] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield counts
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def make_video(num_frames, num_objects, height=SIZE, width=SIZE, seed=0, appear=None):
@@ -205,14 +188,14 @@ def test_compiles_once_per_bucket(setup):
   _, _, _, propagator, _ = setup
   frames, labels, first_frame = make_video(4, 3, seed=3, appear=[0, 0, 2])
   run(propagator, frames, labels, first_frame)
-  with count_traces() as traces:
+  with tracing.count_traces() as traces:
     # Same bucket: another video, another size padded to 32x32, other objects, R = 1 and 2.
     frames, labels, first_frame = make_video(6, 2, height=29, width=31, seed=4, appear=[0, 3])
     run(propagator, frames, labels, first_frame)
     frames, labels, first_frame = make_video(3, 4, seed=5)
     run(propagator, frames, labels, first_frame)
   assert traces["start_video"] == traces["propagation_step"] == 0
-  with count_traces() as traces:
+  with tracing.count_traces() as traces:
     # Another padded size is another bucket: one trace of each function, for all its frames.
     frames, labels, first_frame = make_video(5, 1, height=SIZE + 4, seed=6)
     run(propagator, frames, labels, first_frame)

@@ -2,8 +2,6 @@
 
 Every test but the compile-count one shares one model, so the steps compile once per session.
 """
-import collections
-import contextlib
 import functools
 
 import jax
@@ -19,6 +17,7 @@ from feelvos_jax import losses
 from feelvos_jax import models
 from feelvos_jax import propagation
 from feelvos_jax.models import feelvos
+from tests import tracing
 
 NUM_FRAMES, HEIGHT, WIDTH = 5, 30, 29
 PADDED = 32  # The tiny backbone's output stride 16 pads 30x29 to 32x32.
@@ -79,22 +78,6 @@ def box(top, left, bottom, right, height=HEIGHT):
   mask = np.zeros((height, WIDTH), bool)
   mask[top:bottom, left:right] = True
   return mask
-
-
-@contextlib.contextmanager
-def count_traces():
-  """Counts jit traces by function name while inside the context."""
-  counts = collections.Counter()
-
-  def listener(event, unused_duration, **kwargs):
-    if event == "/jax/core/compile/jaxpr_trace_duration":
-      counts[kwargs.get("fun_name")] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield counts
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def cells_by_loops(mask):
@@ -306,7 +289,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     return original_embed(self, frames, train)
 
   monkeypatch.setattr(feelvos.FEELVOS, "embed", counting_embed)
-  with count_traces() as traces:
+  with tracing.count_traces() as traces:
     session = interactive.InteractiveSession(model, variables, make_frames(4, height=36),
                                              object_ids=[1, 2], embed_batch_size=2)
     jax.effects_barrier()
@@ -314,7 +297,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
   assert traces["embed_frames"] == 1
   assert session.embedding_bytes == 6 * 12 * 8 * (8 + 8) * 4  # Tp x h x w x (D + E) x 4.
 
-  with count_traces() as traces:
+  with tracing.count_traces() as traces:
     session.add_scribble(0, 1, box(8, 6, 20, 16, height=36))
     session.add_scribble(0, 2, [(25, 3)])
     session.add_background_scribble(0, box(0, 0, 2, 29, height=36))
@@ -324,7 +307,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
   assert traces["start_state"] == traces["interactive_step"] == 1
-  with count_traces() as traces:
+  with tracing.count_traces() as traces:
     for t in range(NUM_FRAMES):  # 5 x 9 x 8 cells: 360 reference pixels, the next bucket.
       session.add_background_scribble(t, np.ones((36, WIDTH), bool))
     session.add_scribble(2, 1, [(10, 10)])
