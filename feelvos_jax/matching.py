@@ -332,7 +332,8 @@ def _check_global_args(query, reference, reference_labels, num_objects, max_refe
 def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike,
                     reference_labels: jax.typing.ArrayLike, num_objects: int, *,
                     max_reference_pixels: int | None = None, rng: jax.Array | None = None,
-                    chunk_size: int | None = None, dtype: DTypeLike = jnp.float32) -> jax.Array:
+                    chunk_size: int | None = None, dtype: DTypeLike = jnp.float32,
+                    squared: bool = False) -> jax.Array:
   """Global matching map: per object, distance to the nearest reference pixel of that object.
 
   Args:
@@ -346,6 +347,8 @@ def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike
     chunk_size: if set, query pixels are matched this many at a time (bounds memory to about
       chunk_size x block per step, also for the gradient); the result does not depend on it.
     dtype: matmul input dtype, float32 or bfloat16 (accumulation in float32).
+    squared: return the minimum squared distances ||e_p - e_q||^2 instead (inf where an object
+      has no reference pixel), e.g. to add a bias before `distance_from_squared`.
 
   Returns:
     [H, W, num_objects] float32 distances in [0, 1]; 1.0 where an object has no reference pixel.
@@ -356,19 +359,21 @@ def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike
                              max_reference_pixels, rng, chunk_size, dtype)
   return _global_matching(query, reference, reference_labels, rng, num_objects=num_objects,
                           max_reference_pixels=max_reference_pixels, chunk_size=chunk_size,
-                          dtype=dtype)
+                          dtype=dtype, squared=squared)
 
 
 @functools.partial(jax.jit, static_argnames=("num_objects", "max_reference_pixels",
-                                             "chunk_size", "dtype"))
+                                             "chunk_size", "dtype", "squared"))
 def _global_matching(query: jax.Array, reference: jax.Array, reference_labels: jax.Array,
                      rng: jax.Array | None, *, num_objects: int, max_reference_pixels: int | None,
-                     chunk_size: int | None, dtype: jnp.dtype) -> jax.Array:
+                     chunk_size: int | None, dtype: jnp.dtype, squared: bool = False) -> jax.Array:
   height, width, channels = query.shape
   labels = _reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
-  squared = _min_squared_distance(query.reshape(-1, channels), reference.reshape(-1, channels),
-                                  labels, num_objects, max_reference_pixels, chunk_size, dtype)
-  return distance_from_squared(squared).reshape(height, width, num_objects)
+  minima = _min_squared_distance(query.reshape(-1, channels), reference.reshape(-1, channels),
+                                 labels, num_objects, max_reference_pixels, chunk_size, dtype)
+  if not squared:
+    minima = distance_from_squared(minima)
+  return minima.reshape(height, width, num_objects)
 
 
 def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike,
@@ -376,7 +381,7 @@ def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.A
                             mesh: jax.sharding.Mesh, axis_name: str, mode: str = "query",
                             max_reference_pixels: int | None = None,
                             rng: jax.Array | None = None, chunk_size: int | None = None,
-                            dtype: DTypeLike = jnp.float32) -> jax.Array:
+                            dtype: DTypeLike = jnp.float32, squared: bool = False) -> jax.Array:
   """`global_matching` split over the devices of one mesh axis with `jax.shard_map`.
 
   mode="query": the query rows are sharded (padded to a multiple of the axis size) and every
@@ -384,7 +389,7 @@ def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.A
   are sharded (padding pixels never match), every device computes per-object minimum squared
   distances over its pixels and `lax.pmin` combines them. Subsampling selects the same pixels
   as `global_matching` with the same rng. Returns [H, W, num_objects], replicated over the
-  mesh, equal to the unsharded result.
+  mesh, equal to the unsharded result (minimum squared distances with `squared=True`).
   """
   query, reference = jnp.asarray(query), jnp.asarray(reference)
   reference_labels = jnp.asarray(reference_labels)
@@ -397,7 +402,7 @@ def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.A
   return _global_matching_sharded(
       query, reference, reference_labels, rng, mesh=mesh, axis_name=axis_name, mode=mode,
       num_objects=num_objects, max_reference_pixels=max_reference_pixels,
-      chunk_size=chunk_size, dtype=dtype)
+      chunk_size=chunk_size, dtype=dtype, squared=squared)
 
 
 def _place(mesh: jax.sharding.Mesh, specs: tuple[Any, ...],
@@ -407,12 +412,14 @@ def _place(mesh: jax.sharding.Mesh, specs: tuple[Any, ...],
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "mode", "num_objects",
-                                             "max_reference_pixels", "chunk_size", "dtype"))
+                                             "max_reference_pixels", "chunk_size", "dtype",
+                                             "squared"))
 def _global_matching_sharded(query: jax.Array, reference: jax.Array,
                              reference_labels: jax.Array, rng: jax.Array | None, *,
                              mesh: jax.sharding.Mesh, axis_name: str, mode: str,
                              num_objects: int, max_reference_pixels: int | None,
-                             chunk_size: int | None, dtype: jnp.dtype) -> jax.Array:
+                             chunk_size: int | None, dtype: jnp.dtype,
+                             squared: bool) -> jax.Array:
   num_devices = mesh.shape[axis_name]
   height, width, channels = query.shape
   spec = jax.sharding.PartitionSpec
@@ -424,7 +431,7 @@ def _global_matching_sharded(query: jax.Array, reference: jax.Array,
       return _global_matching(rows, ref, ref_labels, keys[0] if keys else None,
                               num_objects=num_objects,
                               max_reference_pixels=max_reference_pixels,
-                              chunk_size=chunk_size, dtype=dtype)
+                              chunk_size=chunk_size, dtype=dtype, squared=squared)
 
     in_specs = (spec(axis_name), spec(), spec()) + (spec(),) * len(keys)
     sharded = jax.shard_map(match_rows, mesh=mesh, in_specs=in_specs, out_specs=spec(axis_name))
@@ -443,8 +450,10 @@ def _global_matching_sharded(query: jax.Array, reference: jax.Array,
 
   in_specs = (spec(), spec(axis_name), spec(axis_name))
   sharded = jax.shard_map(match_pixels, mesh=mesh, in_specs=in_specs, out_specs=spec())
-  squared = sharded(*_place(mesh, in_specs, (query.reshape(-1, channels), pixels, labels)))
-  return distance_from_squared(squared).reshape(height, width, num_objects)
+  minima = sharded(*_place(mesh, in_specs, (query.reshape(-1, channels), pixels, labels)))
+  if not squared:
+    minima = distance_from_squared(minima)
+  return minima.reshape(height, width, num_objects)
 
 
 # ------------------------------------------------------------------ local matching
@@ -501,7 +510,7 @@ def _local_min_squared(query: jax.Array, query_sq: jax.Array, previous: jax.Arra
 def local_matching(query: jax.typing.ArrayLike, previous: jax.typing.ArrayLike,
                    previous_labels: jax.typing.ArrayLike, num_objects: int, *,
                    window: int = 15, dilation: int = 1,
-                   dtype: DTypeLike = jnp.float32) -> jax.Array:
+                   dtype: DTypeLike = jnp.float32, squared: bool = False) -> jax.Array:
   """Local matching map: per object, distance to the nearest previous-frame pixel of that
   object at offsets (dy, dx) in {-window..window} * dilation.
 
@@ -513,6 +522,8 @@ def local_matching(query: jax.typing.ArrayLike, previous: jax.typing.ArrayLike,
     window: window radius k >= 0: (2k+1)^2 offsets.
     dilation: spacing >= 1 of the offsets.
     dtype: matmul input dtype, float32 or bfloat16 (accumulation in float32).
+    squared: return the minimum squared distances instead (inf where no pixel of the object
+      lies in the window).
 
   Returns:
     [H, W, num_objects] float32; 1.0 where no pixel of the object lies in the window (offsets
@@ -533,12 +544,14 @@ def local_matching(query: jax.typing.ArrayLike, previous: jax.typing.ArrayLike,
   dtype = _matmul_dtype(dtype)
   check_labels(previous_labels, num_objects, "previous_labels")
   return _local_matching(query, previous, previous_labels, num_objects=num_objects,
-                         window=window, dilation=dilation, dtype=dtype)
+                         window=window, dilation=dilation, dtype=dtype, squared=squared)
 
 
-@functools.partial(jax.jit, static_argnames=("num_objects", "window", "dilation", "dtype"))
+@functools.partial(jax.jit, static_argnames=("num_objects", "window", "dilation", "dtype",
+                                             "squared"))
 def _local_matching(query: jax.Array, previous: jax.Array, previous_labels: jax.Array, *,
-                    num_objects: int, window: int, dilation: int, dtype: jnp.dtype) -> jax.Array:
+                    num_objects: int, window: int, dilation: int, dtype: jnp.dtype,
+                    squared: bool = False) -> jax.Array:
   height, width, channels = query.shape
   exponent = _scale_exponent(query, previous)
   query, query_sq = _prepare(query, exponent, dtype)
@@ -547,8 +560,8 @@ def _local_matching(query: jax.Array, previous: jax.Array, previous_labels: jax.
   grid_h, grid_w = -(-height // dilation), -(-width // dilation)
   radius = min(window, max(grid_h, grid_w) - 1)
   if dilation == 1:
-    squared = _local_min_squared(query, query_sq, previous, previous_sq, labels, num_objects,
-                                 radius)
+    minima = _local_min_squared(query, query_sq, previous, previous_sq, labels, num_objects,
+                                radius)
   else:
     pad = ((0, grid_h * dilation - height), (0, grid_w * dilation - width))
 
@@ -561,9 +574,10 @@ def _local_matching(query: jax.Array, previous: jax.Array, previous_labels: jax.
     def match_grid(q, q_sq, p, p_sq, grid_labels):
       return _local_min_squared(q, q_sq, p, p_sq, grid_labels, num_objects, radius)
 
-    squared = jax.vmap(match_grid)(to_grids(query), to_grids(query_sq), to_grids(previous),
-                                   to_grids(previous_sq), to_grids(labels, -1))
-    squared = squared.reshape(dilation, dilation, grid_h, grid_w, num_objects)
-    squared = jnp.moveaxis(squared, (0, 1), (1, 3)).reshape(
+    minima = jax.vmap(match_grid)(to_grids(query), to_grids(query_sq), to_grids(previous),
+                                  to_grids(previous_sq), to_grids(labels, -1))
+    minima = minima.reshape(dilation, dilation, grid_h, grid_w, num_objects)
+    minima = jnp.moveaxis(minima, (0, 1), (1, 3)).reshape(
         grid_h * dilation, grid_w * dilation, num_objects)[:height, :width]
-  return distance_from_squared(_unscale(squared, exponent))
+  minima = _unscale(minima, exponent)
+  return minima if squared else distance_from_squared(minima)

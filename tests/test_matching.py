@@ -316,6 +316,33 @@ def test_bfloat16_within_1e2_of_float32():
                              atol=1e-2)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_squared_option_returns_minimum_squared_distances(dilation):
+  """squared=True gives min ||e_p - e_q||^2 (inf where nothing matches); the maps are its tanh."""
+  rng = np.random.default_rng(21)
+  query = embeddings(rng, (5, 6, 3), scale=0.4)
+  other = embeddings(rng, (4, 5, 3), scale=0.4)
+  labels = random_labels(rng, (4, 5), 4, absent=(2,))
+  got = np.asarray(matching.global_matching(query, other, labels, 4, squared=True))
+  flat_ref, flat_labels = other.reshape(-1, 3).astype(np.float64), labels.reshape(-1)
+  for obj in range(4):
+    pixels = flat_ref[flat_labels == obj]
+    if len(pixels) == 0:
+      assert np.all(np.isinf(got[..., obj]))
+      continue
+    squared = ((query.reshape(-1, 1, 3) - pixels[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(got[..., obj].reshape(-1), squared, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.tanh(got / 2),
+                             matching.global_matching(query, other, labels, 4), atol=1e-7)
+  previous = embeddings(rng, (5, 6, 3), scale=0.4)
+  previous_labels = random_labels(rng, (5, 6), 3)
+  local = np.asarray(matching.local_matching(query, previous, previous_labels, 3, window=1,
+                                             dilation=dilation, squared=True))
+  expected = np_local_matching(query, previous, previous_labels, 3, 1, dilation)
+  np.testing.assert_allclose(np.tanh(local / 2), expected, atol=2e-6)
+  assert np.all(np.isinf(local[expected == 1.0])) and np.any(expected == 1.0)
+
+
 # ------------------------------------------------------------------ sharding
 @pytest.mark.parametrize("mode,mesh_kind", [
     ("query", "explicit"), ("reference", "explicit"), ("query", "auto"), ("reference", "auto")])
