@@ -38,6 +38,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.top_k_percent = 0.15  # Bootstrapped CE keeps this fraction of hardest pixels (paper: 15%).
   config.loss.hard_mining_ramp_steps = 100_000  # Kept fraction ramps 100% -> top_k_percent over these steps.
   config.loss.upsample_logits = True  # Loss at label resolution (paper) instead of stride 4.
+  config.loss.triplet_margin = 0.3  # PML (model.head="nearest_neighbor"): triplet hinge margin alpha.
+  config.loss.triplet_anchors_per_object = 256  # PML: anchor pixels sampled per object and sample.
 
   # --- Model ---
   config.model = ml_collections.ConfigDict()
@@ -56,6 +58,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.freeze_backbone_batch_norm = True  # Backbone BN uses running stats in training (paper).
   config.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
   config.model.pretrained = ""  # Backbone weights file (see feelvos_jax/weights.py); "" for none.
+  config.model.head = "feelvos"  # "feelvos" (dynamic segmentation head) or "nearest_neighbor" (PML).
+  config.model.nearest_neighbors = 5  # PML: reference pixels voting for each pixel's label (k of k-NN).
+  # CFBI options (Yang et al., ECCV 2020) for the FEELVOS head; each off by default.
+  config.model.background_matching = False  # Also match each object against the pixels NOT of it.
+  config.model.matching_bias = False  # Learnable fg/bg biases b: d = 1 - 2 / (1 + exp(||e_p - e_q||^2 + b)).
+  config.model.local_windows = ()  # Multi-local matching radii, e.g. (2, 4, 6, 8, 10, 12); () uses `window`.
+  config.model.global_atrous_rate = 1  # Reference pixels of global matching on a grid of this stride.
+  config.model.instance_attention = False  # Per-object channel gates from pooled fg/bg embeddings.
 
   # --- Data ---
   config.dataset = ml_collections.ConfigDict()
