@@ -10,37 +10,11 @@ import tensorflow_datasets as tfds
 from datasets import fake_layouts
 from datasets import palette
 from datasets.davis2017 import davis2017_dataset_builder
-
-_MAX_MEAN_JPEG_ERROR = 4.0  # Mean |decoded - drawn| per video; JPEG at quality 95.
+from tests import builder_checks
 
 
 def _build(manual_dir, data_dir, config="480p"):
-  builder = davis2017_dataset_builder.Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir), try_download_gcs=False))
-  return builder
-
-
-def _examples(builder, split):
-  return {example["video"]["name"].decode(): example
-          for example in tfds.as_numpy(builder.as_dataset(split=split))}
-
-
-def _assert_matches(builder, truth):
-  for split in ("train", "validation"):
-    examples = _examples(builder, split)
-    assert sorted(examples) == sorted(name for name, video in truth.items()
-                                      if video.split == split)
-    for name, example in examples.items():
-      expected = truth[name]
-      frames = example["video"]["frames"]
-      assert frames.shape == expected.frames.shape
-      assert np.abs(frames.astype(float) - expected.frames).mean() < _MAX_MEAN_JPEG_ERROR
-      np.testing.assert_array_equal(example["video"]["segmentations"][..., 0],
-                                    expected.segmentations)
-      assert [n.decode() for n in example["video"]["frame_names"]] == expected.frame_names
-      assert example["objects"]["ids"].tolist() == expected.ids
-      assert example["objects"]["first_frame"].tolist() == expected.first_frame
+  return builder_checks.build(davis2017_dataset_builder.Builder, manual_dir, data_dir, config)
 
 
 def test_davis_palette_is_the_voc_colour_map():
@@ -79,8 +53,8 @@ def test_both_configs_decode_to_the_written_ground_truth(tmp_path):
   builder = tfds.builder("davis2017/480p", data_dir=str(tmp_path / "data"))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(tmp_path / "manual"), try_download_gcs=False))  # The folder holding DAVIS/.
-  _assert_matches(builder, truth_480p)
-  _assert_matches(_build(davis, tmp_path / "data", "full_resolution"), truth_full)
+  builder_checks.assert_matches(builder, truth_480p)
+  builder_checks.assert_matches(_build(davis, tmp_path / "data", "full_resolution"), truth_full)
 
 
 @pytest.fixture
@@ -190,8 +164,8 @@ def test_greyscale_and_cmyk_jpegs_decode_to_rgb(davis, tmp_path):
   with Image.open(folder / "00002.jpg") as image:
     assert image.mode == "CMYK"
     expected_cmyk = np.array(image.convert("RGB"), dtype=float)
-  decoded = _examples(_build(root, tmp_path / "data"), "train")["train_a"]["video"]["frames"]
+  decoded = builder_checks.examples(_build(root, tmp_path / "data"), "train")["train_a"]["video"]["frames"]
   assert decoded.shape == frames.shape
   expected_grey = np.repeat(np.array(grey, dtype=float)[..., None], 3, axis=-1)
-  assert np.abs(decoded[1] - expected_grey).mean() < _MAX_MEAN_JPEG_ERROR
-  assert np.abs(decoded[2] - expected_cmyk).mean() < _MAX_MEAN_JPEG_ERROR
+  assert np.abs(decoded[1] - expected_grey).mean() < builder_checks.MAX_MEAN_JPEG_ERROR
+  assert np.abs(decoded[2] - expected_cmyk).mean() < builder_checks.MAX_MEAN_JPEG_ERROR

@@ -12,37 +12,11 @@ import tensorflow_datasets as tfds
 from datasets import fake_layouts
 from datasets import palette
 from datasets.youtube_vos import youtube_vos_dataset_builder
-
-_MAX_MEAN_JPEG_ERROR = 4.0  # Mean |decoded - drawn| per video; JPEG at quality 95.
+from tests import builder_checks
 
 
 def _build(manual_dir, data_dir, config="2019"):
-  builder = youtube_vos_dataset_builder.Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir), try_download_gcs=False))
-  return builder
-
-
-def _examples(builder, split):
-  return {example["video"]["name"].decode(): example
-          for example in tfds.as_numpy(builder.as_dataset(split=split))}
-
-
-def _assert_matches(builder, truth):
-  for split in ("train", "validation"):
-    examples = _examples(builder, split)
-    assert sorted(examples) == sorted(name for name, video in truth.items()
-                                      if video.split == split)
-    for name, example in examples.items():
-      expected = truth[name]
-      frames = example["video"]["frames"]
-      assert frames.shape == expected.frames.shape
-      assert np.abs(frames.astype(float) - expected.frames).mean() < _MAX_MEAN_JPEG_ERROR
-      np.testing.assert_array_equal(example["video"]["segmentations"][..., 0],
-                                    expected.segmentations)
-      assert [n.decode() for n in example["video"]["frame_names"]] == expected.frame_names
-      assert example["objects"]["ids"].tolist() == expected.ids
-      assert example["objects"]["first_frame"].tolist() == expected.first_frame
+  return builder_checks.build(youtube_vos_dataset_builder.Builder, manual_dir, data_dir, config)
 
 
 def test_both_releases_decode_to_the_written_ground_truth(tmp_path, caplog):
@@ -61,10 +35,10 @@ def test_both_releases_decode_to_the_written_ground_truth(tmp_path, caplog):
   builder = tfds.builder("youtube_vos/2018", data_dir=str(tmp_path / "data"))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(tmp_path / "manual"), try_download_gcs=False))  # Holds youtube_vos_2018/.
-  _assert_matches(builder, truth_2018)
+  builder_checks.assert_matches(builder, truth_2018)
   assert "2 videos; 16 of 22 frames have no annotation PNG" in caplog.text  # train
   assert "2 videos; 18 of 22 frames have no annotation PNG" in caplog.text  # validation
-  _assert_matches(_build(tmp_path / "release_2019", tmp_path / "data", "2019"), truth_2019)
+  builder_checks.assert_matches(_build(tmp_path / "release_2019", tmp_path / "data", "2019"), truth_2019)
 
 
 @pytest.fixture
@@ -85,7 +59,7 @@ def test_meta_object_without_any_mask_is_skipped_with_a_warning(release, tmp_pat
   _edit_meta(root / "train" / "meta.json", lambda meta: meta["videos"]["train_a"]["objects"]
              .update({"7": {"category": "fake", "frames": ["00000"]}}))
   caplog.set_level(logging.INFO)
-  examples = _examples(_build(root, tmp_path / "data"), "train")
+  examples = builder_checks.examples(_build(root, tmp_path / "data"), "train")
   assert examples["train_a"]["objects"]["ids"].tolist() == truth["train_a"].ids == [1, 2]
   assert re.search(r"video 'train_a': object 7 of .*meta\.json appears in no annotation PNG",
                    caplog.text)
