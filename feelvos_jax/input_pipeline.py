@@ -50,9 +50,7 @@ import tensorflow_datasets as tfds
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
-
-PAD_PIXEL = 128
-"""Image padding value: the uint8 closest to the mean 127.5 (about 0 after x / 127.5 - 1)."""
+from feelvos_jax import augmentation
 
 MAX_ATTEMPTS = 10
 """Reference-frame candidates drawn per training sample before keeping the last one."""
@@ -76,6 +74,12 @@ class TrainSettings:
   min_object_pixels: int
   shuffle_buffer: int
   prefetch: int
+
+  @property
+  def window_options(self) -> dict[str, Any]:
+    """Keyword arguments of `augmentation.sample_crop_window`."""
+    return dict(min_scale=self.min_scale, max_scale=self.max_scale, crop_size=self.crop_size,
+                random_flip=self.random_flip)
 
 
 def _is_int(value: Any) -> bool:
@@ -152,101 +156,6 @@ def _hide_gpus_from_tensorflow() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Augmentation: one scale + crop + flip window, applied by separable resampling.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CropWindow:
-  """Where a crop lies in a rescaled frame; all fields are scalar int32 tensors except `flip`.
-
-  The frame of H x W is rescaled to scaled_height x scaled_width (corners aligned: scaled pixel
-  (a, b) samples source position (a (H-1)/(scaled_height-1), b (W-1)/(scaled_width-1))); the crop
-  takes scaled rows top.. and columns left.., positions past the scaled frame are padding, and
-  `flip` (bool) mirrors the crop horizontally.
-  """
-  scaled_height: tf.Tensor
-  scaled_width: tf.Tensor
-  top: tf.Tensor
-  left: tf.Tensor
-  flip: tf.Tensor
-
-
-def sample_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                       settings: TrainSettings) -> CropWindow:
-  """A random scale, crop position and flip for a frame of height x width (key: [2] seed)."""
-  scale_key, top_key, left_key, flip_key = tf.unstack(
-      tf.random.experimental.stateless_split(key, 4))
-  scale = tf.random.stateless_uniform([], scale_key, settings.min_scale, settings.max_scale)
-  scaled_height = tf.maximum(tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32), 1)
-  scaled_width = tf.maximum(tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32), 1)
-  crop_height, crop_width = settings.crop_size
-  top = tf.random.stateless_uniform(
-      [], top_key, 0, tf.maximum(scaled_height - crop_height, 0) + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform(
-      [], left_key, 0, tf.maximum(scaled_width - crop_width, 0) + 1, dtype=tf.int32)
-  flip = tf.logical_and(tf.constant(settings.random_flip),
-                        tf.random.stateless_uniform([], flip_key) < 0.5)
-  return CropWindow(scaled_height, scaled_width, top, left, flip)
-
-
-def _source_positions(start: tf.Tensor, size: int, scaled: tf.Tensor, source: tf.Tensor,
-                      flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Source coordinates [size] float32 of crop positions start..start+size-1, and their validity."""
-  positions = start + tf.range(size, dtype=tf.int32)
-  positions = tf.where(flip, tf.reverse(positions, [0]), positions)
-  factor = (tf.cast(source - 1, tf.float32) / tf.cast(tf.maximum(scaled - 1, 1), tf.float32))
-  return tf.cast(positions, tf.float32) * factor, positions < scaled
-
-
-def _bilinear_taps(coords: tf.Tensor, source: tf.Tensor):
-  low = tf.clip_by_value(tf.cast(tf.floor(coords), tf.int32), 0, source - 1)
-  high = tf.minimum(low + 1, source - 1)
-  weight = tf.clip_by_value(coords - tf.cast(low, tf.float32), 0.0, 1.0)
-  return low, high, weight
-
-
-def augment_frame(image: tf.Tensor, labels: tf.Tensor, window: CropWindow,
-                  crop_size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
-  """Rescales, crops and flips one frame.
-
-  Args:
-    image: [H, W, 3] uint8.
-    labels: [H, W] integer labels.
-    window: where the crop lies (see `CropWindow`).
-    crop_size: (crop_height, crop_width).
-
-  Returns:
-    image [crop_height, crop_width, 3] uint8 (bilinear, rounded; PAD_PIXEL outside the frame) and
-    labels [crop_height, crop_width] int32 (nearest: source index floor(coordinate + 0.5);
-    IGNORE_LABEL outside the frame).
-  """
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
-  rows, row_valid = _source_positions(window.top, crop_size[0], window.scaled_height, height,
-                                      tf.constant(False))
-  cols, col_valid = _source_positions(window.left, crop_size[1], window.scaled_width, width,
-                                      window.flip)
-  valid = tf.logical_and(row_valid[:, None], col_valid[None, :])
-
-  top, bottom, row_weight = _bilinear_taps(rows, height)
-  left, right, col_weight = _bilinear_taps(cols, width)
-  pixels = tf.cast(image, tf.float32)
-  upper, lower = tf.gather(pixels, top, axis=0), tf.gather(pixels, bottom, axis=0)
-  pixels = upper + (lower - upper) * row_weight[:, None, None]
-  left_pixels, right_pixels = tf.gather(pixels, left, axis=1), tf.gather(pixels, right, axis=1)
-  pixels = left_pixels + (right_pixels - left_pixels) * col_weight[None, :, None]
-  pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
-  image_out = tf.where(valid[..., None], pixels, tf.constant(PAD_PIXEL, tf.uint8))
-
-  nearest_rows = tf.clip_by_value(tf.cast(tf.floor(rows + 0.5), tf.int32), 0, height - 1)
-  nearest_cols = tf.clip_by_value(tf.cast(tf.floor(cols + 0.5), tf.int32), 0, width - 1)
-  label_out = tf.gather(tf.gather(tf.cast(labels, tf.int32), nearest_rows, axis=0),
-                        nearest_cols, axis=1)
-  label_out = tf.where(valid, label_out, IGNORE_LABEL)
-  return image_out, label_out
-
-
-# --------------------------------------------------------------------------------------------
 # Training samples.
 # --------------------------------------------------------------------------------------------
 
@@ -296,10 +205,11 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
   pair_key, pair_window_key, reference_key = tf.unstack(
       tf.random.experimental.stateless_split(key, 3))
   previous, current = _choose_pair(annotated, settings.max_frame_gap, pair_key, name)
-  pair_window = sample_crop_window(pair_window_key, height, width, settings)
-  previous_frame, previous_labels = augment_frame(
+  pair_window = augmentation.sample_crop_window(pair_window_key, height, width,
+                                                **settings.window_options)
+  previous_frame, previous_labels = augmentation.augment_frame(
       _frame_at(frames, previous), segmentations[previous], pair_window, settings.crop_size)
-  current_frame, current_labels = augment_frame(
+  current_frame, current_labels = augmentation.augment_frame(
       _frame_at(frames, current), segmentations[current], pair_window, settings.crop_size)
 
   def reference_candidate(attempt):
@@ -309,9 +219,10 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
       index = tf.cast(tf.argmax(tf.cast(reference_pool, tf.int32)), tf.int32)
     else:
       index = _random_true_index(reference_pool, frame_key)
-    window = sample_crop_window(window_key, height, width, settings)
-    image, labels = augment_frame(_frame_at(frames, index), segmentations[index], window,
-                                  settings.crop_size)
+    window = augmentation.sample_crop_window(window_key, height, width,
+                                             **settings.window_options)
+    image, labels = augmentation.augment_frame(_frame_at(frames, index), segmentations[index],
+                                               window, settings.crop_size)
     present = _object_counts(labels)[1:IGNORE_LABEL] > 0
     stride_counts = _object_counts(labels[::FEATURE_STRIDE, ::FEATURE_STRIDE])[1:IGNORE_LABEL]
     large_enough = present & (stride_counts >= settings.min_object_pixels)
@@ -520,7 +431,7 @@ def _prepare_eval_video(video: Mapping[str, Any], pad_multiple: int) -> dict[str
   return {
       "name": name,
       "frame_names": video["video"]["frame_names"],
-      "frames": tf.pad(frames, paddings + [[0, 0]], constant_values=PAD_PIXEL),
+      "frames": tf.pad(frames, paddings + [[0, 0]], constant_values=augmentation.PAD_PIXEL),
       "segmentations": tf.pad(segmentations, paddings, constant_values=IGNORE_LABEL),
       "object_ids": object_ids,
       "first_frame": first_frame,

@@ -14,10 +14,10 @@ import pytest
 from configs import synthetic
 from datasets import fake_layouts
 from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import augmentation
 from feelvos_jax import checkpointing
 from feelvos_jax import evaluation
 from feelvos_jax import inference
-from feelvos_jax import input_pipeline
 from feelvos_jax import losses
 from feelvos_jax import models
 from feelvos_jax import propagation
@@ -296,8 +296,8 @@ def test_bad_input_raises(setup, change, message):
                               video["object_ids"], name="cows"))
 
 
-def test_pad_pixel_matches_input_pipeline():
-  assert propagation.PAD_PIXEL == input_pipeline.PAD_PIXEL
+def test_pad_pixel_matches_training_augmentation():
+  assert propagation.PAD_PIXEL == augmentation.PAD_PIXEL
 
 
 def test_propagate_write_evaluate_round_trip(setup, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from configs import common
+from feelvos_jax import augmentation
 from feelvos_jax import input_pipeline
 
 IGNORE = 255
@@ -127,7 +128,7 @@ def remap(labels, object_ids):
 def reference_augment(image, labels, scaled_height, scaled_width, top, left, flip, crop):
   """Nested-loop NumPy reference of scale (corners aligned) + crop + pad + flip."""
   height, width = labels.shape
-  out_image = np.full(crop + (3,), input_pipeline.PAD_PIXEL, np.uint8)
+  out_image = np.full(crop + (3,), augmentation.PAD_PIXEL, np.uint8)
   out_labels = np.full(crop, IGNORE, np.int32)
   row_factor = np.float32(height - 1) / np.float32(max(scaled_height - 1, 1))
   col_factor = np.float32(width - 1) / np.float32(max(scaled_width - 1, 1))
@@ -160,10 +161,10 @@ def test_augment_frame_matches_numpy(scaled_height, scaled_width, top, left, fli
   image = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
   labels = rng.integers(0, 256, (7, 9)).astype(np.uint8)
   crop = (8, 7)
-  window = input_pipeline.CropWindow(*(tf.constant(v) for v in (scaled_height, scaled_width,
+  window = augmentation.CropWindow(*(tf.constant(v) for v in (scaled_height, scaled_width,
                                                                    top, left)),
                                      flip=tf.constant(flip))
-  got_image, got_labels = input_pipeline.augment_frame(tf.constant(image), tf.constant(labels),
+  got_image, got_labels = augmentation.augment_frame(tf.constant(image), tf.constant(labels),
                                                        window, crop)
   want_image, want_labels = reference_augment(image, labels, scaled_height, scaled_width, top,
                                               left, flip, crop)
@@ -278,8 +279,8 @@ def test_padding_when_the_frame_is_smaller_than_the_crop():
   for part in ("reference", "previous", "current"):
     image, labels = sample[f"{part}_frame"], sample[f"{part}_labels"]
     assert np.all(labels[12:] == IGNORE) and np.all(labels[:, 12:] == IGNORE)
-    assert np.all(image[12:] == input_pipeline.PAD_PIXEL)
-    assert np.all(image[:, 12:] == input_pipeline.PAD_PIXEL)
+    assert np.all(image[12:] == augmentation.PAD_PIXEL)
+    assert np.all(image[:, 12:] == augmentation.PAD_PIXEL)
     t = frame_index(image[:12, :12])
     np.testing.assert_array_equal(image[:12, :12], video["video"]["frames"][t])
     np.testing.assert_array_equal(labels[:12, :12],
@@ -488,8 +489,8 @@ def test_eval_videos_remap_ids_and_pad():
   assert example["segmentations"].shape == (3, 12, 16)
   assert example["segmentations"].dtype == np.int32
   np.testing.assert_array_equal(example["frames"][:, :10, :13], video["video"]["frames"])
-  assert np.all(example["frames"][:, 10:] == input_pipeline.PAD_PIXEL)
-  assert np.all(example["frames"][:, :, 13:] == input_pipeline.PAD_PIXEL)
+  assert np.all(example["frames"][:, 10:] == augmentation.PAD_PIXEL)
+  assert np.all(example["frames"][:, :, 13:] == augmentation.PAD_PIXEL)
   assert np.all(example["segmentations"][:, 10:] == IGNORE)
   assert np.all(example["segmentations"][:, :, 13:] == IGNORE)
   source = video["video"]["segmentations"][..., 0]
