@@ -1,4 +1,4 @@
-"""Bootstrapped cross-entropy: the FEELVOS training loss.
+"""Training losses: bootstrapped cross-entropy (FEELVOS) and the triplet loss (PML).
 
 The loss of the official code (DeepLab's `top_k_percent_pixels` with `hard_example_mining_step`):
 per image, the pixel cross-entropies are sorted and only the hardest fraction is averaged; the kept
@@ -6,6 +6,9 @@ fraction ramps linearly from 100% at step 0 to `top_k_percent` at `hard_mining_r
 Pixels labelled `IGNORE_LABEL` never count, neither in the loss nor in the number of pixels the
 fraction is taken of. Logits hold -inf in padded object slots, so the per-pixel loss is computed
 as `log_softmax` + `take_along_axis` (a one-hot product would give 0 * -inf = nan).
+
+PML's modified triplet loss (`triplet_loss`, for `config.model.head = "nearest_neighbor"`) is
+described in its docstring.
 """
 from typing import Tuple
 
@@ -15,6 +18,7 @@ import ml_collections
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import matching
 
 
 def hard_mining_fraction(step: jax.Array, *, top_k_percent: float,
@@ -126,3 +130,90 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, step: jax.Array,
   else:
     labels = labels[:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
   return bootstrapped_cross_entropy(logits, labels, kept_fraction), kept_fraction
+
+
+def sample_anchors(labels: jax.Array, rng: jax.Array, *, num_slots: int,
+                   anchors_per_object: int) -> Tuple[jax.Array, jax.Array]:
+  """Random anchor pixels of one frame: at most `anchors_per_object` of each slot.
+
+  Args:
+    labels: [h, w] int labels; slots 0..num_slots-1 (background included) provide anchors,
+      IGNORE_LABEL and any other value never does.
+    rng: PRNG key (jit-able: the number of anchors is static).
+    num_slots: K (static).
+    anchors_per_object: A (static).
+
+  Returns:
+    (indices [n] int32 into the flattened [h * w] pixels, valid [n] bool), n = min(h * w, K * A):
+    the valid entries are distinct pixels, each slot's uniformly drawn without replacement.
+  """
+  kept = matching.select_reference_pixels(labels, num_slots, anchors_per_object, rng).reshape(-1)
+  count = min(kept.shape[0], num_slots * anchors_per_object)
+  indices = jnp.argsort(kept == IGNORE_LABEL, stable=True)[:count].astype(jnp.int32)
+  return indices, kept[indices] != IGNORE_LABEL
+
+
+def triplet_loss(anchor_embeddings: jax.Array, anchor_labels: jax.Array,
+                 reference_embeddings: jax.Array, reference_labels: jax.Array, rng: jax.Array,
+                 *, num_slots: int, margin: float,
+                 anchors_per_object: int) -> Tuple[jax.Array, jax.Array]:
+  """PML's modified triplet loss (Chen et al., CVPR 2018).
+
+  Per sample, anchors are drawn from the current frame (`sample_anchors`: at most
+  `anchors_per_object` pixels of each slot, background included). For an anchor a of slot l,
+  the positive is the nearest reference pixel of slot l and the negative the nearest reference
+  pixel of any other slot (the hardest of each, not a sampled pair):
+
+    loss(a) = max(0, min_{r: slot l} d(a, r) - min_{r: slot != l} d(a, r) + margin),
+
+  with d the squared Euclidean distance ||e_a - e_r||^2, as PML, so that the margin is in the
+  units the nearest-neighbour vote (`models.nearest_neighbor`) ranks by; FEELVOS's bounded
+  distance 1 - 2 / (1 + exp(d)) would saturate at 1 for far pixels and give no gradient. The
+  embeddings are not normalised, so the margin is in the units of their (learnt) squared scale:
+  on the synthetic set margins 1-10 gave clearly better J&F than 0.3 (BENCHMARKS.md, PML). The
+  minima are the per-slot squared global matching (`matching.global_matching(squared=True)`)
+  of the anchors against the reference pixels. The loss is the mean over valid anchors of the
+  batch: an anchor is valid if its slot and some other slot both have reference pixels
+  (pixels labelled IGNORE_LABEL or >= num_slots are neither anchors nor references).
+
+  Args:
+    anchor_embeddings: [B, h, w, E] embeddings of the current frames.
+    anchor_labels: [B, h, w] int labels of the current frames (at the embeddings' stride).
+    reference_embeddings: [B, h', w', E] embeddings of the reference frames.
+    reference_labels: [B, h', w'] int labels of the reference frames.
+    rng: PRNG key for the anchor sampling.
+    num_slots: K (static).
+    margin: alpha (`config.loss.triplet_margin`).
+    anchors_per_object: A (`config.loss.triplet_anchors_per_object`, static).
+
+  Returns:
+    (loss scalar float32, 0 without a valid anchor; active fraction: valid anchors whose hinge
+    is positive over valid anchors).
+  """
+  if anchor_embeddings.shape[:3] != anchor_labels.shape:
+    raise ValueError(f"anchor_embeddings {anchor_embeddings.shape} and anchor_labels "
+                     f"{anchor_labels.shape} must agree on [B, h, w].")
+  if reference_embeddings.shape[:3] != reference_labels.shape:
+    raise ValueError(f"reference_embeddings {reference_embeddings.shape} and reference_labels "
+                     f"{reference_labels.shape} must agree on [B, h', w'].")
+  batch, _, _, dim = anchor_embeddings.shape
+  rngs = jax.random.split(rng, batch)
+
+  def sample_triplets(embeddings, labels, references, ref_labels, key):
+    indices, valid = sample_anchors(labels, key, num_slots=num_slots,
+                                    anchors_per_object=anchors_per_object)
+    anchors = embeddings.reshape(-1, dim)[indices].astype(jnp.float32)
+    slots = jnp.where(valid, labels.reshape(-1)[indices], 0).astype(jnp.int32)
+    minima = matching.global_matching(anchors[None], references.astype(jnp.float32),
+                                      ref_labels, num_slots, squared=True)[0]
+    own = jax.nn.one_hot(slots, num_slots, dtype=bool)
+    positive = jnp.min(jnp.where(own, minima, jnp.inf), axis=-1)
+    negative = jnp.min(jnp.where(own, jnp.inf, minima), axis=-1)
+    valid = valid & jnp.isfinite(positive) & jnp.isfinite(negative)
+    hinge = jnp.maximum(jnp.where(valid, positive - negative, 0.0) + margin, 0.0)
+    return jnp.where(valid, hinge, 0.0), valid
+
+  hinge, valid = jax.vmap(sample_triplets)(anchor_embeddings, anchor_labels,
+                                           reference_embeddings, reference_labels, rngs)
+  count = jnp.maximum(jnp.sum(valid), 1)
+  return jnp.sum(hinge) / count, jnp.sum(valid & (hinge > 0)) / count

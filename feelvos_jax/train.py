@@ -1,5 +1,9 @@
 """FEELVOS training: the train state, the sharded train step and the training loop.
 
+The loss follows `config.model.head`: bootstrapped cross-entropy of the segmentation head's
+logits ("feelvos"), or PML's triplet loss on the embeddings ("nearest_neighbor", whose
+nearest-neighbour vote then gives the logits of the training IoU).
+
 The SPMD recipe of big_vision: `jax.eval_shape` of the initialiser gives the state's shapes, from
 which the shardings follow (`feelvos_jax.sharding`); `jax.jit(init, out_shardings=...)` creates the
 state already in place and `jax.jit(train_step, in_shardings, out_shardings, donate_argnums=0)`
@@ -73,7 +77,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.max_objects must be >= 1, got {config.model.max_objects}.")
   losses.hard_mining_fraction(0, top_k_percent=config.loss.top_k_percent,
                               ramp_steps=config.loss.hard_mining_ramp_steps)
+  if config.model.head == "nearest_neighbor":
+    _validate_triplet_config(config)
   optimizers.create_optimizer(config.optimizer, config.learning_rate, config.num_train_steps)
+
+
+def _validate_triplet_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key for bad PML (`model.head = "nearest_neighbor"`) values."""
+  anchors = config.loss.triplet_anchors_per_object
+  if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 1:
+    raise ValueError(f"config.loss.triplet_anchors_per_object must be an int >= 1, "
+                     f"got {anchors!r}.")
+  margin = config.loss.triplet_margin
+  if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+    raise ValueError(f"config.loss.triplet_margin must be a number >= 0, got {margin!r}.")
+  neighbors = config.model.nearest_neighbors
+  if isinstance(neighbors, bool) or not isinstance(neighbors, int) or neighbors < 1:
+    raise ValueError(f"config.model.nearest_neighbors must be an int >= 1, got {neighbors!r}.")
 
 
 def _example_inputs(config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
@@ -179,6 +199,27 @@ def _forward(module: flax.linen.Module, batch: dict[str, jax.Array],
                         batch["num_objects"], train=True)
 
 
+def _forward_nearest_neighbor(module: flax.linen.Module, batch: dict[str, jax.Array],
+                              num_slots: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """PML training forward pass: (current embeddings [B, h, w, E], reference embeddings
+  [B, h, w, E], vote logits [B, h, w, K] of the current frame for the metrics, computed
+  without gradient), the previous frame's ground truth acting as its prediction."""
+  batch_size = batch["current_frame"].shape[0]
+  frames = jnp.concatenate(
+      [batch["reference_frame"], batch["previous_frame"], batch["current_frame"]], axis=0)
+  features, embeddings = module.embed(frames, train=True)
+  reference_embedding, previous_embedding, current_embedding = jnp.split(embeddings, 3, axis=0)
+  reference_labels = batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  previous_labels = batch["previous_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  frozen = jax.lax.stop_gradient
+  logits = module.segment(features[2 * batch_size:], frozen(current_embedding),
+                          frozen(reference_embedding), reference_labels,
+                          frozen(previous_embedding), previous_labels,
+                          jax.nn.one_hot(previous_labels, num_slots), batch["num_objects"],
+                          train=True)
+  return current_embedding, reference_embedding, logits
+
+
 def object_iou(logits: jax.Array, labels: jax.Array, num_objects: jax.Array) -> jax.Array:
   """Mean IoU over the real objects of a batch, at stride 4.
 
@@ -212,28 +253,44 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   """One update on a global batch (see `TRAIN_KEYS` and the PREAMBLE's batch layout).
 
   Returns the new state and scalar metrics: loss, learning_rate (of this update), grad_norm
-  (before clipping), kept_fraction (pixels in the bootstrapped loss) and iou (training batch).
+  (before clipping), iou (training batch) and kept_fraction (pixels in the bootstrapped loss)
+  or, for `config.model.head = "nearest_neighbor"`, active_triplets (valid anchors whose
+  triplet hinge is positive; the anchors are drawn with a key folded from the state's rng).
   """
   num_slots = 1 + config.model.max_objects
   matching_rng = jax.random.fold_in(state.rng, state.step)
+  nearest_neighbor = config.model.head == "nearest_neighbor"
 
   def loss_fn(params):
-    logits, mutated = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch, num_slots,
-        method=_forward, mutable=["batch_stats"], rngs={"matching": matching_rng})
-    loss, kept_fraction = losses.segmentation_loss(logits, batch["current_labels"], state.step,
-                                                   config.loss)
-    return loss, (logits, mutated.get("batch_stats", state.batch_stats), kept_fraction)
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if nearest_neighbor:
+      (current, reference, logits), mutated = state.apply_fn(
+          variables, batch, num_slots, method=_forward_nearest_neighbor,
+          mutable=["batch_stats"], rngs={"matching": matching_rng})
+      loss, fraction = losses.triplet_loss(
+          current, batch["current_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE], reference,
+          batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE],
+          jax.random.fold_in(matching_rng, 1), num_slots=num_slots,
+          margin=config.loss.triplet_margin,
+          anchors_per_object=config.loss.triplet_anchors_per_object)
+    else:
+      logits, mutated = state.apply_fn(
+          variables, batch, num_slots,
+          method=_forward, mutable=["batch_stats"], rngs={"matching": matching_rng})
+      loss, fraction = losses.segmentation_loss(logits, batch["current_labels"], state.step,
+                                                config.loss)
+    return loss, (logits, mutated.get("batch_stats", state.batch_stats), fraction)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, (logits, batch_stats, kept_fraction)), grads = grad_fn(state.params)
+  (loss, (logits, batch_stats, fraction)), grads = grad_fn(state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   schedule = optimizers.create_learning_rate_schedule(config.optimizer, config.learning_rate,
                                                       config.num_train_steps)
   metrics = {"loss": loss, "learning_rate": schedule(state.step),
-             "grad_norm": _global_norm(grads), "kept_fraction": kept_fraction,
+             "grad_norm": _global_norm(grads),
+             "active_triplets" if nearest_neighbor else "kept_fraction": fraction,
              "iou": object_iou(logits, batch["current_labels"], batch["num_objects"])}
   return new_state, metrics
 

@@ -1,4 +1,5 @@
-"""Bootstrapped cross-entropy against NumPy written from the formula (nested loops, tiny sizes)."""
+"""Bootstrapped cross-entropy and PML's triplet loss against NumPy written from the formulas
+(nested loops, tiny sizes)."""
 import math
 
 import jax
@@ -145,3 +146,109 @@ def test_segmentation_loss_rejects_wrong_stride():
       {"top_k_percent": 0.25, "hard_mining_ramp_steps": 10, "upsample_logits": True})
   with pytest.raises(ValueError, match="stride 4"):
     losses.segmentation_loss(jnp.asarray(logits[:, :2]), jnp.asarray(labels), 0, loss_config)
+
+
+def _triplet_case(seed, batch=3, side=5, ref_side=4, dim=3, num_slots=4):
+  rng = np.random.default_rng(seed)
+  anchors = rng.normal(size=(batch, side, side, dim)).astype(np.float32)
+  anchor_labels = rng.integers(0, num_slots + 1, (batch, side, side)).astype(np.int32)
+  anchor_labels[rng.random(anchor_labels.shape) < 0.2] = IGNORE_LABEL
+  references = rng.normal(size=(batch, ref_side, ref_side, dim)).astype(np.float32)
+  reference_labels = rng.integers(0, num_slots, (batch, ref_side, ref_side)).astype(np.int32)
+  reference_labels[rng.random(reference_labels.shape) < 0.2] = IGNORE_LABEL
+  reference_labels[-1][reference_labels[-1] != IGNORE_LABEL] = 2  # No negative: no triplet.
+  return anchors, anchor_labels, references, reference_labels
+
+
+def _reference_triplet(anchors, anchor_labels, references, reference_labels, chosen, margin,
+                       num_slots):
+  """Mean hinge over the valid chosen anchors (chosen[b]: flat pixel indices)."""
+  hinges = []
+  for b in range(len(anchors)):
+    pixels = references[b].reshape(-1, anchors.shape[-1]).astype(np.float64)
+    pixel_labels = reference_labels[b].reshape(-1)
+    for index in chosen[b]:
+      label = anchor_labels[b].reshape(-1)[index]
+      anchor = anchors[b].reshape(-1, anchors.shape[-1])[index]
+      positive, negative = np.inf, np.inf
+      for pixel, pixel_label in zip(pixels, pixel_labels):
+        if pixel_label >= num_slots:
+          continue
+        distance = np.sum((anchor - pixel) ** 2)
+        if pixel_label == label:
+          positive = min(positive, distance)
+        else:
+          negative = min(negative, distance)
+      if np.isfinite(positive) and np.isfinite(negative):
+        hinges.append(max(0.0, positive - negative + margin))
+  return np.mean(hinges), np.mean(np.array(hinges) > 0)
+
+
+def test_sample_anchors_keeps_at_most_the_count_per_object():
+  labels = np.array([[0] * 6, [1] * 6, [2, 2, 9, 9, IGNORE_LABEL, 3]], np.int32)
+  sample = jax.jit(lambda l, key: losses.sample_anchors(l, key, num_slots=3,
+                                                       anchors_per_object=4))
+  seen = set()
+  for seed in range(6):
+    indices, valid = (np.asarray(x) for x in sample(labels, jax.random.PRNGKey(seed)))
+    assert indices.shape == (12,)
+    chosen = indices[valid]
+    assert len(set(chosen.tolist())) == len(chosen)
+    counts = np.bincount(labels.reshape(-1)[chosen], minlength=3)
+    np.testing.assert_array_equal(counts, [4, 4, 2])  # min(count, 4); 9, 3 and 255 never.
+    seen.add(tuple(sorted(chosen.tolist())))
+  assert len(seen) > 1  # The draw depends on the key.
+
+
+@pytest.mark.parametrize("anchors_per_object", [2, 100])
+def test_triplet_loss_matches_numpy(anchors_per_object):
+  num_slots, margin = 4, 0.7
+  case = _triplet_case(0, num_slots=num_slots)
+  key = jax.random.PRNGKey(3)
+  loss, active = losses.triplet_loss(*(jnp.asarray(x) for x in case), key, num_slots=num_slots,
+                                     margin=margin, anchors_per_object=anchors_per_object)
+  chosen = []
+  for b, sample_key in enumerate(jax.random.split(key, len(case[0]))):
+    indices, valid = losses.sample_anchors(case[1][b], sample_key, num_slots=num_slots,
+                                           anchors_per_object=anchors_per_object)
+    chosen.append(np.asarray(indices)[np.asarray(valid)])
+  if anchors_per_object == 100:  # Every labelled pixel of a slot is an anchor.
+    for b in range(len(case[0])):
+      flat = case[1][b].reshape(-1)
+      np.testing.assert_array_equal(np.sort(chosen[b]), np.flatnonzero(flat < num_slots))
+  expected_loss, expected_active = _reference_triplet(*case, chosen, margin, num_slots)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(active, expected_active, rtol=1e-6)
+
+
+def test_triplet_loss_without_any_triplet_is_zero_with_finite_gradient():
+  anchors, anchor_labels, references, reference_labels = _triplet_case(1, batch=1)
+  reference_labels[:] = np.where(reference_labels == IGNORE_LABEL, IGNORE_LABEL, 1)
+
+  def loss(a, r):
+    return losses.triplet_loss(a, anchor_labels, r, reference_labels, jax.random.PRNGKey(0),
+                               num_slots=4, margin=0.3, anchors_per_object=8)[0]
+
+  value, grads = jax.value_and_grad(loss, argnums=(0, 1))(anchors, references)
+  assert float(value) == 0.0
+  assert all(np.all(np.asarray(g) == 0) for g in grads)
+
+
+def test_triplet_loss_gradient_matches_numpy_hinge():
+  """The gradient flows to the anchor and its hardest positive and negative only."""
+  anchors = np.array([[[[0.0, 0.0]]]], np.float32)
+  anchor_labels = np.array([[[1]]], np.int32)
+  references = np.array([[[[1.0, 0.0], [2.0, 0.0], [0.0, 1.5], [0.0, 3.0]]]], np.float32)
+  reference_labels = np.array([[[1, 1, 0, 0]]], np.int32)
+
+  def loss(a, r):
+    return losses.triplet_loss(a, anchor_labels, r, reference_labels, jax.random.PRNGKey(0),
+                               num_slots=2, margin=2.0, anchors_per_object=1)[0]
+
+  value, (grad_anchor, grad_reference) = jax.value_and_grad(loss, argnums=(0, 1))(
+      anchors, references)
+  np.testing.assert_allclose(value, 1.0 - 2.25 + 2.0, rtol=1e-6)
+  # d/da (|a - p|^2 - |a - n|^2) = 2 (n - p); d/dp = 2 (p - a); d/dn = -2 (n - a).
+  np.testing.assert_allclose(grad_anchor[0, 0, 0], [-2.0, 3.0], atol=1e-6)
+  np.testing.assert_allclose(grad_reference[0, 0], [[2, 0], [0, 0], [0, -3], [0, 0]],
+                             atol=1e-6)

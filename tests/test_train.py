@@ -342,3 +342,58 @@ def test_load_pretrained_replaces_variables_in_their_shardings(tmp_path):
   np.testing.assert_array_equal(np.asarray(loaded.batch_stats["backbone"]["bn1"]["mean"]),
                                 running_mean)
   np.testing.assert_array_equal(np.asarray(loaded.params["head"]["kernel"]), 1.0)
+
+
+def nearest_neighbor_config():
+  """`tiny_config` in PML mode: triplet loss, 2 steps."""
+  config = tiny_config()
+  config.model.head = "nearest_neighbor"
+  config.model.nearest_neighbors = 3
+  config.loss.triplet_anchors_per_object = 8
+  config.num_train_steps = 2
+  return config
+
+
+@pytest.mark.slow
+def test_nearest_neighbor_trains_with_the_triplet_loss_and_propagates(tmp_path, monkeypatch,
+                                                                      in_memory_videos):
+  from feelvos_jax import inference  # pylint: disable=g-import-not-at-top
+  written = []
+  write = train._write_train_metrics
+  monkeypatch.setattr(train, "_write_train_metrics", lambda writer, step, fetched, *args: (
+      written.extend(metrics for _, metrics in fetched), write(writer, step, fetched, *args)))
+  config = nearest_neighbor_config()
+  config.checkpoint_every_steps = 1
+  state = train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  assert int(state.step) == 2
+  assert [sorted(metrics) for metrics in written] == [
+      ["active_triplets", "grad_norm", "iou", "learning_rate", "loss"]] * 2
+  assert all(np.isfinite(m["loss"]) and 0 <= m["active_triplets"] <= 1 for m in written)
+
+  model = models.build_model(config.model)
+  first, _ = inference.restore_variables(config, str(tmp_path), model, step=1)
+  variables, step = inference.restore_variables(config, str(tmp_path), model)
+  assert step == 2 and "segmentation_head" not in variables["params"]
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), variables["params"],
+                         first["params"])
+  assert all(jax.tree.leaves(changed["embedding"]))  # The triplet loss reached the embedding.
+  video = next(iter(fake_videos(num_videos=1, num_frames=3).as_numpy_iterator()))["video"]
+  segmentations = video["segmentations"][..., 0].astype(np.int32)
+  given = np.select([segmentations == 3, segmentations == 7], [1, 2], segmentations)
+  masks = np.stack(list(inference.propagate_video(
+      model, variables, video["frames"], {0: given[0]}, [0, 0], [3, 7])))
+  assert masks.shape == segmentations.shape
+  np.testing.assert_array_equal(masks[0], np.where(segmentations[0] == IGNORE_LABEL, 0,
+                                                   segmentations[0]))
+  assert set(np.unique(masks[1:])) <= {0, 3, 7}
+
+
+@pytest.mark.parametrize("key,value", [
+    ("loss.triplet_margin", -0.1), ("loss.triplet_anchors_per_object", 0),
+    ("model.nearest_neighbors", 0)])
+def test_bad_nearest_neighbor_config_is_refused_naming_the_key(key, value):
+  config = nearest_neighbor_config()
+  group, name = key.split(".")
+  config[group][name] = value
+  with pytest.raises(ValueError, match=f"config.{key} must be"):
+    train.validate_config(config)

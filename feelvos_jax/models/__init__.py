@@ -13,6 +13,7 @@ import flax.linen as nn
 import ml_collections
 
 from feelvos_jax.models.feelvos import FEELVOS
+from feelvos_jax.models.nearest_neighbor import NearestNeighborVOS
 from feelvos_jax.models.resnet import ResNet
 from feelvos_jax.models.tiny import TinyBackbone
 from feelvos_jax.models.xception import Xception65
@@ -29,8 +30,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 """Compute dtypes by `config.model.dtype`."""
 
 
-def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS:
-  """The FEELVOS module configured by `config.model` (see configs/common.py)."""
+def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS | NearestNeighborVOS:
+  """The module configured by `config.model` (see configs/common.py): `FEELVOS`, or
+  `NearestNeighborVOS` (PML) for `config.model.head = "nearest_neighbor"`."""
   name = model_config.backbone
   if name not in BACKBONES:
     raise ValueError(f"config.model.backbone={name!r} is not a known backbone; "
@@ -40,6 +42,11 @@ def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS:
                      f"got {model_config.output_stride!r}")
   if model_config.dtype not in DTYPES:
     raise ValueError(f"config.model.dtype={model_config.dtype!r} is not one of {sorted(DTYPES)}")
+  if model_config.head not in ("feelvos", "nearest_neighbor"):
+    raise ValueError(f"config.model.head={model_config.head!r} is not one of 'feelvos', "
+                     f"'nearest_neighbor'")
+  if model_config.head == "nearest_neighbor":
+    return _nearest_neighbor_model(model_config)
   positive = ("decoder_channels", "embedding_dim", "max_objects", "head_channels",
               "head_kernel_size", "head_num_layers")
   for key in positive:
@@ -63,7 +70,39 @@ def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS:
       head_kernel_size=model_config.head_kernel_size,
       head_num_layers=model_config.head_num_layers,
       freeze_backbone_batch_norm=model_config.freeze_backbone_batch_norm,
+      dtype=dtype,
+      background_matching=model_config.background_matching,
+      matching_bias=model_config.matching_bias,
+      local_windows=tuple(model_config.local_windows),
+      global_atrous_rate=model_config.global_atrous_rate,
+      instance_attention=model_config.instance_attention)
+
+
+def _nearest_neighbor_model(model_config: ml_collections.ConfigDict) -> NearestNeighborVOS:
+  """The PML module of `config.model` (backbone, output_stride and dtype already checked)."""
+  for key in ("decoder_channels", "embedding_dim", "max_objects", "nearest_neighbors"):
+    value = model_config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.model.{key} must be an int >= 1, got {value!r}")
+  cfbi_defaults = dict(background_matching=False, matching_bias=False, local_windows=(),
+                       global_atrous_rate=1, instance_attention=False)
+  for key, default in cfbi_defaults.items():
+    value = model_config.get(key, default)
+    if (tuple(value) if key == "local_windows" else value) != default:
+      raise ValueError(f"config.model.{key}={value!r} is a FEELVOS head option; "
+                       f"config.model.head='nearest_neighbor' needs {default!r}")
+  dtype = DTYPES[model_config.dtype]
+  return NearestNeighborVOS(
+      backbone=BACKBONES[model_config.backbone](output_stride=model_config.output_stride,
+                                                dtype=dtype),
+      output_stride=model_config.output_stride,
+      decoder_channels=model_config.decoder_channels,
+      embedding_dim=model_config.embedding_dim,
+      max_objects=model_config.max_objects,
+      nearest_neighbors=model_config.nearest_neighbors,
+      matching_chunk_size=model_config.matching_chunk_size or None,
+      freeze_backbone_batch_norm=model_config.freeze_backbone_batch_norm,
       dtype=dtype)
 
 
-__all__ = ["BACKBONES", "FEELVOS", "build_model"]
+__all__ = ["BACKBONES", "FEELVOS", "NearestNeighborVOS", "build_model"]

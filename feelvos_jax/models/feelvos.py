@@ -10,6 +10,17 @@
       input concat[features, global_k, previous_probs_k, local_k]; one head, vmapped over the
       slots; slots k > num_objects[b] get -inf.
 
+CFBI options (Yang et al., ECCV 2020; `feelvos_jax/cfbi.py`), each off by default; with all
+off the network and its parameter tree are FEELVOS's. `background_matching` adds per slot the
+distances to the pixels not of the slot, `matching_bias` learnable fg/bg biases inside the
+distance, `local_windows` one local map per radius, `global_atrous_rate` global matching on a
+strided grid of reference pixels, `instance_attention` channel gates of the head. With options
+on, the per-slot head input is concat[features, global, previous probability, local map per
+radius (one without `local_windows`), then with background matching the global background map
+and a local background map per radius] (CFBI appends its background maps after the others too).
+Background maps see the slots the model is given: when inference runs objects in chunks
+(`propagation`), a chunk's background map ignores the objects of the other chunks.
+
 As the official code: background is slot 0 and is matched like any object; matching runs on
 float32 embeddings whatever the compute dtype; in training (`train=True`) global matching uses
 at most `max_reference_pixels` random reference pixels per slot (rng stream 'matching').
@@ -30,15 +41,18 @@ of the heads, and DeepLab's padding, batch-norm constants and aligned-corner ups
 out: the dropout after ASPP's projection (DeepLab) and multi-grid rates. ResNet backbones follow
 torchvision (stride on the 3x3 conv) so that its weights load.
 """
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from feelvos_jax import cfbi
 from feelvos_jax import matching
 from feelvos_jax.models.deeplab import DeepLabV3PlusHead
-from feelvos_jax.models.heads import EmbeddingHead, ObjectSegmentationHead
+from feelvos_jax.models.heads import (EmbeddingHead, GatedObjectSegmentationHead,
+                                      ObjectSegmentationHead)
 
 
 def _check_shape(name: str, array: jax.Array, expected: tuple[int | None, ...],
@@ -73,6 +87,21 @@ class FEELVOS(nn.Module):
     matching_shard_mode: "" (unsharded), "query" (query rows split over the mesh's first axis)
       or "reference" (reference pixels split, minima combined with `lax.pmin`); see
       `matching.global_matching_sharded`. The result equals the unsharded one.
+    background_matching: CFBI: per slot also the global and local distances to the pixels
+      NOT of that slot (`cfbi.background_minima`), as extra head input maps.
+    matching_bias: CFBI: learnable scalar biases inside the distance,
+      D = tanh((||e_p - e_q||^2 + b) / 2); params `matching_foreground_bias` (object slots)
+      and `matching_background_bias` (slot 0), both initialised at 0 (`cfbi.add_matching_bias`).
+    local_windows: CFBI multi-local matching: one local map per radius (one pass,
+      `cfbi.multi_local_matching`); () keeps the single `window` map.
+    global_atrous_rate: CFBI atrous matching: global matching uses the reference pixels on a
+      grid of this stride (`cfbi.atrous_reference`), in training and inference. Inference's
+      multi-frame reference buffer (frames stacked along the height) is gridded as one image:
+      every frame keeps the same grid when its stride-4 height is a multiple of the rate (true
+      for rates 1, 2, 4 with frames padded to the output stride).
+    instance_attention: CFBI instance-level attention: per-slot channel gates of the head from
+      the pooled fg/bg embeddings of the reference and previous frames (`cfbi.instance_guidance`,
+      `heads.DynamicSegmentationHead`).
   """
   backbone: nn.Module
   output_stride: int = 16
@@ -90,6 +119,11 @@ class FEELVOS(nn.Module):
   dtype: Any = jnp.float32
   matching_mesh: jax.sharding.Mesh | None = None
   matching_shard_mode: str = ""
+  background_matching: bool = False
+  matching_bias: bool = False
+  local_windows: tuple[int, ...] = ()
+  global_atrous_rate: int = 1
+  instance_attention: bool = False
 
   @property
   def num_slots(self) -> int:
@@ -101,9 +135,22 @@ class FEELVOS(nn.Module):
         self.decoder_channels, self.output_stride,
         batch_norm_momentum=self.backbone.batch_norm_momentum, dtype=self.dtype)
     self.embedding = EmbeddingHead(self.embedding_dim, dtype=self.dtype)
-    self.segmentation_head = ObjectSegmentationHead(
+    head = GatedObjectSegmentationHead if self.instance_attention else ObjectSegmentationHead
+    self.segmentation_head = head(
         num_layers=self.head_num_layers, channels=self.head_channels,
         kernel_size=self.head_kernel_size, dtype=self.dtype)
+    for radius in self.local_windows:
+      if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise ValueError(f"config.model.local_windows must hold ints >= 0, got "
+                         f"{self.local_windows!r}")
+    rate = self.global_atrous_rate
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+      raise ValueError(f"config.model.global_atrous_rate must be an int >= 1, got {rate!r}")
+    if self.matching_bias:
+      self.matching_foreground_bias = self.param("matching_foreground_bias",
+                                                 nn.initializers.zeros, ())
+      self.matching_background_bias = self.param("matching_background_bias",
+                                                 nn.initializers.zeros, ())
 
   def embed(self, frames: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     """frames [B, H, W, 3] in [0, 255] -> (features [B, h, w, D], embeddings [B, h, w, E]).
@@ -151,28 +198,88 @@ class FEELVOS(nn.Module):
                  "[B, h, w, K = 1 + config.model.max_objects]")
     _check_shape("num_objects", num_objects, (batch,), "[B]")
 
-    global_maps = self._global_matching(embeddings, reference_embedding, reference_labels,
-                                        train)
-    local_maps = jax.vmap(lambda query, previous, labels: matching.local_matching(
-        query, previous, labels, self.num_slots, window=self.window,
-        dilation=self.dilation))(embeddings.astype(jnp.float32),
-                                 previous_embedding.astype(jnp.float32), previous_labels)
-    object_maps = jnp.stack(
-        [global_maps, previous_probs.astype(jnp.float32), local_maps], axis=-1)
-    logits = self.segmentation_head(features, object_maps.astype(self.dtype))
+    object_maps, guidance = self._head_inputs(
+        embeddings, reference_embedding, reference_labels, previous_embedding, previous_labels,
+        previous_probs, train)
+    if guidance is None:
+      logits = self.segmentation_head(features, object_maps)
+    else:
+      logits = self.segmentation_head(features, object_maps, guidance)
     present = jnp.arange(self.num_slots)[None, :] <= num_objects[:, None]
     return jnp.where(present[:, None, None, :], logits.astype(jnp.float32), -jnp.inf)
 
+  def _head_inputs(self, embeddings: jax.Array, reference_embedding: jax.Array,
+                   reference_labels: jax.Array, previous_embedding: jax.Array,
+                   previous_labels: jax.Array, previous_probs: jax.Array,
+                   train: bool) -> tuple[jax.Array, jax.Array | None]:
+    """(object_maps [B, h, w, K, M] in the compute dtype, guidance [B, K, 4E] float32 or None).
+
+    Maps per slot: global, previous probability, local (one per radius), then with
+    background matching the global and per-radius local background maps; the guidance only
+    with instance attention. Arguments as in `segment`.
+    """
+    squared = self.background_matching or self.matching_bias
+    global_references, global_labels = reference_embedding, reference_labels
+    if self.global_atrous_rate > 1:
+      global_references, global_labels = cfbi.atrous_reference(
+          reference_embedding, reference_labels, self.global_atrous_rate)
+    global_maps = self._global_matching(embeddings, global_references, global_labels, train,
+                                        squared)
+    local_maps = self._local_matching(embeddings, previous_embedding, previous_labels, squared)
+    if squared:
+      global_maps, global_background = self._distances(global_maps)
+      local_maps, local_background = self._distances(local_maps)
+    num_windows = local_maps.shape[-2]
+    maps = [global_maps, previous_probs.astype(jnp.float32)]
+    maps += [local_maps[..., i, :] for i in range(num_windows)]
+    if self.background_matching:
+      maps += [global_background] + [local_background[..., i, :] for i in range(num_windows)]
+    object_maps = jnp.stack(maps, axis=-1).astype(self.dtype)
+    if not self.instance_attention:
+      return object_maps, None
+    guidance = jax.vmap(functools.partial(cfbi.instance_guidance, num_objects=self.num_slots))(
+        reference_embedding.astype(jnp.float32), reference_labels,
+        previous_embedding.astype(jnp.float32), previous_labels)
+    return object_maps, guidance
+
+  def _distances(self, squared: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """[..., K] minimum squared distances -> (distance maps [..., K], background-matching
+    maps [..., K] or None), with the learnable biases when `matching_bias`."""
+    if self.matching_bias:
+      squared = cfbi.add_matching_bias(squared, self.matching_foreground_bias,
+                                       self.matching_background_bias)
+    background = None
+    if self.background_matching:
+      background = matching.distance_from_squared(cfbi.background_minima(squared))
+    return matching.distance_from_squared(squared), background
+
+  def _local_matching(self, embeddings: jax.Array, previous_embedding: jax.Array,
+                      previous_labels: jax.Array, squared: bool) -> jax.Array:
+    """[B, h, w, L, K] local matching maps, one per window radius (L = 1 without
+    `local_windows`); minimum squared distances if `squared`."""
+    queries = embeddings.astype(jnp.float32)
+    previous = previous_embedding.astype(jnp.float32)
+    if self.local_windows:
+      return jax.vmap(lambda query, prev, labels: cfbi.multi_local_matching(
+          query, prev, labels, self.num_slots, windows=self.local_windows,
+          dilation=self.dilation, squared=squared))(queries, previous, previous_labels)
+    maps = jax.vmap(lambda query, prev, labels: matching.local_matching(
+        query, prev, labels, self.num_slots, window=self.window, dilation=self.dilation,
+        squared=squared))(queries, previous, previous_labels)
+    return maps[..., None, :]
+
   def _global_matching(self, embeddings: jax.Array, reference_embedding: jax.Array,
-                       reference_labels: jax.Array, train: bool) -> jax.Array:
-    """[B, h, w, K] global matching maps, reference pixels subsampled when training."""
+                       reference_labels: jax.Array, train: bool,
+                       squared: bool = False) -> jax.Array:
+    """[B, h, w, K] global matching maps (minimum squared distances if `squared`),
+    reference pixels subsampled when training."""
     subsample = train and self.max_reference_pixels is not None
     rngs = (jax.random.split(self.make_rng("matching"), embeddings.shape[0]) if subsample
             else None)
 
     def match(query, reference, labels, rng):
       options = dict(max_reference_pixels=self.max_reference_pixels if subsample else None,
-                     rng=rng, chunk_size=self.matching_chunk_size)
+                     rng=rng, chunk_size=self.matching_chunk_size, squared=squared)
       if self.matching_shard_mode:
         return matching.global_matching_sharded(
             query, reference, labels, self.num_slots, mesh=self.matching_mesh,

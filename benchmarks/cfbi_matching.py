@@ -1,0 +1,109 @@
+"""Matching time of CFBI's atrous global matching and multi-local matching (issue 8).
+
+    cd /work/main && /work/venv/bin/python -m benchmarks.cfbi_matching
+
+At one size (default 480p at stride 4: 120 x 214 query and reference/previous frames, C = 100,
+3 objects + background, random smooth embeddings and blob labels), the median time of:
+- global matching against all reference pixels with `global_atrous_rate` 1 and 2 (the
+  reference taken on the stride-2 grid, `cfbi.atrous_reference`), jitted including the
+  selection;
+- local matching: one `matching.local_matching` window (the paper's k = 15 and the largest
+  multi-local radius), `cfbi.multi_local_matching` over all radii in one pass, and one
+  `local_matching` call per radius.
+Prints the table and appends it to BENCHMARKS.md (`--no_write` to skip).
+"""
+import argparse
+import functools
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from benchmarks import machine
+from feelvos_jax import cfbi
+from feelvos_jax import matching
+
+
+def _median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
+  jax.block_until_ready(function(*args))  # Compiles.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(function(*args))
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def _inputs(height: int, width: int, channels: int, num_objects: int, seed: int = 0):
+  """Smooth random embeddings (two frames) and blob labels 0..num_objects."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.normal(size=(2, height // 8 + 2, width // 8 + 2, channels)).astype(np.float32)
+  frames = jax.image.resize(coarse, (2, height, width, channels), "linear")
+  centres = rng.uniform((0, 0), (height, width), (num_objects, 2))
+  rows, cols = np.mgrid[:height, :width]
+  labels = np.zeros((height, width), np.int32)
+  for index, (y, x) in enumerate(centres, start=1):
+    labels[(rows - y) ** 2 + (cols - x) ** 2 < (min(height, width) / 5) ** 2] = index
+  return frames[0], frames[1], labels
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--height", type=int, default=120, help="Stride-4 height.")
+  parser.add_argument("--width", type=int, default=214, help="Stride-4 width.")
+  parser.add_argument("--channels", type=int, default=100, help="Embedding dimension.")
+  parser.add_argument("--objects", type=int, default=3, help="Objects besides background.")
+  parser.add_argument("--windows", default="2,4,6,8,10,12", help="Multi-local radii.")
+  parser.add_argument("--single_window", type=int, default=15, help="The paper's radius.")
+  parser.add_argument("--repeats", type=int, default=3, help="Timed calls per row.")
+  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  args = parser.parse_args()
+  windows = tuple(int(r) for r in args.windows.split(","))
+  slots = 1 + args.objects
+  query, other, labels = _inputs(args.height, args.width, args.channels, args.objects)
+
+  def global_atrous(rate, q, reference, reference_labels):
+    reference, reference_labels = cfbi.atrous_reference(reference, reference_labels, rate)
+    return matching.global_matching(q, reference, reference_labels, slots, chunk_size=4096)
+
+  def separate(q, previous, previous_labels):
+    return [matching.local_matching(q, previous, previous_labels, slots, window=r)
+            for r in windows]
+
+  rows = []
+  for rate in (1, 2):
+    rows.append((f"global matching, global_atrous_rate={rate}",
+                 _median_ms(jax.jit(functools.partial(global_atrous, rate)), query, other,
+                            labels, repeats=args.repeats)))
+  for radius in (args.single_window, max(windows)):
+    rows.append((f"local_matching, one window k={radius}",
+                 _median_ms(jax.jit(functools.partial(matching.local_matching,
+                                                      num_objects=slots, window=radius)),
+                            query, other, labels, repeats=args.repeats)))
+  rows.append((f"multi_local_matching, windows {windows} (one pass)",
+               _median_ms(jax.jit(functools.partial(cfbi.multi_local_matching,
+                                                    num_objects=slots, windows=windows)),
+                          query, other, labels, repeats=args.repeats)))
+  rows.append((f"local_matching once per window {windows}",
+               _median_ms(jax.jit(separate), query, other, labels, repeats=args.repeats)))
+
+  lines = [
+      f"Query and reference/previous {args.height}x{args.width} at stride 4, C={args.channels}, "
+      f"{args.objects} objects + background, float32, smooth random embeddings, all reference "
+      f"pixels; median of {args.repeats} jitted calls after a warm-up call.",
+      "",
+      "| matching | ms |",
+      "|---|---|",
+  ] + [f"| {name} | {ms:.1f} |" for name, ms in rows]
+  print("\n".join(lines))
+  if not args.no_write:
+    command = (f"cd /work/main && {sys.executable} -m benchmarks.cfbi_matching "
+               f"{' '.join(sys.argv[1:])}")
+    machine.append_section("CFBI matching: atrous global, multi-local (issue 8)", lines, command)
+
+
+if __name__ == "__main__":
+  main()

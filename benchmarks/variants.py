@@ -1,0 +1,145 @@
+"""FEELVOS, PML and FEELVOS + each CFBI option side by side on synthetic_vos/small (issue 8).
+
+    cd /work/main && /work/venv/bin/python -m benchmarks.variants --steps=600 \
+        --variants=feelvos,pml,background_matching,matching_bias,multi_local,atrous,instance_attention
+
+For each variant, configs/synthetic.py with that one change (`VARIANTS`):
+- trains `--steps` steps with `train.train_and_evaluate` (no in-training evaluation) into a
+  temporary workdir, timing the whole run (input pipeline, compilation and steps);
+- scores validation J&F on `config.num_eval_videos` videos of `config.dataset.eval_split` with
+  `inference.evaluate_videos` (the official semi-supervised protocol), which also compiles the
+  propagation steps;
+- measures CPU inference frames/s: a second, timed pass of the same videos through the same
+  `inference.VideoPropagator` (compiled already), end to end (padding, jitted steps, labels to
+  the host), frames of all videos / seconds.
+Prints the table and appends it to BENCHMARKS.md (`--no_write` to skip).
+"""
+import argparse
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from benchmarks import machine
+from configs import synthetic
+from datasets import registry
+from feelvos_jax import inference
+from feelvos_jax import input_pipeline
+from feelvos_jax import models
+from feelvos_jax import train
+
+MULTI_LOCAL_WINDOWS = (1, 2, 4, 7)
+"""Radii of the multi_local variant: nested windows up to the synthetic config's window 7 (at
+stride 4; CFBI's {2,...,12} are at stride 8 on 465-pixel crops)."""
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "feelvos": {},
+    "pml": {"head": "nearest_neighbor"},
+    "background_matching": {"background_matching": True},
+    "matching_bias": {"matching_bias": True},
+    "multi_local": {"local_windows": MULTI_LOCAL_WINDOWS},
+    "atrous": {"global_atrous_rate": 2},
+    "instance_attention": {"instance_attention": True},
+}
+"""config.model changes of each variant against configs/synthetic.py."""
+
+
+def variant_config(name: str, steps: int) -> ml_collections.ConfigDict:
+  """configs/synthetic.py with variant `name` on, `steps` training steps, no in-training eval."""
+  if name not in VARIANTS:
+    raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+  if steps < 1:
+    raise ValueError(f"--steps must be >= 1, got {steps}")
+  config = synthetic.get_config()
+  config.model.update(VARIANTS[name])
+  config.num_train_steps = steps
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = steps
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 2)
+  return config
+
+
+def evaluation_videos(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """The first `config.num_eval_videos` videos of the eval split, decoded and padded."""
+  videos = registry.load_builder(config.dataset).as_dataset(
+      split=config.dataset.eval_split, shuffle_files=False)
+  if config.num_eval_videos >= 0:
+    videos = videos.take(config.num_eval_videos)
+  return list(input_pipeline.create_eval_videos(
+      config.dataset, videos, pad_multiple=config.dataset.eval_pad_multiple))
+
+
+def run_variant(name: str, steps: int, videos: list[dict[str, Any]]) -> dict[str, Any]:
+  """Trains, scores and times one variant; returns its table row as a dict."""
+  config = variant_config(name, steps)
+  with tempfile.TemporaryDirectory(prefix=f"variants_{name}_") as workdir:
+    start = time.perf_counter()
+    state = train.train_and_evaluate(config, workdir, evaluate=False)
+    train_seconds = time.perf_counter() - start
+  model = models.build_model(config.model)
+  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  propagator = inference.VideoPropagator(model, variables,
+                                         object_buckets=config.inference.object_buckets)
+  table, _, _ = inference.evaluate_videos(propagator, videos)
+  if table is None:
+    raise ValueError(f"no validation video of {config.dataset.name} has ground truth to score")
+  start = time.perf_counter()
+  for video in videos:
+    inference.predict_video(propagator, video)
+  inference_seconds = time.perf_counter() - start
+  frames = sum(len(video["frames"]) for video in videos)
+  return {"variant": name, "change": VARIANTS[name], "train_s": train_seconds,
+          "jf": float(table["J&F-Mean"]), "j": float(table["J-Mean"]),
+          "f": float(table["F-Mean"]), "frames": frames, "fps": frames / inference_seconds}
+
+
+def table_lines(rows: list[dict[str, Any]], steps: int, num_videos: int) -> list[str]:
+  """The markdown table and its notes."""
+  lines = [
+      f"configs/synthetic.py (tiny backbone, synthetic_vos/small) with one config.model change "
+      f"per variant, {steps} training steps each (batch 8, from scratch, same seed), validation "
+      f"J&F on {num_videos} videos (official semi-supervised protocol); frames/s: second timed "
+      f"pass over the same videos on CPU, compilation excluded; train s: the whole "
+      f"train_and_evaluate call (input pipeline and compilation included). multi_local radii "
+      f"{MULTI_LOCAL_WINDOWS}; pml = model.head=nearest_neighbor. Shared, loaded machine: "
+      f"timings are noisy.",
+      "",
+      "| variant | config.model change | J&F | J | F | frames/s | train s |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    change = ", ".join(f"{key}={value}" for key, value in row["change"].items()) or "(none)"
+    lines.append(f"| {row['variant']} | {change} | {row['jf']:.3f} | {row['j']:.3f} | "
+                 f"{row['f']:.3f} | {row['fps']:.2f} | {row['train_s']:.0f} |")
+  return lines
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=600, help="Training steps per variant.")
+  parser.add_argument("--variants", default=",".join(VARIANTS),
+                      help=f"Comma-separated, from {','.join(VARIANTS)}.")
+  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  args = parser.parse_args()
+  names = [name for name in args.variants.split(",") if name]
+  for name in names:
+    variant_config(name, args.steps)  # Rejects unknown names before any training.
+
+  videos = evaluation_videos(variant_config(names[0], args.steps))
+  rows = []
+  for name in names:
+    rows.append(run_variant(name, args.steps, videos))
+    print(rows[-1], flush=True)
+  lines = table_lines(rows, args.steps, len(videos))
+  print("\n".join(lines))
+  if not args.no_write:
+    command = f"cd /work/main && {sys.executable} -m benchmarks.variants {' '.join(sys.argv[1:])}"
+    machine.append_section("Model variants: FEELVOS, PML, CFBI options (issue 8)", lines,
+                           command)
+
+
+if __name__ == "__main__":
+  main()
