@@ -31,8 +31,11 @@ Formulations (chosen by measurement, see benchmarks/matching.py and BENCHMARKS.m
   each hold one object only (padding slots never match); a scan over the blocks does one
   [chunk, C] x [C, block] matmul fused with its row minimum and keeps a running per-object
   minimum. Memory: chunk_size x block (never [Q, R, num_objects]); matmul work about
-  Q x (R + num_objects x block) x C. At 480p it ran at 0.9-1.5x the rate of a large float32
-  matmul, and 1.5-37x faster than a masked minimum per object over chunked [chunk, R] distances.
+  Q x (R + num_objects x block) x C. With max_reference_pixels, the random subsampling is part
+  of the same sort (one sort of the reference labels per call). At 480p it ran at 0.9-1.5x the
+  rate of a large float32 matmul, and 1.5-37x faster than a masked minimum per object over
+  chunked [chunk, R] distances. Matmuls over 4-64 blocks at once ([chunk, 512-8192] products,
+  then block minima) measured 1.1-3x slower on this project's CPU.
 - Local: the query is cut into `_LOCAL_TILE_SIZE`^2 tiles; each tile is matched with one matmul
   against the (tile + 2k)^2 previous-frame pixels around it, a static mask keeps the (2k+1)^2
   window of every query pixel and a masked minimum per object reduces it. Memory per step:
@@ -192,10 +195,15 @@ def _rank_within_object(labels: jax.Array, num_objects: int,
   return order, sorted_key, rank, counts
 
 
+def _priority(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Random sort priorities of the subsampling: an object keeps its lowest-priority pixels."""
+  return jax.random.bits(rng, shape, jnp.uint32)
+
+
 def _subsample(labels: jax.Array, num_objects: int, max_pixels: int, rng: jax.Array) -> jax.Array:
   """Keeps min(count, max_pixels) random pixels of each object; the others become -1."""
-  priority = jax.random.bits(rng, labels.shape, jnp.uint32)
-  order, sorted_key, rank, _ = _rank_within_object(labels, num_objects, priority)
+  order, sorted_key, rank, _ = _rank_within_object(labels, num_objects,
+                                                   _priority(rng, labels.shape))
   keep_sorted = (sorted_key < num_objects) & (rank < max_pixels)
   keep = jnp.zeros(labels.shape, bool).at[order].set(keep_sorted)
   return jnp.where(keep, labels, -1)
@@ -244,20 +252,27 @@ def _block_geometry(num_pixels: int, num_objects: int, max_pixels: int | None) -
   return block, max(num_blocks, 1)
 
 
-def _block_layout(labels: jax.Array, num_objects: int, block: int,
-                  num_blocks: int) -> tuple[jax.Array, jax.Array]:
+def _block_layout(labels: jax.Array, num_objects: int, block: int, num_blocks: int,
+                  max_pixels: int | None = None,
+                  rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Slots [num_blocks, block] of pixel indices (R where empty) and each block's object id.
 
   Every object's pixels fill whole blocks of their own; unused blocks get object id num_objects.
+  With `rng`, each object keeps only the min(count, max_pixels) pixels that `_subsample` keeps
+  with that rng: the subsampling shares this function's one sort.
   """
   num_pixels = labels.shape[0]
-  order, sorted_key, rank, counts = _rank_within_object(
-      labels, num_objects, jnp.zeros(labels.shape, jnp.uint32))
+  priority = (jnp.zeros(labels.shape, jnp.uint32) if rng is None
+              else _priority(rng, labels.shape))
+  order, sorted_key, rank, counts = _rank_within_object(labels, num_objects, priority)
+  kept = sorted_key < num_objects
+  if rng is not None:
+    counts = jnp.minimum(counts, max_pixels)
+    kept &= rank < max_pixels
   blocks = (counts + block - 1) // block
   block_end = jnp.cumsum(blocks)
   obj = jnp.minimum(sorted_key, num_objects - 1)
-  slot = jnp.where(sorted_key < num_objects, (block_end - blocks)[obj] * block + rank,
-                   num_blocks * block)
+  slot = jnp.where(kept, (block_end - blocks)[obj] * block + rank, num_blocks * block)
   slots = jnp.full(num_blocks * block, num_pixels, jnp.int32).at[slot].set(order, mode="drop")
   block_object = jnp.searchsorted(block_end, jnp.arange(num_blocks), side="right")
   return slots.reshape(num_blocks, block), block_object.astype(jnp.int32)
@@ -287,15 +302,17 @@ def _chunk_min_squared(query: jax.Array, reference: jax.Array, reference_sq: jax
 
 def _min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Array,
                           num_objects: int, max_pixels: int | None, chunk_size: int | None,
-                          dtype: jnp.dtype) -> jax.Array:
+                          dtype: jnp.dtype, rng: jax.Array | None = None) -> jax.Array:
   """Per-object minimum squared distance: query [Q, C], reference [R, C], labels [R] in
-  {-1, 0..O-1} with at most `max_pixels` per object (if set) -> [Q, O] float32 (inf: no pixel)."""
+  {-1, 0..O-1} -> [Q, O] float32 (inf: no pixel). With `rng`, each object keeps the
+  min(count, max_pixels) pixels `_subsample` keeps with it; without, labels must hold at most
+  `max_pixels` pixels per object (if set)."""
   num_queries, channels = query.shape
   exponent = _scale_exponent(query, reference)
   query, query_sq = _prepare(query, exponent, dtype)
   reference, reference_sq = _prepare(reference, exponent, dtype)
   block, num_blocks = _block_geometry(reference.shape[0], num_objects, max_pixels)
-  slots, block_object = _block_layout(labels, num_objects, block, num_blocks)
+  slots, block_object = _block_layout(labels, num_objects, block, num_blocks, max_pixels, rng)
   reference = jnp.concatenate([reference, jnp.zeros((1, channels), dtype)])[slots]
   reference_sq = jnp.concatenate([reference_sq, jnp.array([jnp.inf], jnp.float32)])[slots]
 
@@ -368,9 +385,10 @@ def _global_matching(query: jax.Array, reference: jax.Array, reference_labels: j
                      rng: jax.Array | None, *, num_objects: int, max_reference_pixels: int | None,
                      chunk_size: int | None, dtype: jnp.dtype, squared: bool = False) -> jax.Array:
   height, width, channels = query.shape
-  labels = _reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
+  labels = _valid_labels(reference_labels.reshape(-1), num_objects)
   minima = _min_squared_distance(query.reshape(-1, channels), reference.reshape(-1, channels),
-                                 labels, num_objects, max_reference_pixels, chunk_size, dtype)
+                                 labels, num_objects, max_reference_pixels, chunk_size, dtype,
+                                 rng=None if max_reference_pixels is None else rng)
   if not squared:
     minima = distance_from_squared(minima)
   return minima.reshape(height, width, num_objects)

@@ -152,6 +152,31 @@ def test_global_matching_subsampling_keeps_max_real_pixels(max_pixels):
     np.testing.assert_array_equal(match(query, reference, labels, rng=key), got)
 
 
+def test_global_matching_subsampling_spans_several_blocks():
+  """Objects larger than one reference block (64 slots) subsampled in the block layout's sort:
+  the kept pixels are those of select_reference_pixels, the map the NumPy one over them."""
+  num_objects, max_pixels = 3, 70
+  rng = np.random.default_rng(11)
+  reference = embeddings(rng, (16, 16, 5))
+  labels = random_labels(rng, (16, 16), num_objects, ignore_fraction=0.05)
+  labels[:8] = 1  # Object 1 has > 128 pixels: several blocks before subsampling.
+  key = jax.random.key(3)
+  selected = np.asarray(matching.select_reference_pixels(labels, num_objects, max_pixels, key))
+  subsets = [np.flatnonzero(selected.reshape(-1) == obj) for obj in range(num_objects)]
+  assert [s.size for s in subsets] == [min(np.sum(labels == obj), max_pixels)
+                                       for obj in range(num_objects)]
+  self_match = np.asarray(matching.global_matching(
+      reference, reference, labels, num_objects, max_reference_pixels=max_pixels, rng=key))
+  for obj in range(num_objects):
+    np.testing.assert_array_equal(np.flatnonzero(self_match.reshape(-1, 3)[:, obj] < 1e-4),
+                                  subsets[obj])
+  query = embeddings(rng, (3, 4, 5))
+  got = matching.global_matching(query, reference, labels, num_objects,
+                                 max_reference_pixels=max_pixels, rng=key, chunk_size=5)
+  np.testing.assert_allclose(got, np_global_matching(query, reference, labels, num_objects,
+                                                     subsets), atol=2e-6)
+
+
 def test_global_matching_subsampling_depends_on_rng():
   rng = np.random.default_rng(5)
   reference = embeddings(rng, (6, 6, 4))
