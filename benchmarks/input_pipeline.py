@@ -9,13 +9,8 @@ config.batch_size on one host) with videos decoded by TFDS and with frames left 
 step; prints them and appends a dated section to BENCHMARKS.md.
 """
 import argparse
-import datetime
-import os
-import pathlib
-import platform
 import time
 
-import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -24,7 +19,6 @@ from configs import synthetic
 from datasets import registry
 from feelvos_jax import input_pipeline
 
-_BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline"
 
 
@@ -72,13 +66,7 @@ def main() -> None:
 
   crop = "x".join(str(size) for size in config.dataset.crop_size)
   lines = [
-      f"## Input pipeline, {datetime.date.today().isoformat()}",
-      "",
-      f"- Machine: {machine.cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
-      f"jobs), Python {platform.python_version()}",
-      f"- Versions: JAX {jax.__version__}, TensorFlow {tf.__version__}, "
-      f"TFDS {tfds.__version__}",
-      f"- Command: `{_COMMAND}`",
+      f"- TensorFlow {tf.__version__}, TFDS {tfds.__version__}",
       f"- Data: `{config.dataset.name}` train ({num_videos} videos), configs/synthetic.py: "
       f"batch {config.batch_size}, crop {crop}, scale {config.dataset.min_scale}-"
       f"{config.dataset.max_scale}, max_frame_gap {config.dataset.max_frame_gap}, "
@@ -94,15 +82,11 @@ def main() -> None:
   lines += [
       "  - encoded frames = `builder.as_dataset(split, decoders=input_pipeline."
       "LAZY_FRAME_DECODERS)`: only the 3 frames of a sample are decoded.",
-      "- Tiny-model training steps/s to compare with: the training benchmark in `benchmarks/` "
-      "(added by the training work) gives it; its section records its command.",
-      "",
+      "- Tiny-model training steps/s to compare with: `python -m benchmarks.train_step` "
+      "(section \"Train step\").",
   ]
-  report = "\n".join(lines)
-  print(report)
-  if not args.no_write:
-    with open(_BENCHMARKS_FILE, "a") as benchmarks:
-      benchmarks.write("\n" + report)
+  write = machine.section_text if args.no_write else machine.append_section
+  print(write("Input pipeline", lines, _COMMAND))
 
 
 if __name__ == "__main__":
