@@ -3,7 +3,8 @@
 Modules: `layers` (padded convs, conv + BN blocks, aligned bilinear resize), `xception`
 (DeepLabv3+ Xception-65), `resnet` (atrous ResNet-50/101), `tiny` (a small CNN for tests and the
 synthetic demo), `deeplab` (ASPP + decoder), `heads` (embedding and dynamic segmentation heads),
-`feelvos` (the network and its `embed` / `segment` / `__call__` API, with the CFBI options of
+`embedding_network` (features and embeddings: the part both models share), `feelvos` (the
+network and its `embed` / `segment` / `__call__` API, with the CFBI options of
 `feelvos_jax/cfbi.py`), `nearest_neighbor` (PML: the same embeddings, a k-nearest-neighbour vote
 instead of the head, same API).
 """

@@ -25,11 +25,8 @@ As the official code: background is slot 0 and is matched like any object; match
 float32 embeddings whatever the compute dtype; in training (`train=True`) global matching uses
 at most `max_reference_pixels` random reference pixels per slot (rng stream 'matching').
 
-Batch norm: only the DeepLab part (backbone, ASPP, decoder) has it; the heads have none.
-With `freeze_backbone_batch_norm` (the paper) it uses the running averages even when
-`train=True` and never changes `batch_stats`, so an `apply(..., mutable=['batch_stats'])`
-returns them unchanged; otherwise `train=True` normalises with batch statistics and updates
-the running averages (then `mutable=['batch_stats']` is required).
+`embed`, `__call__` and the DeepLab part (the only one with batch norm; see its frozen-statistics
+rule there) come from `embedding_network.EmbeddingNetwork`, shared with PML's model.
 
 Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32 and the
 logits are returned in float32.
@@ -42,7 +39,6 @@ out: the dropout after ASPP's projection (DeepLab) and multi-grid rates. ResNet 
 torchvision (stride on the 3x3 conv) so that its weights load.
 """
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,40 +46,20 @@ import flax.linen as nn
 
 from feelvos_jax import cfbi
 from feelvos_jax import matching
-from feelvos_jax.models.deeplab import DeepLabV3PlusHead
-from feelvos_jax.models.heads import (EmbeddingHead, GatedObjectSegmentationHead,
-                                      ObjectSegmentationHead)
+from feelvos_jax.models.embedding_network import EmbeddingNetwork
+from feelvos_jax.models.heads import GatedObjectSegmentationHead, ObjectSegmentationHead
 
 
-def _check_shape(name: str, array: jax.Array, expected: tuple[int | None, ...],
-                 layout: str) -> None:
-  """Raises ValueError unless `array` has rank len(expected) and the given sizes (None: any)."""
-  shape = tuple(array.shape)
-  if len(shape) != len(expected) or any(
-      size is not None and size != actual for size, actual in zip(expected, shape)):
-    wanted = tuple("?" if size is None else size for size in expected)
-    raise ValueError(f"{name} must have shape {layout} = {wanted}, got {shape}")
-
-
-class FEELVOS(nn.Module):
+class FEELVOS(EmbeddingNetwork):
   """FEELVOS (Voigtlaender et al., CVPR 2019); see the module docstring.
 
-  Attributes:
-    backbone: the feature extractor, called as backbone(frames in [-1, 1], train) ->
-      (low-level features at stride 4, top features at output_stride); it has a
-      `batch_norm_momentum` attribute that the ASPP and decoder share.
-    output_stride: the backbone's output stride (8 or 16), which sets the ASPP rates.
-    decoder_channels: ASPP and decoder width D.
-    embedding_dim: embedding dimension E.
-    max_objects: object slots besides the background; K = 1 + max_objects.
+  Attributes (besides those of `EmbeddingNetwork`: backbone, output_stride, decoder_channels,
+  embedding_dim, max_objects, freeze_backbone_batch_norm, dtype, matching_mesh):
     window: local matching window radius (offsets in [-window, window]^2, times dilation).
     dilation: local matching dilation.
     max_reference_pixels: reference pixels per slot in training global matching (None: all).
     matching_chunk_size: query pixels per chunk in global matching (None: no chunking).
     head_channels, head_kernel_size, head_num_layers: the dynamic segmentation head.
-    freeze_backbone_batch_norm: DeepLab batch norm uses running averages even in training.
-    dtype: compute dtype.
-    matching_mesh: mesh for sharded global matching (None: unsharded, one device).
     matching_shard_mode: "" (unsharded), "query" (query rows split over the mesh's first axis)
       or "reference" (reference pixels split, minima combined with `lax.pmin`); see
       `matching.global_matching_sharded`. The result equals the unsharded one.
@@ -103,11 +79,6 @@ class FEELVOS(nn.Module):
       the pooled fg/bg embeddings of the reference and previous frames (`cfbi.instance_guidance`,
       `heads.DynamicSegmentationHead`).
   """
-  backbone: nn.Module
-  output_stride: int = 16
-  decoder_channels: int = 256
-  embedding_dim: int = 100
-  max_objects: int = 10
   window: int = 15
   dilation: int = 1
   max_reference_pixels: int | None = 1024
@@ -115,26 +86,14 @@ class FEELVOS(nn.Module):
   head_channels: int = 256
   head_kernel_size: int = 7
   head_num_layers: int = 4
-  freeze_backbone_batch_norm: bool = True
-  dtype: Any = jnp.float32
-  matching_mesh: jax.sharding.Mesh | None = None
-  matching_shard_mode: str = ""
   background_matching: bool = False
   matching_bias: bool = False
   local_windows: tuple[int, ...] = ()
   global_atrous_rate: int = 1
   instance_attention: bool = False
 
-  @property
-  def num_slots(self) -> int:
-    """K: the background slot plus max_objects object slots."""
-    return 1 + self.max_objects
-
   def setup(self):
-    self.deeplab = DeepLabV3PlusHead(
-        self.decoder_channels, self.output_stride,
-        batch_norm_momentum=self.backbone.batch_norm_momentum, dtype=self.dtype)
-    self.embedding = EmbeddingHead(self.embedding_dim, dtype=self.dtype)
+    super().setup()
     head = GatedObjectSegmentationHead if self.instance_attention else ObjectSegmentationHead
     self.segmentation_head = head(
         num_layers=self.head_num_layers, channels=self.head_channels,
@@ -151,19 +110,6 @@ class FEELVOS(nn.Module):
                                                  nn.initializers.zeros, ())
       self.matching_background_bias = self.param("matching_background_bias",
                                                  nn.initializers.zeros, ())
-
-  def embed(self, frames: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    """frames [B, H, W, 3] in [0, 255] -> (features [B, h, w, D], embeddings [B, h, w, E]).
-
-    Both in the compute dtype; h, w = ceil(H / 4), ceil(W / 4).
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-      raise ValueError(f"frames must be RGB images of shape [B, H, W, 3], got {frames.shape}")
-    x = (frames.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
-    batch_norm_train = train and not self.freeze_backbone_batch_norm
-    low_level, high_level = self.backbone(x, train=batch_norm_train)
-    features = self.deeplab(low_level, high_level, train=batch_norm_train)
-    return features, self.embedding(features)
 
   def segment(self, features: jax.Array, embeddings: jax.Array,
               reference_embedding: jax.Array, reference_labels: jax.Array,
@@ -183,20 +129,8 @@ class FEELVOS(nn.Module):
       num_objects: [B] int objects per sample, excluding the background.
       train: subsample the reference pixels of global matching (rng stream 'matching').
     """
-    _check_shape("features", features, (None,) * 4, "[B, h, w, D]")
-    batch, height, width = features.shape[:3]
-    _check_shape("embeddings", embeddings, (batch, height, width, None), "[B, h, w, E]")
-    dim = embeddings.shape[-1]
-    _check_shape("reference_embedding", reference_embedding, (batch, None, None, dim),
-                 "[B, h', w', E]")
-    _check_shape("reference_labels", reference_labels,
-                 (batch,) + tuple(reference_embedding.shape[1:3]), "[B, h', w']")
-    _check_shape("previous_embedding", previous_embedding, (batch, height, width, dim),
-                 "[B, h, w, E]")
-    _check_shape("previous_labels", previous_labels, (batch, height, width), "[B, h, w]")
-    _check_shape("previous_probs", previous_probs, (batch, height, width, self.num_slots),
-                 "[B, h, w, K = 1 + config.model.max_objects]")
-    _check_shape("num_objects", num_objects, (batch,), "[B]")
+    self.check_segment_inputs(features, embeddings, reference_embedding, reference_labels,
+                              previous_embedding, previous_labels, previous_probs, num_objects)
 
     object_maps, guidance = self._head_inputs(
         embeddings, reference_embedding, reference_labels, previous_embedding, previous_labels,
@@ -296,13 +230,3 @@ class FEELVOS(nn.Module):
                 rngs[b] if subsample else None) for b in range(queries.shape[0])])
     return jax.vmap(match, in_axes=(0, 0, 0, 0 if subsample else None))(
         queries, references, reference_labels, rngs)
-
-  def __call__(self, current_frame: jax.Array, reference_embedding: jax.Array,
-               reference_labels: jax.Array, previous_embedding: jax.Array,
-               previous_labels: jax.Array, previous_probs: jax.Array,
-               num_objects: jax.Array, train: bool = False) -> jax.Array:
-    """embed(current_frame) then segment: logits [B, ceil(H/4), ceil(W/4), K] (float32)."""
-    features, embeddings = self.embed(current_frame, train=train)
-    return self.segment(features, embeddings, reference_embedding, reference_labels,
-                        previous_embedding, previous_labels, previous_probs, num_objects,
-                        train=train)

@@ -32,17 +32,13 @@ IGNORE_LABEL in its labels), and the chunks' logits are merged; the result then 
 one vote over all objects. Sharded matching (`config.matching.shard_axis`) is not supported.
 """
 import functools
-from typing import Any
 
 import jax
 from jax import lax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from feelvos_jax import matching
-from feelvos_jax.models.deeplab import DeepLabV3PlusHead
-from feelvos_jax.models.feelvos import _check_shape
-from feelvos_jax.models.heads import EmbeddingHead
+from feelvos_jax.models.embedding_network import EmbeddingNetwork
 
 VOTE_SMOOTHING = 0.1
 """Added to each slot's votes before the log (softmax: smoothed vote fractions)."""
@@ -110,61 +106,22 @@ def nearest_neighbor_votes(query: jax.Array, reference: jax.Array, reference_lab
   return votes.reshape(num_chunks * chunk, num_slots)[:num_queries]
 
 
-class NearestNeighborVOS(nn.Module):
+class NearestNeighborVOS(EmbeddingNetwork):
   """PML's nearest-neighbour segmentation on FEELVOS's embedding network; see the module
   docstring. Same public API as `FEELVOS` (`embed`, `segment`, `__call__`, `num_slots`).
 
-  Attributes:
-    backbone: the feature extractor (as in `FEELVOS`).
-    output_stride: the backbone's output stride (8 or 16), which sets the ASPP rates.
-    decoder_channels: ASPP and decoder width D.
-    embedding_dim: embedding dimension E.
-    max_objects: object slots besides the background; K = 1 + max_objects.
+  Attributes (besides those of `EmbeddingNetwork`: backbone, output_stride, decoder_channels,
+  embedding_dim, max_objects, freeze_backbone_batch_norm, dtype):
     nearest_neighbors: k, reference pixels voting for each pixel.
     previous_frame_references: the previous frame's labelled pixels vote too (PML's online
       adaptation); otherwise only the reference frame's.
     matching_chunk_size: query pixels per step of the vote (None: all at once).
-    freeze_backbone_batch_norm: DeepLab batch norm uses running averages even in training.
-    dtype: compute dtype.
     matching_mesh, matching_shard_mode: accepted so that `inference.sharded_matching_model`
       can clone the model; a non-empty shard mode is refused by `segment`.
   """
-  backbone: nn.Module
-  output_stride: int = 16
-  decoder_channels: int = 256
-  embedding_dim: int = 100
-  max_objects: int = 10
   nearest_neighbors: int = 5
   previous_frame_references: bool = True
   matching_chunk_size: int | None = 4096
-  freeze_backbone_batch_norm: bool = True
-  dtype: Any = jnp.float32
-  matching_mesh: jax.sharding.Mesh | None = None
-  matching_shard_mode: str = ""
-
-  @property
-  def num_slots(self) -> int:
-    """K: the background slot plus max_objects object slots."""
-    return 1 + self.max_objects
-
-  def setup(self):
-    self.deeplab = DeepLabV3PlusHead(
-        self.decoder_channels, self.output_stride,
-        batch_norm_momentum=self.backbone.batch_norm_momentum, dtype=self.dtype)
-    self.embedding = EmbeddingHead(self.embedding_dim, dtype=self.dtype)
-
-  def embed(self, frames: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    """frames [B, H, W, 3] in [0, 255] -> (features [B, h, w, D], embeddings [B, h, w, E]).
-
-    Both in the compute dtype; h, w = ceil(H / 4), ceil(W / 4).
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-      raise ValueError(f"frames must be RGB images of shape [B, H, W, 3], got {frames.shape}")
-    x = (frames.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
-    batch_norm_train = train and not self.freeze_backbone_batch_norm
-    low_level, high_level = self.backbone(x, train=batch_norm_train)
-    features = self.deeplab(low_level, high_level, train=batch_norm_train)
-    return features, self.embedding(features)
 
   def segment(self, features: jax.Array, embeddings: jax.Array,
               reference_embedding: jax.Array, reference_labels: jax.Array,
@@ -189,20 +146,9 @@ class NearestNeighborVOS(nn.Module):
     if self.matching_shard_mode:
       raise ValueError(f"config.matching.shard_axis={self.matching_shard_mode!r} is not "
                        f"supported with config.model.head='nearest_neighbor'; use ''.")
-    _check_shape("features", features, (None,) * 4, "[B, h, w, D]")
-    batch, height, width = features.shape[:3]
-    _check_shape("embeddings", embeddings, (batch, height, width, None), "[B, h, w, E]")
-    dim = embeddings.shape[-1]
-    _check_shape("reference_embedding", reference_embedding, (batch, None, None, dim),
-                 "[B, h', w', E]")
-    _check_shape("reference_labels", reference_labels,
-                 (batch,) + tuple(reference_embedding.shape[1:3]), "[B, h', w']")
-    _check_shape("previous_embedding", previous_embedding, (batch, height, width, dim),
-                 "[B, h, w, E]")
-    _check_shape("previous_labels", previous_labels, (batch, height, width), "[B, h, w]")
-    _check_shape("previous_probs", previous_probs, (batch, height, width, self.num_slots),
-                 "[B, h, w, K = 1 + config.model.max_objects]")
-    _check_shape("num_objects", num_objects, (batch,), "[B]")
+    batch, height, width, dim = self.check_segment_inputs(
+        features, embeddings, reference_embedding, reference_labels, previous_embedding,
+        previous_labels, previous_probs, num_objects)
 
     references = reference_embedding.reshape(batch, -1, dim)
     labels = reference_labels.reshape(batch, -1).astype(jnp.int32)
@@ -217,13 +163,3 @@ class NearestNeighborVOS(nn.Module):
     logits = jnp.log(votes + VOTE_SMOOTHING).reshape(batch, height, width, self.num_slots)
     present = jnp.arange(self.num_slots)[None, :] <= num_objects[:, None]
     return jnp.where(present[:, None, None, :], logits, -jnp.inf)
-
-  def __call__(self, current_frame: jax.Array, reference_embedding: jax.Array,
-               reference_labels: jax.Array, previous_embedding: jax.Array,
-               previous_labels: jax.Array, previous_probs: jax.Array,
-               num_objects: jax.Array, train: bool = False) -> jax.Array:
-    """embed(current_frame) then segment: logits [B, ceil(H/4), ceil(W/4), K] (float32)."""
-    features, embeddings = self.embed(current_frame, train=train)
-    return self.segment(features, embeddings, reference_embedding, reference_labels,
-                        previous_embedding, previous_labels, previous_probs, num_objects,
-                        train=train)
