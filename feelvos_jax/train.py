@@ -182,41 +182,42 @@ def load_pretrained(state: TrainState, path: str, backbone: str) -> TrainState:
                        batch_stats=jax.tree.map(place, batch_stats, state.batch_stats))
 
 
-def _forward(module: flax.linen.Module, batch: dict[str, jax.Array],
-             num_slots: int) -> jax.Array:
-  """Training forward pass: the three frames embedded in one call, then the current frame
-  segmented against the reference and the previous frame (its ground truth as prediction)."""
+def _embed_training_frames(module: flax.linen.Module, batch: dict[str, jax.Array],
+                           num_slots: int) -> dict[str, jax.Array]:
+  """The three frames embedded in one call: `segment`'s inputs for the current frame (all but
+  `num_objects`), the previous frame's ground truth as its prediction (one-hot, all zeros
+  where IGNORE_LABEL)."""
   batch_size = batch["current_frame"].shape[0]
   frames = jnp.concatenate(
       [batch["reference_frame"], batch["previous_frame"], batch["current_frame"]], axis=0)
   features, embeddings = module.embed(frames, train=True)
   reference_embedding, previous_embedding, current_embedding = jnp.split(embeddings, 3, axis=0)
-  reference_labels = batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
   previous_labels = batch["previous_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
-  previous_probs = jax.nn.one_hot(previous_labels, num_slots)  # IGNORE_LABEL -> all zeros.
-  return module.segment(features[2 * batch_size:], current_embedding, reference_embedding,
-                        reference_labels, previous_embedding, previous_labels, previous_probs,
-                        batch["num_objects"], train=True)
+  return dict(features=features[2 * batch_size:], embeddings=current_embedding,
+              reference_embedding=reference_embedding,
+              reference_labels=batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE],
+              previous_embedding=previous_embedding, previous_labels=previous_labels,
+              previous_probs=jax.nn.one_hot(previous_labels, num_slots))
+
+
+def _forward(module: flax.linen.Module, batch: dict[str, jax.Array],
+             num_slots: int) -> jax.Array:
+  """Training forward pass: the current frame segmented against the reference and the
+  previous frame -> logits [B, h, w, K]."""
+  inputs = _embed_training_frames(module, batch, num_slots)
+  return module.segment(**inputs, num_objects=batch["num_objects"], train=True)
 
 
 def _forward_nearest_neighbor(module: flax.linen.Module, batch: dict[str, jax.Array],
                               num_slots: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """PML training forward pass: (current embeddings [B, h, w, E], reference embeddings
   [B, h, w, E], vote logits [B, h, w, K] of the current frame for the metrics, computed
-  without gradient), the previous frame's ground truth acting as its prediction."""
-  batch_size = batch["current_frame"].shape[0]
-  frames = jnp.concatenate(
-      [batch["reference_frame"], batch["previous_frame"], batch["current_frame"]], axis=0)
-  features, embeddings = module.embed(frames, train=True)
-  reference_embedding, previous_embedding, current_embedding = jnp.split(embeddings, 3, axis=0)
-  reference_labels = batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
-  previous_labels = batch["previous_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
-  frozen = jax.lax.stop_gradient
-  logits = module.segment(features[2 * batch_size:], frozen(current_embedding),
-                          frozen(reference_embedding), reference_labels,
-                          frozen(previous_embedding), previous_labels,
-                          jax.nn.one_hot(previous_labels, num_slots), batch["num_objects"],
-                          train=True)
+  without gradient)."""
+  inputs = _embed_training_frames(module, batch, num_slots)
+  current_embedding, reference_embedding = inputs["embeddings"], inputs["reference_embedding"]
+  for key in ("embeddings", "reference_embedding", "previous_embedding"):
+    inputs[key] = jax.lax.stop_gradient(inputs[key])
+  logits = module.segment(**inputs, num_objects=batch["num_objects"], train=True)
   return current_embedding, reference_embedding, logits
 
 
