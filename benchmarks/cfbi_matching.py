@@ -14,10 +14,7 @@ Prints the table and appends it to BENCHMARKS.md (`--no_write` to skip).
 """
 import argparse
 import functools
-import statistics
 import sys
-import time
-from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -25,16 +22,6 @@ import numpy as np
 from benchmarks import machine
 from feelvos_jax import cfbi
 from feelvos_jax import matching
-
-
-def _median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
-  jax.block_until_ready(function(*args))  # Compiles.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(function(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
 
 
 def _inputs(height: int, width: int, channels: int, num_objects: int, seed: int = 0):
@@ -73,22 +60,22 @@ def main() -> None:
     return [matching.local_matching(q, previous, previous_labels, slots, window=r)
             for r in windows]
 
+  def timed_ms(function, *args_):
+    return machine.median_ms(jax.jit(function), *args_, repeats=args.repeats)
+
   rows = []
   for rate in (1, 2):
     rows.append((f"global matching, global_atrous_rate={rate}",
-                 _median_ms(jax.jit(functools.partial(global_atrous, rate)), query, other,
-                            labels, repeats=args.repeats)))
+                 timed_ms(functools.partial(global_atrous, rate), query, other, labels)))
   for radius in (args.single_window, max(windows)):
     rows.append((f"local_matching, one window k={radius}",
-                 _median_ms(jax.jit(functools.partial(matching.local_matching,
-                                                      num_objects=slots, window=radius)),
-                            query, other, labels, repeats=args.repeats)))
+                 timed_ms(functools.partial(matching.local_matching, num_objects=slots,
+                                        window=radius), query, other, labels)))
   rows.append((f"multi_local_matching, windows {windows} (one pass)",
-               _median_ms(jax.jit(functools.partial(cfbi.multi_local_matching,
-                                                    num_objects=slots, windows=windows)),
-                          query, other, labels, repeats=args.repeats)))
+               timed_ms(functools.partial(cfbi.multi_local_matching, num_objects=slots,
+                                      windows=windows), query, other, labels)))
   rows.append((f"local_matching once per window {windows}",
-               _median_ms(jax.jit(separate), query, other, labels, repeats=args.repeats)))
+               timed_ms(separate, query, other, labels)))
 
   lines = [
       f"Query and reference/previous {args.height}x{args.width} at stride 4, C={args.channels}, "

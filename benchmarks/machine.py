@@ -1,10 +1,13 @@
-"""What every benchmark section records about the machine it ran on, and how it is written."""
+"""What every benchmark section records about the machine it ran on, how it is written, and the
+shared timing helper."""
 import datetime
 import fcntl
 import os
 import pathlib
 import platform
-from typing import Sequence
+import statistics
+import time
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -72,3 +75,15 @@ def append_section(title: str, lines_or_text: str | Sequence[str], command: str,
   finally:
     os.close(descriptor)  # Closing releases the lock.
   return text
+
+
+def median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
+  """Median wall milliseconds of `repeats` calls of `function(*args)` after one untimed
+  (compiling) call; each call waits for its result (`jax.block_until_ready`)."""
+  jax.block_until_ready(function(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(function(*args))
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
