@@ -117,6 +117,7 @@ def run_backbone(backbone: str, num_frames: int, height: int, width: int, num_ob
       "propagate": propagate_seconds, "first": first, "again": repropagate,
       "ratio": first / repropagate, "step_ms": 1000 * repropagate / num_frames,
       "kept_mib": session.embedding_bytes / 2**20,
+      "distances_mib": session.distance_bytes / 2**20,
       "rss_mib": psutil.Process().memory_info().rss / 2**20,
   }
 
@@ -159,19 +160,22 @@ def main() -> None:
       f"median of {args.repeats}; ratio = first pass / re-propagation (target >= 5); step = "
       "re-propagation per frame; cold first pass = the first pass of the process's first "
       "session on these shapes (compilation included; its re-propagations compile too, "
-      "untimed); kept = features + "
-      "embeddings of the session; RSS = process RSS after the row (rows run in order). "
+      "untimed); kept = features + embeddings of the session; distances = its stored "
+      "local-matching distances (`interactive.pair_distances`, filled by the first pass, "
+      "reused after); RSS = process RSS after the row (rows run in order). "
       "Timings on a shared, loaded machine are noisy.",
       "",
       "| backbone | frame | frames | objects | cold first pass s | embed s | propagate s "
-      "| first pass s | re-propagation s | ratio | step ms/frame | kept MiB | RSS MiB |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "| first pass s | re-propagation s | ratio | step ms/frame | kept MiB | distances MiB "
+      "| RSS MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for backbone, frame, num_frames, num_objects, r in rows:
     lines.append(
         f"| {backbone} | {frame} | {num_frames} | {num_objects} | {r['cold']:.1f} | "
         f"{r['embed']:.2f} | {r['propagate']:.2f} | {r['first']:.2f} | {r['again']:.2f} | "
-        f"{r['ratio']:.2f} | {r['step_ms']:.0f} | {r['kept_mib']:.0f} | {r['rss_mib']:.0f} |")
+        f"{r['ratio']:.2f} | {r['step_ms']:.0f} | {r['kept_mib']:.0f} | "
+        f"{r['distances_mib']:.0f} | {r['rss_mib']:.0f} |")
   report = "\n".join(lines) + "\n"
   print(report)
   if not args.no_write:

@@ -29,7 +29,7 @@ scribble for any other id is refused.
 `propagate(from_frame, direction)`:
 - The objects taking part are the registered objects with at least one marked cell (an object
   without one is predicted nowhere), in slots 1..n in registration order; the object axis is
-  padded or chunked by `object_buckets` as in video inference (`propagation.bucket_slots`).
+  padded to a bucket of `object_buckets` as in video inference (`propagation.bucket_slots`).
 - Global matching of every frame is against ALL marked cells of all frames, gathered into one
   reference row [1, P, E] with their slot labels [1, P], P padded with IGNORE_LABEL to a power
   of two (at least `MIN_REFERENCE_PIXELS`): the same nearest-pixel matching as stacking the
@@ -41,14 +41,25 @@ scribble for any other id is refused.
   the direction as previous frame (its embedding, predicted stride-4 labels and softmax
   probabilities). 'forward' covers from_frame..T-1, 'backward' from_frame..0, 'both' all
   frames (both chains start from the frame of interaction's result).
-- Each frame is `propagation.segment_logits` (global + local matching and the head) on the
-  stored features and embeddings, then, as in video inference, the logits upsampled
-  bilinearly (`losses.upsample_logits`) and their argmax: the labels are the model's
-  prediction on every frame, the frame of interaction included (marks are not pasted).
-- Only the jitted step runs (matching + head), compiled once per (padded frame size, P bucket,
-  slots per chunk, chunks) and shared by every session of a model. The session keeps the
-  latest labels of every frame ([T, H, W] int32 object ids, background 0 until a frame is
-  first propagated).
+- Each frame is global + local matching and the head on the stored features and embeddings,
+  then, as in video inference, the logits upsampled bilinearly (`losses.upsample_logits`) and
+  their argmax: the labels are the model's prediction on every frame, the frame of
+  interaction included (marks are not pasted).
+- What does not depend on the references is computed once and kept: besides the embeddings,
+  the squared embedding distances of local matching, `pair_distances` [h, w, (2k+1)^2] of
+  each pair of neighbouring frames (t, t-1) (read from the other side for a backward step,
+  `local_maps_from_distances`) and of each frame of interaction with itself. A step then
+  runs global matching against the P reference pixels, the label-dependent minimum of local
+  matching, and the head over all slots at once (`cached_step`): the same maps and logits as
+  `FEELVOS.segment`. The stored distances are bounded by `distance_cache_bytes` (pairs
+  beyond it are recomputed when needed): h x w x (2k+1)^2 x 4 bytes a pair, 6480 x 961 x 4 =
+  25 MB at 240x432 with the paper's k = 15, 100 MB at 480x864.
+  Models with CFBI matching options, PML or sharded matching (`caches_distances` False) run
+  `interactive_step` instead: `propagation.segment_logits` on the stored embeddings, object
+  slots chunked by `object_buckets`.
+- Only jitted functions run, compiled once per (padded frame size, P bucket, slots) and
+  shared by every session of a model. The session keeps the latest labels of every frame
+  ([T, H, W] int32 object ids, background 0 until a frame is first propagated).
 
 Bad input (an unknown object id, a point outside the frame, an empty scribble, a frame index
 out of range, a mask of the wrong shape) raises a ValueError naming the argument, the frame and
@@ -67,6 +78,7 @@ import numpy as np
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import losses
+from feelvos_jax import matching
 from feelvos_jax import propagation
 
 MIN_REFERENCE_PIXELS = 256
@@ -74,6 +86,9 @@ MIN_REFERENCE_PIXELS = 256
 
 DIRECTIONS = ("forward", "backward", "both")
 """The values of `propagate`'s `direction`."""
+
+DISTANCE_CACHE_BYTES = 2**30
+"""Default bound of the stored local-matching distances of a session (1 GiB)."""
 
 
 def embed_frames(model: nn.Module, variables: Any, features: jax.Array, embeddings: jax.Array,
@@ -162,6 +177,166 @@ def interactive_step(model: nn.Module, variables: Any, state: propagation.State,
   return new_state, labels
 
 
+def local_offsets(window: int, dilation: int) -> tuple[tuple[int, int], ...]:
+  """The local-matching offsets (dy, dx), row-major over {-window..window}^2, times dilation.
+  Offset o and offset O - 1 - o are opposite (O = (2 window + 1)^2)."""
+  steps = range(-window * dilation, window * dilation + 1, dilation)
+  return tuple((dy, dx) for dy in steps for dx in steps)
+
+
+def pair_distances(current: jax.Array, previous: jax.Array, *, window: int,
+                   dilation: int, tile: int = 8) -> jax.Array:
+  """Squared embedding distances of every pixel to the previous frame's pixels around it.
+
+  Args:
+    current: [h, w, E] embeddings of a frame.
+    previous: [h, w, E] embeddings of its previous frame (or of itself).
+    window, dilation: the local-matching window (`local_offsets`).
+    tile: query pixels are taken in tile x tile blocks, each against its neighbourhood.
+
+  Returns:
+    [h, w, O] float32: entry (p, o) = ||current[p] - previous[p + offset o]||^2 (computed as
+    ||a||^2 + ||b||^2 - 2 a.b, clamped at 0), inf where p + offset o falls outside the frame.
+    It depends on the embeddings only, never on labels.
+  """
+  height, width, channels = current.shape
+  reach = window * dilation
+  span = tile + 2 * reach
+  rows, cols = -(-height // tile), -(-width // tile)
+  current = current.astype(jnp.float32)
+  previous = previous.astype(jnp.float32)
+  blocks = jnp.pad(current, ((0, rows * tile - height), (0, cols * tile - width), (0, 0)))
+  blocks = blocks.reshape(rows, tile, cols, tile, channels).transpose(0, 2, 1, 3, 4)
+  blocks = blocks.reshape(rows, cols, tile * tile, channels)
+  around = ((reach, reach + rows * tile - height), (reach, reach + cols * tile - width))
+  padded = jnp.pad(previous, around + ((0, 0),))
+  inside = jnp.pad(jnp.ones((height, width), bool), around)
+  # Window entry o of block pixel (i, j) is neighbourhood pixel (i + dy + reach, j + dx + reach).
+  offsets = np.array(local_offsets(window, dilation))
+  block_i, block_j = np.divmod(np.arange(tile * tile), tile)
+  entry = ((block_i[:, None] + offsets[:, 0] + reach) * span
+           + block_j[:, None] + offsets[:, 1] + reach)  # [tile^2, O]
+  columns = np.arange(cols)[:, None] * tile + np.arange(span)[None, :]  # [cols, span]
+
+  def block_row(row: jax.Array) -> jax.Array:
+    """[cols, tile^2, O] distances of one row of blocks."""
+    band = lax.dynamic_slice_in_dim(padded, row * tile, span, axis=0)[:, columns]
+    band = jnp.moveaxis(band, 1, 0).reshape(cols, span * span, channels)
+    band_inside = lax.dynamic_slice_in_dim(inside, row * tile, span, axis=0)[:, columns]
+    band_inside = jnp.moveaxis(band_inside, 1, 0).reshape(cols, span * span)
+    query = blocks[row]
+    cross = jnp.einsum("bqc,bnc->bqn", query, band, precision=lax.Precision.HIGHEST)
+    squared = (jnp.sum(jnp.square(query), axis=-1)[..., None]
+               + jnp.sum(jnp.square(band), axis=-1)[:, None, :] - 2.0 * cross)
+    squared = jnp.where(band_inside[:, None, :], jnp.maximum(squared, 0.0), jnp.inf)
+    return jnp.take_along_axis(squared, jnp.asarray(entry)[None], axis=-1)
+
+  result = lax.map(block_row, jnp.arange(rows))  # [rows, cols, tile^2, O]
+  result = result.reshape(rows, cols, tile, tile, -1).transpose(0, 2, 1, 3, 4)
+  return result.reshape(rows * tile, cols * tile, -1)[:height, :width]
+
+
+def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
+                              backward: jax.Array, *, window: int, dilation: int,
+                              num_slots: int) -> jax.Array:
+  """Local matching maps [h, w, num_slots] from `pair_distances` (FEELVOS distance, 1.0 where
+  no pixel of the slot lies in the window; labels outside 0..num_slots-1 never match).
+
+  Args:
+    distances: [h, w, O] `pair_distances(frame u, frame v)`.
+    previous_labels: [h, w] int32 slot labels of the previous frame.
+    backward: bool scalar. False: the frame is u and its previous frame v (distances as
+      they are). True: the frame is v and its previous frame u; entry (p, o) is then read at
+      (p + offset o, O - 1 - o), the same pair seen from the other side.
+    window, dilation: as given to `pair_distances`.
+    num_slots: K.
+  """
+  height, width, count = distances.shape
+  reach = window * dilation
+  side = 2 * window + 1
+  labels = jnp.pad(previous_labels, reach, constant_values=-1)
+
+  def row_minima(dy_index: jax.Array, padded: Optional[jax.Array]) -> jax.Array:
+    """[h, w, num_slots]: per slot, the minimum over the offsets (dy, every dx)."""
+    top = dy_index * dilation
+    label_rows = lax.dynamic_slice_in_dim(labels, top, height, axis=0)
+    distance_rows = lax.dynamic_slice_in_dim(distances, dy_index * side, side, axis=2)
+    best = []
+    for dx_index in range(side):
+      left = dx_index * dilation
+      neighbour_labels = label_rows[:, left:left + width]
+      if padded is not None:  # Backward: entry (p + o, O - 1 - o), padded with inf.
+        opposite = count - 1 - (dy_index * side + dx_index)
+        squared = lax.dynamic_slice(padded, (top, left, opposite), (height, width, 1))[..., 0]
+      else:
+        squared = distance_rows[..., dx_index]
+      best.append(jnp.stack([jnp.where(neighbour_labels == slot, squared, jnp.inf)
+                             for slot in range(num_slots)], axis=-1))
+    return functools.reduce(jnp.minimum, best)
+
+  def minima(back: bool) -> jax.Array:
+    padded = (jnp.pad(distances, ((reach, reach), (reach, reach), (0, 0)),
+                      constant_values=jnp.inf) if back else None)
+    rows = lax.map(functools.partial(row_minima, padded=padded), jnp.arange(side))
+    return jnp.min(rows, axis=0)
+
+  squared = lax.cond(backward, lambda: minima(True), lambda: minima(False))
+  return matching.distance_from_squared(squared)
+
+
+def cached_step(model: nn.Module, variables: Any, state: propagation.State,
+                features: jax.Array, embeddings: jax.Array, frame: jax.Array,
+                distances: jax.Array, backward: jax.Array, num_objects: jax.Array,
+                valid_size: jax.Array) -> tuple[propagation.State, jax.Array]:
+  """`interactive_step` with local matching read from stored `pair_distances`.
+
+  The same segmentation as `FEELVOS.segment` (plain FEELVOS matching: global against the
+  reference pixels, local against the previous frame, the head over every slot at once),
+  but the label-independent part of local matching (`distances`, see
+  `local_maps_from_distances` for `backward`) comes in computed once per pair of frames.
+
+  Returns:
+    (state with this frame as previous frame, labels [Hp, Wp] int32 slots, IGNORE_LABEL on
+    padding).
+  """
+  num_slots = state["previous_probs"].shape[-1]
+  frame_features = lax.dynamic_index_in_dim(features, frame, keepdims=True)
+  frame_embeddings = lax.dynamic_index_in_dim(embeddings, frame, keepdims=False)
+  global_maps = matching.global_matching(
+      frame_embeddings.astype(jnp.float32), state["reference_embedding"].astype(jnp.float32),
+      state["reference_labels"], num_slots, chunk_size=model.matching_chunk_size)
+  local_maps = local_maps_from_distances(
+      distances, state["previous_labels"], backward, window=model.window,
+      dilation=model.dilation, num_slots=num_slots)
+  object_maps = jnp.stack([global_maps, state["previous_probs"], local_maps], axis=-1)
+  logits = model.apply(variables, frame_features, object_maps[None].astype(model.dtype),
+                       method=lambda module, f, maps: module.segmentation_head(f, maps))[0]
+  present = jnp.arange(num_slots) <= num_objects
+  logits = jnp.where(present, logits.astype(jnp.float32), -jnp.inf)
+  height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
+  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
+  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
+  inside = ((jnp.arange(height) < valid_size[0])[:, None]
+            & (jnp.arange(width) < valid_size[1])[None, :])
+  labels = jnp.where(inside, labels, IGNORE_LABEL)
+  new_state = dict(state, previous_embedding=frame_embeddings,
+                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
+                   previous_probs=jax.nn.softmax(logits, axis=-1))
+  return new_state, labels
+
+
+def caches_distances(model: nn.Module) -> bool:
+  """Whether `propagate` can use `cached_step`: plain FEELVOS matching and head (none of
+  the CFBI options, no PML head, unsharded matching); other models run `interactive_step`."""
+  return (getattr(model, "head", "feelvos") == "feelvos"
+          and not getattr(model, "background_matching", False)
+          and not getattr(model, "matching_bias", False)
+          and not getattr(model, "local_windows", ())
+          and getattr(model, "global_atrous_rate", 1) == 1
+          and not getattr(model, "instance_attention", False)
+          and not getattr(model, "matching_shard_mode", ""))
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_embed(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Array]]:
   """Jitted `embed_frames` of a model, buffers donated (updated in place)."""
@@ -169,6 +344,23 @@ def _compiled_embed(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Arra
 
 
 _start_state = jax.jit(start_state, static_argnames="num_slots")
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_distances(window: int, dilation: int) -> Callable[..., jax.Array]:
+  """Jitted `pair_distances` of frames `u` and `v` of the session's embeddings."""
+  def distances(embeddings, u, v):
+    return pair_distances(lax.dynamic_index_in_dim(embeddings, u, keepdims=False),
+                          lax.dynamic_index_in_dim(embeddings, v, keepdims=False),
+                          window=window, dilation=dilation)
+  return jax.jit(distances)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_cached_step(model: nn.Module) -> Callable[..., tuple[propagation.State,
+                                                                   jax.Array]]:
+  """Jitted `cached_step` of a model."""
+  return jax.jit(functools.partial(cached_step, model))
 
 
 @functools.lru_cache(maxsize=16)
@@ -208,7 +400,8 @@ class InteractiveSession:
   def __init__(self, model: nn.Module, variables: Any, frames: np.ndarray, *,
                object_ids: Optional[Sequence[int]] = None, embed_batch_size: int = 4,
                object_buckets: Optional[Sequence[int]] = None,
-               pad_multiple: Optional[int] = None):
+               pad_multiple: Optional[int] = None,
+               distance_cache_bytes: int = DISTANCE_CACHE_BYTES):
     """Embeds every frame once.
 
     Args:
@@ -220,6 +413,9 @@ class InteractiveSession:
       object_buckets: object slots per compiled step (default: the model's max_objects), as
         `config.inference.object_buckets`.
       pad_multiple: frames are padded to a multiple of this (default: the output stride).
+      distance_cache_bytes: most bytes of local-matching distances kept between propagations
+        (`pair_distances`, h x w x (2 window + 1)^2 float32 per pair of frames); pairs beyond
+        it are recomputed whenever needed. Unused for models `caches_distances` refuses.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -229,6 +425,9 @@ class InteractiveSession:
       raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
     if not _is_int(embed_batch_size) or embed_batch_size < 1:
       raise ValueError(f"embed_batch_size must be an int >= 1, got {embed_batch_size!r}")
+    if not _is_int(distance_cache_bytes) or distance_cache_bytes < 0:
+      raise ValueError(f"distance_cache_bytes must be an int >= 0, got "
+                       f"{distance_cache_bytes!r}")
     pad_multiple = max(FEATURE_STRIDE,
                        model.output_stride if pad_multiple is None else pad_multiple)
     if pad_multiple % FEATURE_STRIDE:
@@ -251,6 +450,10 @@ class InteractiveSession:
              self.padded_width // FEATURE_STRIDE)
     self._references = np.full(cells, IGNORE_LABEL, np.uint8)
     self._labels = np.zeros((self.num_frames, self.height, self.width), np.int32)
+    self._cache_distances = caches_distances(model)
+    self._distance_cache: dict[tuple[int, int], jax.Array] = {}
+    self._distance_cache_used = 0
+    self._distance_cache_bytes = int(distance_cache_bytes)
 
   def _embed(self, frames: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """Features [Tp, h, w, D] and embeddings [Tp, h, w, E] of the padded video."""
@@ -304,6 +507,11 @@ class InteractiveSession:
     """Bytes of the kept features and embeddings: T x h x w x (D + E) x dtype size (plus
     the padding rows of the last embed batch)."""
     return self._features.nbytes + self._embeddings.nbytes
+
+  @property
+  def distance_bytes(self) -> int:
+    """Bytes of the stored local-matching distances (at most `distance_cache_bytes`)."""
+    return self._distance_cache_used
 
   # ------------------------------------------------------------------ interactions
   def _check_new_object(self, object_id: Any, name: str) -> None:
@@ -421,17 +629,27 @@ class InteractiveSession:
 
     objects_per_chunk, num_chunks = propagation.bucket_slots(len(present),
                                                              self._object_buckets)
-    step = _compiled_step(self.model.clone(max_objects=objects_per_chunk))
     num_objects = np.int32(len(present))
     valid_size = np.array([self.height, self.width], np.int32)
-    state = _start_state(self._embeddings, reference_index, reference_labels, np.int32(from_frame),
-                  slots[from_frame], num_slots=objects_per_chunk * num_chunks)
+    state = _start_state(self._embeddings, reference_index, reference_labels,
+                         np.int32(from_frame), slots[from_frame],
+                         num_slots=objects_per_chunk * num_chunks)
+    if self._cache_distances:
+      step = _compiled_cached_step(self.model)
 
-    def run(state, frame):
-      return step(self._variables, state, self._features, self._embeddings, np.int32(frame),
-                  num_objects, valid_size)
+      def run(state, frame, previous):
+        distances, backward = self._distances(frame, previous)
+        return step(self._variables, state, self._features, self._embeddings,
+                    np.int32(frame), distances, backward, num_objects, valid_size)
+    else:
+      chunk_step = _compiled_step(self.model.clone(max_objects=objects_per_chunk))
 
-    after_interaction, first = run(state, from_frame)
+      def run(state, frame, previous):
+        del previous  # The state holds the previous frame's embedding.
+        return chunk_step(self._variables, state, self._features, self._embeddings,
+                          np.int32(frame), num_objects, valid_size)
+
+    after_interaction, first = run(state, from_frame, from_frame)
     results = {from_frame: first}
     chains = []
     if direction in ("forward", "both"):
@@ -439,9 +657,10 @@ class InteractiveSession:
     if direction in ("backward", "both"):
       chains.append(range(from_frame - 1, -1, -1))
     for chain in chains:
-      state = after_interaction
+      state, previous = after_interaction, from_frame
       for frame in chain:
-        state, results[frame] = run(state, frame)
+        state, results[frame] = run(state, frame, previous)
+        previous = frame
     fetched = {frame: slot_to_id[np.asarray(labels)[:self.height, :self.width]]
                for frame, labels in results.items()}
     for frame, labels in fetched.items():
@@ -450,3 +669,21 @@ class InteractiveSession:
 
   def _marked_frames(self) -> list[int]:
     return np.flatnonzero((self._references != IGNORE_LABEL).any(axis=(1, 2))).tolist()
+
+  def _distances(self, frame: int, previous: int) -> tuple[jax.Array, np.bool_]:
+    """(`pair_distances` of the pair, backward flag) for `frame` matched locally against
+    `previous` (itself, or a neighbour), computed once per pair while the cache has room."""
+    if previous == frame - 1:
+      key, backward = (frame, previous), False
+    elif previous == frame + 1:
+      key, backward = (previous, frame), True
+    else:
+      key, backward = (frame, frame), False
+    distances = self._distance_cache.get(key)
+    if distances is None:
+      distances = _compiled_distances(self.model.window, self.model.dilation)(
+          self._embeddings, np.int32(key[0]), np.int32(key[1]))
+      if self._distance_cache_used + distances.nbytes <= self._distance_cache_bytes:
+        self._distance_cache[key] = distances
+        self._distance_cache_used += distances.nbytes
+    return distances, np.bool_(backward)

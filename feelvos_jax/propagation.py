@@ -51,7 +51,7 @@ from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import losses
 
 PAD_PIXEL = 128
-"""Value of padded frame pixels, as the input pipeline pads (`input_pipeline.PAD_PIXEL`)."""
+"""Value of padded frame pixels, as the input pipeline pads (`augmentation.PAD_PIXEL`)."""
 
 MAX_OBJECTS = IGNORE_LABEL - 1
 """Most objects a video may have: ids 1..254 (255 is IGNORE_LABEL)."""

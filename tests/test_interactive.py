@@ -171,7 +171,7 @@ def test_matches_direct_segment_calls(setup):
 def test_directions_cover_the_right_frames(setup, monkeypatch):
   model, variables = setup
   stepped = []
-  original = interactive._compiled_step
+  original = interactive._compiled_cached_step
 
   def recording(step_model):
     step = original(step_model)
@@ -181,7 +181,7 @@ def test_directions_cover_the_right_frames(setup, monkeypatch):
       return step(variables, state, features, embeddings, frame, *rest)
     return record
 
-  monkeypatch.setattr(interactive, "_compiled_step", recording)
+  monkeypatch.setattr(interactive, "_compiled_cached_step", recording)
   session = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
   session.add_scribble(2, 1, box(9, 9, 18, 18))
   session.add_background_scribble(2, box(0, 0, 3, 29))
@@ -306,13 +306,109 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(3, "both")
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
-  assert traces["start_state"] == traces["interactive_step"] == 1
+  assert traces["start_state"] == traces["cached_step"] == traces["distances"] == 1
+  # Pairs (t, t - 1) for t = 1..4, and each frame of interaction with itself, once each.
+  assert sorted(session._distance_cache) == [(0, 0), (1, 0), (2, 1), (3, 2), (3, 3), (4, 3),
+                                             (4, 4)]
   with tracing.count_traces() as traces:
     for t in range(NUM_FRAMES):  # 5 x 9 x 8 cells: 360 reference pixels, the next bucket.
       session.add_background_scribble(t, np.ones((36, WIDTH), bool))
     session.add_scribble(2, 1, [(10, 10)])
     session.propagate(2, "both")
     session.propagate(1, "forward")
-  assert traces["start_state"] == traces["interactive_step"] == 1
+  assert traces["start_state"] == traces["cached_step"] == 1
+  assert traces["distances"] == 0
   jax.effects_barrier()
   assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
+
+
+def numpy_pair_distances(current, previous, window):
+  """[h, w, O] squared distances to previous[p + o], inf outside: loops."""
+  height, width, _ = current.shape
+  offsets = [(dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1)]
+  result = np.full((height, width, len(offsets)), np.inf)
+  for y in range(height):
+    for x in range(width):
+      for o, (dy, dx) in enumerate(offsets):
+        if 0 <= y + dy < height and 0 <= x + dx < width:
+          result[y, x, o] = np.sum((current[y, x] - previous[y + dy, x + dx]) ** 2)
+  return result
+
+
+def numpy_local_maps(current, previous, labels, num_slots, window):
+  """[h, w, K] FEELVOS distance to the nearest previous pixel of each slot in the window."""
+  squared = numpy_pair_distances(current, previous, window)
+  offsets = [(dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1)]
+  height, width, _ = current.shape
+  result = np.ones((height, width, num_slots))
+  for y in range(height):
+    for x in range(width):
+      for o, (dy, dx) in enumerate(offsets):
+        if 0 <= y + dy < height and 0 <= x + dx < width and labels[y + dy, x + dx] < num_slots:
+          slot = labels[y + dy, x + dx]
+          result[y, x, slot] = min(result[y, x, slot], np.tanh(squared[y, x, o] / 2))
+  return result
+
+
+def test_local_maps_from_stored_distances_match_loops():
+  """Both orientations of one stored pair against NumPy loops (window 2, 5x6 maps)."""
+  rng = np.random.default_rng(7)
+  first, second = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  labels = rng.integers(0, 4, (2, 5, 6)).astype(np.int32)
+  labels[0, 0, 0] = labels[1, 2, 3] = IGNORE_LABEL
+  distances = jax.jit(functools.partial(interactive.pair_distances, window=2, dilation=1))(
+      second, first)
+  np.testing.assert_allclose(distances, numpy_pair_distances(second, first, 2), rtol=1e-5)
+  maps = jax.jit(functools.partial(interactive.local_maps_from_distances, window=2,
+                                   dilation=1, num_slots=3))
+  # Frame `second` against its previous frame `first`, and `first` against `second`.
+  np.testing.assert_allclose(maps(distances, labels[0], False),
+                             numpy_local_maps(second, first, labels[0], 3, 2), atol=1e-5)
+  np.testing.assert_allclose(maps(distances, labels[1], True),
+                             numpy_local_maps(first, second, labels[1], 3, 2), atol=1e-5)
+
+
+def _corrected_session(model, variables, frames, **kwargs):
+  """frame-0 strokes propagated forward, then clicks on frame 3 propagated both ways."""
+  session = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2],
+                                           **kwargs)
+  session.add_scribble(0, 1, box(8, 6, 20, 16))
+  session.add_scribble(0, 2, [(25, 20)])
+  session.add_background_scribble(0, box(0, 0, 2, 29))
+  first = session.propagate(0, "forward")
+  session.add_scribble(3, 1, [(14, 12)])
+  session.add_background_scribble(3, [(28, 2)])
+  return first, session.propagate(3, "both"), session
+
+
+def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monkeypatch):
+  """A re-propagation (stored distances reused) gives the masks of a fresh session holding
+  the same references, of one that stores nothing, and of the chunked `segment` step."""
+  model, variables = setup
+  frames = make_frames(5)
+  _, again, session = _corrected_session(model, variables, frames)
+  fresh = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2])
+  fresh.add_scribble(0, 1, box(8, 6, 20, 16))
+  fresh.add_scribble(0, 2, [(25, 20)])
+  fresh.add_background_scribble(0, box(0, 0, 2, 29))
+  fresh.add_scribble(3, 1, [(14, 12)])
+  fresh.add_background_scribble(3, [(28, 2)])
+  np.testing.assert_array_equal(fresh.references, session.references)
+  np.testing.assert_array_equal(fresh.propagate(3, "both"), again)
+  _, uncached, nothing_kept = _corrected_session(model, variables, frames,
+                                                 distance_cache_bytes=0)
+  assert not nothing_kept._distance_cache
+  np.testing.assert_array_equal(uncached, again)
+  monkeypatch.setattr(interactive, "caches_distances", lambda model: False)
+  _, generic, _ = _corrected_session(model, variables, frames, object_buckets=(1,))
+  np.testing.assert_array_equal(generic, again)  # Two chunks of one object, via `segment`.
+  assert len(np.unique(again)) == 3
+
+
+def test_cfbi_options_use_the_generic_step(setup):
+  model, _ = setup
+  assert interactive.caches_distances(model)
+  for option in (dict(background_matching=True), dict(matching_bias=True),
+                 dict(local_windows=(1, 2)), dict(global_atrous_rate=2),
+                 dict(instance_attention=True)):
+    assert not interactive.caches_distances(model.clone(**option)), option

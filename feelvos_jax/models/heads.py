@@ -16,8 +16,10 @@ Dynamic segmentation head (scopes `embedding_seg/split_separable_conv2d_{n}` and
 pointwise 256) and a 1x1 conv to one logit, applied to each object slot with the same weights.
 Its input for one slot is concat[features (D), global matching map, previous-frame
 probability, local matching map] (D + 3 = 259 channels in the paper), in that order, as the
-official code concatenates them. Initialisers as DeepLab's split separable conv (truncated
-normal, stddev 0.33 depthwise, 0.06 pointwise) and its logits layer (stddev 0.01).
+official code concatenates them; FEELVOS's CFBI options append further maps
+(`FEELVOS.segment`) and may add instance-level attention gates (`DynamicSegmentationHead`).
+Initialisers as DeepLab's split separable conv (truncated normal, stddev 0.33 depthwise, 0.06
+pointwise) and its logits layer (stddev 0.01).
 
 `ObjectSegmentationHead` is the head under `nn.vmap` over the object axis: one set of
 parameters, features broadcast to every slot. Because a depthwise conv acts channel by channel
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from feelvos_jax.models.layers import same_padding
+from feelvos_jax.models.layers import depthwise_conv_same
 
 Initializer = Callable[..., jax.Array]
 
@@ -57,11 +59,9 @@ def identity_init(depthwise: bool, stddev: float = 0.03) -> Initializer:
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """[B, H, W, C] conv [k, k, 1, C] (one filter per channel, padded to keep H, W)."""
-  padding = same_padding(kernel.shape[0])
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=(padding, padding),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+  """[B, H, W, C] conv [k, k, 1, C] (one filter per channel, padded to keep H, W); shifted
+  sums on CPU, XLA's grouped convolution elsewhere (`layers.depthwise_conv_same`)."""
+  return depthwise_conv_same(x, kernel)
 
 
 class SeparableConvReLU(nn.Module):
@@ -71,6 +71,11 @@ class SeparableConvReLU(nn.Module):
   [1, 1, C, features], pointwise_bias [features], C the summed channels of the inputs. The
   inputs ([B, H, W, C_i], same B, H, W) are never concatenated: each group is convolved with
   its slice of the kernels and the pointwise contributions are summed.
+
+  Optional `gates` [B, C] scale the input channels (CFBI's instance-level attention). A
+  depthwise conv is linear per channel and a per-channel gate is constant over space, so the
+  gate multiplies the depthwise output before the bias: conv(g * x) = g * conv(x) (the zero
+  padding stays zero). An input shared by every object slot is thus convolved once.
   """
   features: int
   kernel_size: int = 3
@@ -79,8 +84,8 @@ class SeparableConvReLU(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, *inputs: jax.Array) -> jax.Array:
-    """inputs [B, H, W, C_i] -> [B, H, W, features]."""
+  def __call__(self, *inputs: jax.Array, gates: jax.Array | None = None) -> jax.Array:
+    """inputs [B, H, W, C_i] (gates [B, sum C_i] or None) -> [B, H, W, features]."""
     sizes = [x.shape[-1] for x in inputs]
     channels = sum(sizes)
     k = self.kernel_size
@@ -96,6 +101,8 @@ class SeparableConvReLU(nn.Module):
       start += size
       hidden = depthwise_conv(x.astype(self.dtype),
                               depthwise_kernel[..., group].astype(self.dtype))
+      if gates is not None:
+        hidden = hidden * gates[:, None, None, group].astype(self.dtype)
       hidden = nn.relu(hidden + depthwise_bias[group].astype(self.dtype))
       output = output + jnp.einsum("bhwc,cf->bhwf", hidden,
                                    pointwise_kernel[0, 0, group].astype(self.dtype))
@@ -117,25 +124,44 @@ class EmbeddingHead(nn.Module):
 
 
 class DynamicSegmentationHead(nn.Module):
-  """One object slot: (features [B, h, w, D], maps [B, h, w, 3]) -> logits [B, h, w].
+  """One object slot: (features [B, h, w, D], maps [B, h, w, M]) -> logits [B, h, w].
 
-  `object_maps` holds, in this order, the global matching map, the previous-frame probability
-  and the local matching map of the slot.
+  `object_maps` holds the slot's M matching maps; FEELVOS: the global matching map, the
+  previous-frame probability and the local matching map, in this order (M = 3); the CFBI
+  options of `FEELVOS` add maps after them (see `FEELVOS.segment`). The first layer's input
+  width D + M follows the inputs' shapes.
+
+  Instance-level attention (`guidance` [B, G] given, CFBI's collaborative ensembler gates):
+  before each separable layer i, the layer's input channels are scaled by
+  1 + tanh(Dense_i(guidance)) (CFBI's `IA_gate`), one Dense per layer (params `attention_{i}`,
+  shared by the slots, initialised at zero so that every gate starts at 1, i.e. the plain head).
+  CFBI also predicts its final logit layer from the guidance; here the logits layer stays fixed.
   """
   num_layers: int = 4
   channels: int = 256
   kernel_size: int = 7
   dtype: Any = jnp.float32
 
+  def _gates(self, index: int, guidance: jax.Array | None, channels: int) -> jax.Array | None:
+    """[B, channels] gates 1 + tanh(Dense(guidance)) of layer `index`, or None."""
+    if guidance is None:
+      return None
+    dense = nn.Dense(channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                     param_dtype=jnp.float32, name=f"attention_{index}")
+    return 1.0 + jnp.tanh(dense(guidance.astype(self.dtype)))
+
   @nn.compact
-  def __call__(self, features: jax.Array, object_maps: jax.Array) -> jax.Array:
+  def __call__(self, features: jax.Array, object_maps: jax.Array,
+               guidance: jax.Array | None = None) -> jax.Array:
     if self.num_layers < 1:
       raise ValueError(f"config.model.head_num_layers must be >= 1, got {self.num_layers}")
+    gates = self._gates(0, guidance, features.shape[-1] + object_maps.shape[-1])
     x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
-                          name="layer_0")(features, object_maps)
+                          name="layer_0")(features, object_maps, gates=gates)
     for index in range(1, self.num_layers):
+      gates = self._gates(index, guidance, self.channels)
       x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
-                            name=f"layer_{index}")(x)
+                            name=f"layer_{index}")(x, gates=gates)
     logits = nn.Conv(1, (1, 1), kernel_init=nn.initializers.truncated_normal(0.01),
                      dtype=self.dtype, param_dtype=jnp.float32, name="logits")(x)
     return logits[..., 0]
@@ -147,5 +173,14 @@ ObjectSegmentationHead = nn.vmap(
     split_rngs={"params": False},
     in_axes=(None, 3),
     out_axes=3)
-"""DynamicSegmentationHead over slots: (features [B, h, w, D], maps [B, h, w, K, 3]) ->
+"""DynamicSegmentationHead over slots: (features [B, h, w, D], maps [B, h, w, K, M]) ->
 logits [B, h, w, K], one set of weights shared by every slot."""
+
+GatedObjectSegmentationHead = nn.vmap(
+    DynamicSegmentationHead,
+    variable_axes={"params": None},
+    split_rngs={"params": False},
+    in_axes=(None, 3, 1),
+    out_axes=3)
+"""The same with instance-level attention: (features [B, h, w, D], maps [B, h, w, K, M],
+guidance [B, K, G]) -> logits [B, h, w, K]; same parameter names plus `attention_{i}`."""

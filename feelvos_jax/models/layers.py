@@ -7,14 +7,22 @@ For stride 1 and odd kernels that is TensorFlow's SAME padding; for stride 2 it 
 A stride-2 layer therefore maps a side of n pixels to ceil(n / 2), whatever the parity of n,
 and pretrained weights see their pixels aligned as in the code they were trained with.
 
+Depthwise convolutions (`DepthwiseConv`, made by `conv2d_same(depthwise_channels=C)`, and the
+heads' `depthwise_conv`) go through `depthwise_conv_same`: on CPU a sum of k x k shifted,
+per-channel-scaled slices with a custom gradient (XLA:CPU's grouped convolution is 4-18x
+slower forward and 3-5x slower backward here, `python -m benchmarks.layers`), elsewhere XLA's
+grouped convolution, chosen per platform when the computation is lowered.
+
 Batch norm: `ConvBN` and `SeparableConvBN` take `train` at call time; `train=True` normalises
 with the batch statistics and updates the running averages in the `batch_stats` collection,
 `train=False` uses the running averages and never writes them. FEELVOS decides what `train`
 means for its DeepLab part (see `feelvos.py`: frozen batch norm passes `train=False`).
 """
+import functools
 from typing import Any
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
@@ -29,11 +37,161 @@ def same_padding(kernel_size: int, rate: int = 1) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+def _tap(padded: jax.Array, i: int, j: int, stride: int, rate: int,
+         out_size: tuple[int, int]) -> jax.Array:
+  """padded[:, i*rate + stride*y, j*rate + stride*x, :] for y, x < out_size: [B, h, w, C]."""
+  height, width = out_size
+  return lax.slice(padded, (0, i * rate, j * rate, 0),
+                   (padded.shape[0], i * rate + (height - 1) * stride + 1,
+                    j * rate + (width - 1) * stride + 1, padded.shape[3]),
+                   (1, stride, stride, 1))
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], ...],
+                 stride: int, rate: int, out_size: tuple[int, int]) -> jax.Array:
+  """sum over taps (i, j) of `_tap(pad(x), i, j)` * kernel[i, j, 0, :]: [B, h, w, C].
+
+  x [B, H, W, C], kernel [k, k, 1, C]; `padding` ((top, bottom), (left, right)) with zeros;
+  out_size (h, w). Products and sum in float32 (on XLA:CPU one fused loop reading each
+  output's k*k inputs from cache), the result cast to x.dtype.
+  """
+  padded = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
+  weights = kernel.astype(jnp.float32)
+  total = None
+  for i in range(kernel.shape[0]):
+    for j in range(kernel.shape[1]):
+      term = (_tap(padded, i, j, stride, rate, out_size).astype(jnp.float32)
+              * weights[i, j, 0])
+      total = term if total is None else total + term
+  return total.astype(x.dtype)
+
+
+def _kernel_gradient(x: jax.Array, grad: jax.Array, padding: tuple[tuple[int, int], ...],
+                     stride: int, rate: int, kernel_size: int) -> jax.Array:
+  """d loss / d kernel [k, k, 1, C] of `_shifted_sum` given d loss / d output `grad`
+  [B, h, w, C]: entry (i, j, c) sums tap (i, j) times `grad` over batch and space."""
+  padded = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
+  grad = grad.astype(jnp.float32)
+  taps = [jnp.sum(_tap(padded, i, j, stride, rate, grad.shape[1:3]).astype(jnp.float32)
+                  * grad, axis=(0, 1, 2))
+          for i in range(kernel_size) for j in range(kernel_size)]
+  return jnp.stack(taps).reshape(kernel_size, kernel_size, 1, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                           rate: int = 1) -> jax.Array:
+  """`depthwise_conv_same` as k x k shifted, scaled slices summed (fast on XLA:CPU).
+
+  Its gradients are written out (custom VJP) in the same form: d/dx is the shifted sum of
+  the output gradient (spread by the stride) with the kernel flipped, d/dkernel one
+  reduction per tap; autodiff of the slices would pad a full-size array per tap instead.
+  """
+  padding = (same_padding(kernel.shape[0], rate),) * 2
+  out_size = (-(-x.shape[1] // stride), -(-x.shape[2] // stride))
+  return _shifted_sum(x, kernel, padding, stride, rate, out_size)
+
+
+def _shifted_forward(x, kernel, stride, rate):
+  return depthwise_conv_shifted(x, kernel, stride, rate), (x, kernel)
+
+
+def _shifted_backward(stride, rate, residuals, grad):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  before, after = same_padding(k, rate)
+  padding = ((before, after),) * 2
+  # d/dx: output y reads input y*s + i*rate - before, so input p receives grad[y] * kernel[i]
+  # for every such (y, i): the grad spread by the stride (s - 1 zeros between values), padded
+  # by `after` on top/left and up to H + k_eff - 1 rows/columns, then the shifted sum with
+  # the flipped kernel.
+  spread = [(after, size + before - 1 - (grad.shape[axis] - 1) * stride, stride - 1)
+            for axis, size in ((1, x.shape[1]), (2, x.shape[2]))]
+  spread_grad = lax.pad(grad.astype(x.dtype), jnp.zeros((), x.dtype),
+                        ((0, 0, 0), spread[0], spread[1], (0, 0, 0)))
+  dx = _shifted_sum(spread_grad, kernel[::-1, ::-1], ((0, 0), (0, 0)), 1, rate,
+                    tuple(x.shape[1:3]))
+  dkernel = _kernel_gradient(x, grad, padding, stride, rate, k)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+depthwise_conv_shifted.defvjp(_shifted_forward, _shifted_backward)
+
+
+def depthwise_conv_native(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                          rate: int = 1) -> jax.Array:
+  """`depthwise_conv_same` as XLA's grouped convolution (`feature_group_count` = C)."""
+  padding = same_padding(kernel.shape[0], rate)
+  return lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(stride, stride), padding=(padding, padding),
+      rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1])
+
+
+def depthwise_conv_same(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
+                        rate: int = 1) -> jax.Array:
+  """Depthwise conv with the padding of the module docstring, fastest form per platform.
+
+  Args:
+    x: [B, H, W, C].
+    kernel: [k, k, 1, C], one k x k filter per channel (cast to x.dtype).
+    stride: spatial stride.
+    rate: atrous (dilation) rate.
+
+  Returns:
+    [B, ceil(H / stride), ceil(W / stride), C] in x.dtype.
+
+  On CPU `depthwise_conv_shifted` (XLA:CPU's grouped convolution is about 10x slower than
+  k x k fused multiply-adds, and its kernel gradient slower still); elsewhere (GPU, TPU)
+  `depthwise_conv_native`. The choice is `lax.platform_dependent`, made when the
+  computation is lowered, so a multi-platform `jax.export` carries both.
+  """
+  if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or (
+      kernel.shape[2] != 1 or kernel.shape[3] != x.shape[3]):
+    raise ValueError(f"depthwise_conv_same: x must be [B, H, W, C] and kernel [k, k, 1, C], "
+                     f"got x {x.shape} and kernel {kernel.shape}")
+  if stride < 1 or rate < 1:
+    raise ValueError(f"depthwise_conv_same: stride and rate must be >= 1, got stride={stride} "
+                     f"rate={rate}")
+  return lax.platform_dependent(
+      x, kernel.astype(x.dtype),
+      cpu=functools.partial(depthwise_conv_shifted, stride=stride, rate=rate),
+      default=functools.partial(depthwise_conv_native, stride=stride, rate=rate))
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k conv (one filter per channel) by `depthwise_conv_same`.
+
+  Params as `nn.Conv` with `feature_group_count` = C (same names, shapes and initialisation,
+  so checkpoints and weight maps are shared): kernel [k, k, 1, C] and, with `use_bias`,
+  bias [C]. Computes in `dtype`; parameters stay float32.
+  """
+  kernel_size: int = 3
+  stride: int = 1
+  rate: int = 1
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), C]."""
+    channels = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init,
+                        (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
+    y = depthwise_conv_same(x.astype(self.dtype), kernel.astype(self.dtype),
+                            stride=self.stride, rate=self.rate)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32).astype(
+          self.dtype)
+    return y
+
+
 def conv2d_same(features: int, kernel_size: int = 1, *, stride: int = 1, rate: int = 1,
                 use_bias: bool = False, depthwise_channels: int | None = None,
                 dtype: Dtype = jnp.float32, kernel_init=nn.initializers.lecun_normal(),
-                name: str | None = None) -> nn.Conv:
-  """A square `nn.Conv` with the padding described in the module docstring.
+                name: str | None = None) -> nn.Module:
+  """A square conv with the padding described in the module docstring.
 
   Args:
     features: output channels (for a depthwise conv: the input channels).
@@ -42,17 +200,24 @@ def conv2d_same(features: int, kernel_size: int = 1, *, stride: int = 1, rate: i
     rate: atrous (dilation) rate.
     use_bias: add a bias (False before batch norm).
     depthwise_channels: if set, a depthwise conv over that many channels (one filter per
-      channel, kernel [k, k, 1, C]); `features` must equal it.
+      channel, kernel [k, k, 1, C]: a `DepthwiseConv`); `features` must equal it.
     dtype: computation dtype (parameters stay float32).
     kernel_init: kernel initialiser.
     name: submodule name.
+
+  Returns:
+    An `nn.Conv`, or for a depthwise conv a `DepthwiseConv` (same parameters; fast on CPU).
   """
+  if depthwise_channels is not None:
+    if features != depthwise_channels:
+      raise ValueError(f"conv2d_same {name!r}: a depthwise conv keeps the channels, but "
+                       f"features={features} != depthwise_channels={depthwise_channels}")
+    return DepthwiseConv(kernel_size, stride, rate, use_bias, dtype, kernel_init, name=name)
   padding = same_padding(kernel_size, rate)
   return nn.Conv(
       features=features, kernel_size=(kernel_size, kernel_size), strides=stride,
-      padding=(padding, padding), kernel_dilation=rate, use_bias=use_bias,
-      feature_group_count=depthwise_channels or 1, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=kernel_init, name=name)
+      padding=(padding, padding), kernel_dilation=rate, use_bias=use_bias, dtype=dtype,
+      param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
 
 
 class ConvBN(nn.Module):

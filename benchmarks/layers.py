@@ -1,0 +1,156 @@
+"""Depthwise convolution: XLA's grouped convolution against the shifted-sum form, same run.
+
+    cd /work/main && /work/venv/bin/python -m benchmarks.layers [--repeats=3] [--no_write]
+
+`layers.depthwise_conv_native` (`lax.conv_general_dilated`, `feature_group_count` = C, what
+the heads and `nn.Conv` used before) against `layers.depthwise_conv_shifted` (what
+`layers.depthwise_conv_same` runs on CPU), each jitted alone, median ms of --repeats calls:
+- the dynamic segmentation head's 7x7 at [2, 60, 108, 256] (the shape first measured),
+  float32 and bfloat16, forward and forward + backward (gradient of a sum of squares with
+  respect to input and kernel);
+- the other depthwise convs of the paper's model at 480x854 (forward): embedding head and
+  decoder 3x3 at stride 4, Xception's entry-flow stride-2 3x3 and middle-flow 3x3, ASPP's 3x3
+  at rate 6 on 2048 channels;
+- the whole dynamic segmentation head (`ObjectSegmentationHead`, the paper's 4 layers of 7x7
+  x 256, 1 object = 2 slots) at 480x854 (stride 4: 120 x 214) forward, and at 240x426 (60 x
+  107) forward and forward + backward (at 480p the native backward takes minutes here), with
+  each form in its depthwise convs (`heads.depthwise_conv_same` swapped for the native form
+  while the "native" row is traced).
+Prints a table and appends a dated section to BENCHMARKS.md.
+"""
+import argparse
+import functools
+import statistics
+import sys
+import time
+from typing import Any, Callable
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import machine
+from feelvos_jax.models import heads
+from feelvos_jax.models import layers
+
+# (what, input shape [B, H, W, C], kernel side, stride, rate, dtype, with backward)
+CONVS = [
+    ("head 7x7", (2, 60, 108, 256), 7, 1, 1, jnp.float32, True),
+    ("head 7x7", (2, 60, 108, 256), 7, 1, 1, jnp.bfloat16, True),
+    ("embedding/decoder 3x3, 480p", (1, 120, 214, 256), 3, 1, 1, jnp.float32, False),
+    ("Xception entry stride 2, 480p", (1, 240, 427, 128), 3, 2, 1, jnp.float32, False),
+    ("Xception middle 3x3, 480p", (1, 30, 54, 728), 3, 1, 1, jnp.float32, False),
+    ("ASPP 3x3 rate 6, 480p", (1, 30, 54, 2048), 3, 1, 6, jnp.float32, False),
+]
+
+
+def median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
+  """Median wall ms of `repeats` calls after one untimed (compiling) call."""
+  jax.block_until_ready(function(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(function(*args))
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def conv_rows(repeats: int) -> list[str]:
+  """Table rows of the single convolutions."""
+  rows = []
+  for what, shape, k, stride, rate, dtype, backward in CONVS:
+    keys = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(keys[0], shape, dtype)
+    kernel = jax.random.normal(keys[1], (k, k, 1, shape[-1]), dtype)
+    timings = {}
+    for name, form in (("native", layers.depthwise_conv_native),
+                       ("shifted", layers.depthwise_conv_shifted)):
+      conv = functools.partial(form, stride=stride, rate=rate)
+      timings[name, "forward"] = median_ms(jax.jit(conv), x, kernel, repeats=repeats)
+      if backward:
+        grad = jax.jit(jax.grad(
+            lambda x, kernel, conv=conv: jnp.sum(conv(x, kernel).astype(jnp.float32) ** 2),
+            argnums=(0, 1)))
+        timings[name, "backward"] = median_ms(grad, x, kernel, repeats=repeats)
+    line = (f"| {what} | {'x'.join(map(str, shape))} | {k}x{k} s{stride} r{rate} | "
+            f"{jnp.dtype(dtype).name} | {timings['native', 'forward']:.1f} | "
+            f"{timings['shifted', 'forward']:.1f} | "
+            f"{timings['native', 'forward'] / timings['shifted', 'forward']:.1f} |")
+    if backward:
+      line += (f" {timings['native', 'backward']:.0f} | {timings['shifted', 'backward']:.0f} | "
+               f"{timings['native', 'backward'] / timings['shifted', 'backward']:.1f} |")
+    else:
+      line += " | | |"
+    rows.append(line)
+    print(line, flush=True)
+  return rows
+
+
+def head_row(repeats: int, frame: str, height: int, width: int, backward: bool,
+             slots: int = 2) -> str:
+  """Table row of the paper's dynamic segmentation head, native against shifted convs."""
+  head = heads.ObjectSegmentationHead(num_layers=4, channels=256, kernel_size=7)
+  rng = np.random.default_rng(0)
+  features = jnp.asarray(rng.normal(size=(1, height, width, 256)), jnp.float32)
+  maps = jnp.asarray(rng.random((1, height, width, slots, 3)), jnp.float32)
+  variables = jax.jit(head.init)(jax.random.PRNGKey(0), features, maps)
+
+  def loss(variables, features, maps):
+    return jnp.sum(head.apply(variables, features, maps) ** 2)
+
+  timings = {}
+  for name, form in (("native", layers.depthwise_conv_native),
+                     ("shifted", layers.depthwise_conv_shifted)):
+    # Traced (at the first call) with the heads' depthwise convs in this form.
+    with mock.patch.object(heads, "depthwise_conv_same", form):
+      timings[name, "forward"] = median_ms(jax.jit(head.apply), variables, features, maps,
+                                           repeats=repeats)
+      if backward:
+        timings[name, "backward"] = median_ms(jax.jit(jax.grad(loss)), variables, features,
+                                              maps, repeats=repeats)
+  row = (f"| dynamic segmentation head (4 x 7x7, 256), {frame} frame, {slots} slots | "
+         f"1x{height}x{width}x256 | 7x7 s1 r1 | float32 | "
+         f"{timings['native', 'forward']:.0f} | {timings['shifted', 'forward']:.0f} | "
+         f"{timings['native', 'forward'] / timings['shifted', 'forward']:.1f} |")
+  if backward:
+    row += (f" {timings['native', 'backward']:.0f} | {timings['shifted', 'backward']:.0f} | "
+            f"{timings['native', 'backward'] / timings['shifted', 'backward']:.1f} |")
+  else:
+    row += " | | |"
+  print(row, flush=True)
+  return row
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=3, help="Timed calls per figure.")
+  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  args = parser.parse_args()
+
+  load_before = machine.load_average()
+  rows = conv_rows(args.repeats) + [
+      head_row(args.repeats, "480x854", 120, 214, backward=False),
+      head_row(args.repeats, "240x427", 60, 107, backward=True)]
+  lines = [
+      f"- Load average (1 / 5 / 15 min) at the start: {load_before} (2 cores shared with other "
+      "agents: figures are indicative, the ratios are taken within this run).",
+      "- native = `lax.conv_general_dilated` with feature_group_count = C (before); shifted = "
+      "`layers.depthwise_conv_shifted`, k x k shifted slices summed, custom VJP (after; what "
+      "`layers.depthwise_conv_same` runs on CPU). Median ms of "
+      f"{args.repeats} jitted calls; backward = gradient of sum(out^2) in input and kernel "
+      "(forward included).",
+      "",
+      "| conv | input | kernel | dtype | native fwd ms | shifted fwd ms | speed-up | "
+      "native fwd+bwd ms | shifted fwd+bwd ms | speed-up |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ] + rows
+  command = f"cd /work/main && {sys.executable} -m benchmarks.layers {' '.join(sys.argv[1:])}"
+  if args.no_write:
+    print(machine.section_text("Depthwise convolution on CPU", lines, command))
+  else:
+    print(machine.append_section("Depthwise convolution on CPU", lines, command))
+
+
+if __name__ == "__main__":
+  main()
