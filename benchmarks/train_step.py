@@ -1,51 +1,34 @@
 """Compiled FEELVOS train-step time per backbone, and the synthetic demo's step beside its input.
 
     cd /work/main && /work/venv/bin/python -m benchmarks.train_step \\
-        [--backbones=tiny,resnet50,xception65] [--crop=465] [--batch=1] [--steps=5]
+        [--backbones=tiny,resnet50,xception65] [--crop=465] [--batch=1] [--steps=5] \\
+        [--depthwise=platform|both]
 
 For each backbone: the paper's config (configs/common.py) with that backbone, crops of
 --crop x --crop and --batch samples per device (each sample is 3 frames), on random inputs.
 Reports the compile time and the median wall time of --steps compiled steps (after one
 untimed step). Then configs/synthetic.py as it trains (tiny backbone, its crop and batch) with
-the rate of its input pipeline (synthetic_vos/small, frames decoded lazily) beside it. Prints
-a table and appends a dated section to BENCHMARKS.md.
+the rate of its input pipeline (synthetic_vos/small, frames decoded lazily) beside it. With
+--depthwise=both every row is also timed with XLA's grouped depthwise convolution forced, in
+the same process (the A/B of `layers.depthwise_conv_same`). Prints a table and appends a dated
+section to BENCHMARKS.md.
 """
 import argparse
-import datetime
-import os
-import pathlib
-import platform
+import contextlib
 import resource
 import statistics
 import time
 
 import jax
-import numpy as np
 
 from benchmarks import machine
 from configs import common
 from configs import synthetic
-from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
 from feelvos_jax import sharding
 from feelvos_jax import train
-
-_BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-
-
-def _random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
-  """config.batch_size samples of random frames and labels with max_objects objects each."""
-  rng = np.random.default_rng(seed)
-  height, width = config.dataset.crop_size
-  size = config.batch_size
-  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
-           for name in ("reference_frame", "previous_frame", "current_frame")}
-  for name in ("reference_labels", "previous_labels", "current_labels"):
-    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
-    labels[rng.random(labels.shape) < 0.05] = IGNORE_LABEL
-    batch[name] = labels.astype(np.int32)
-  batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
-  return batch
+from feelvos_jax.models import heads
+from feelvos_jax.models import layers
 
 
 def time_train_step(config, steps: int) -> dict[str, float]:
@@ -53,7 +36,7 @@ def time_train_step(config, steps: int) -> dict[str, float]:
   mesh = sharding.create_mesh(config.mesh)
   model = models.build_model(config.model)
   state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
-  batch = sharding.global_batch(_random_batch(config), mesh)
+  batch = sharding.global_batch(train.random_batch(config), mesh)
   start = time.perf_counter()
   step_fn = train.compile_train_step(config, state, mesh).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -91,6 +74,26 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+@contextlib.contextmanager
+def _depthwise_form(form: str):
+  """Runs the block with every depthwise conv in `form`: "platform" (as shipped:
+  `layers.depthwise_conv_same`, shifted slices on CPU) or "native" (XLA's grouped
+  convolution forced, for an A/B in one process)."""
+  if form == "platform":
+    yield
+    return
+  shipped = layers.depthwise_conv_same
+
+  def native(x, kernel, *, stride=1, rate=1):
+    return layers.depthwise_conv_native(x, kernel, stride, rate)
+
+  layers.depthwise_conv_same = heads.depthwise_conv_same = native
+  try:
+    yield
+  finally:
+    layers.depthwise_conv_same = heads.depthwise_conv_same = shipped
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--backbones", default="tiny,resnet50,xception65",
@@ -100,53 +103,53 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="Timed steps per row.")
   parser.add_argument("--input_batches", type=int, default=50,
                       help="Timed input-pipeline batches for the synthetic row (0 skips it).")
+  parser.add_argument("--depthwise", default="platform", choices=("platform", "both"),
+                      help="'both': every row also with XLA's grouped depthwise convolution "
+                           "forced (A/B of layers.depthwise_conv_same in one process).")
   parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
   args = parser.parse_args()
+  forms = ("platform",) if args.depthwise == "platform" else ("platform", "native")
 
-  rows = []
+  configs = []
   for backbone in filter(None, args.backbones.split(",")):
     config = common.get_base_config()
     config.model.backbone = backbone
     config.dataset.crop_size = (args.crop, args.crop)
     config.batch_size = args.batch * jax.device_count()
-    result = time_train_step(config, args.steps)
-    rows.append((f"{backbone}, paper config", f"{args.crop}x{args.crop}", config.batch_size,
-                 result, "", _peak_rss_gib()))
-    print(rows[-1], flush=True)
-  config = synthetic.get_config()
-  result = time_train_step(config, args.steps)
-  pipeline = (f"{input_batches_per_second(config, args.input_batches):.1f} batches/s"
-              if args.input_batches else "")
-  crop = "x".join(str(size) for size in config.dataset.crop_size)
-  rows.append(("tiny, configs/synthetic.py", crop, config.batch_size, result, pipeline,
-               _peak_rss_gib()))
+    configs.append((f"{backbone}, paper config", config))
+  configs.append(("tiny, configs/synthetic.py", synthetic.get_config()))
+
+  rows = []
+  for name, config in configs:
+    for form in forms:
+      with _depthwise_form(form):
+        result = time_train_step(config, args.steps)
+      pipeline = ""
+      if name.endswith("synthetic.py") and args.input_batches and form == "platform":
+        pipeline = f"{input_batches_per_second(config, args.input_batches):.1f} batches/s"
+      crop = "x".join(str(size) for size in config.dataset.crop_size)
+      rows.append((name, form, crop, config.batch_size, result, pipeline, _peak_rss_gib()))
+      print(rows[-1], flush=True)
 
   command = "cd /work/main && /work/venv/bin/python -m benchmarks.train_step " + " ".join(
-      f"--{name}={getattr(args, name)}" for name in ("backbones", "crop", "batch", "steps"))
+      f"--{name}={getattr(args, name)}"
+      for name in ("backbones", "crop", "batch", "steps", "depthwise"))
   lines = [
-      f"## Train step, {datetime.date.today().isoformat()}",
+      f"- {jax.device_count()} JAX device(s) ({jax.devices()[0].platform}). Median wall time of "
+      "compiled steps (one untimed step first); batch = samples of 3 frames; peak RSS of the "
+      "process so far. Depthwise: `platform` = as shipped (`layers.depthwise_conv_same`: "
+      "shifted slices on CPU), `native` = XLA's grouped convolution forced.",
       "",
-      f"- Machine: {machine.cpu_model()}, {os.cpu_count()} CPU cores visible (shared with other "
-      f"jobs), {jax.device_count()} JAX device(s) ({jax.devices()[0].platform}), Python "
-      f"{platform.python_version()}",
-      f"- Versions: JAX {jax.__version__}",
-      f"- Command: `{command}`",
-      "- Median wall time of compiled steps (one untimed step first); batch = samples of 3 "
-      "frames; peak RSS of the process so far.",
-      "",
-      "| model | crop | batch | compile s | step s | steps/s | examples/s | input pipeline "
-      "| peak RSS GiB |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "| model | depthwise | crop | batch | compile s | step s | steps/s | examples/s "
+      "| input pipeline | peak RSS GiB |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for name, crop_text, batch, result, pipeline, rss in rows:
-    lines.append(f"| {name} | {crop_text} | {batch} | {result['compile_s']:.1f} | "
+  for name, form, crop_text, batch, result, pipeline, rss in rows:
+    lines.append(f"| {name} | {form} | {crop_text} | {batch} | {result['compile_s']:.1f} | "
                  f"{result['step_s']:.3f} | {result['steps_per_s']:.3g} | "
                  f"{result['examples_per_s']:.3g} | {pipeline} | {rss:.1f} |")
-  report = "\n".join(lines + [""])
-  print(report)
-  if not args.no_write:
-    with open(_BENCHMARKS_FILE, "a") as benchmarks:
-      benchmarks.write("\n" + report)
+  write = machine.section_text if args.no_write else machine.append_section
+  print(write("Train step", lines, command))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,24 @@ TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_l
 """The batch entries the train step reads (the input pipeline may add more)."""
 
 
+def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+  """A global batch in the `TRAIN_KEYS` layout with random content, for smoke tests and
+  benchmarks: config.batch_size samples of uniform random uint8 frames of
+  config.dataset.crop_size, labels uniform in 0..config.model.max_objects with 10% of the
+  pixels IGNORE_LABEL, and num_objects = max_objects."""
+  rng = np.random.default_rng(seed)
+  height, width = config.dataset.crop_size
+  size = config.batch_size
+  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
+           for name in ("reference_frame", "previous_frame", "current_frame")}
+  for name in ("reference_labels", "previous_labels", "current_labels"):
+    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
+    labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
+    batch[name] = labels.astype(np.int32)
+  batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
+  return batch
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a resumed run needs: `step` counts the updates done (= batches consumed)."""

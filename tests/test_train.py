@@ -70,21 +70,6 @@ def fake_videos(num_videos=3, num_frames=4, height=36, width=40, seed=0):
   })
 
 
-def random_batch(config, seed=0):
-  """A global batch of random frames/labels with config.model.max_objects objects each."""
-  rng = np.random.default_rng(seed)
-  height, width = config.dataset.crop_size
-  size = config.batch_size
-  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
-           for name in ("reference_frame", "previous_frame", "current_frame")}
-  for name in ("reference_labels", "previous_labels", "current_labels"):
-    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
-    labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
-    batch[name] = labels.astype(np.int32)
-  batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
-  return batch
-
-
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Identical train steps compile once: later runs read the session's persistent cache."""
@@ -171,7 +156,8 @@ def _one_step(config, state, batch, devices):
 @pytest.fixture(scope="module")
 def single_device_step(initial_state):
   config = tiny_config()
-  state, metrics = _one_step(config, initial_state, random_batch(config), jax.devices()[:1])
+  state, metrics = _one_step(config, initial_state, train.random_batch(config),
+                             jax.devices()[:1])
   return numpy_state(state), metrics
 
 
@@ -180,7 +166,7 @@ def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_s
   config = tiny_config()
   config.mesh.fsdp = fsdp
   assert len(jax.devices()) == 8
-  state, metrics = _one_step(config, initial_state, random_batch(config), jax.devices())
+  state, metrics = _one_step(config, initial_state, train.random_batch(config), jax.devices())
   expected_state, expected_metrics = single_device_step
   for name, value in expected_metrics.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
