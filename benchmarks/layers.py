@@ -20,10 +20,7 @@ Prints a table and appends a dated section to BENCHMARKS.md.
 """
 import argparse
 import functools
-import statistics
 import sys
-import time
-from typing import Any, Callable
 from unittest import mock
 
 import jax
@@ -45,17 +42,6 @@ CONVS = [
 ]
 
 
-def median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
-  """Median wall ms of `repeats` calls after one untimed (compiling) call."""
-  jax.block_until_ready(function(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(function(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
-
-
 def conv_rows(repeats: int) -> list[str]:
   """Table rows of the single convolutions."""
   rows = []
@@ -67,12 +53,12 @@ def conv_rows(repeats: int) -> list[str]:
     for name, form in (("native", layers.depthwise_conv_native),
                        ("shifted", layers.depthwise_conv_shifted)):
       conv = functools.partial(form, stride=stride, rate=rate)
-      timings[name, "forward"] = median_ms(jax.jit(conv), x, kernel, repeats=repeats)
+      timings[name, "forward"] = machine.median_ms(jax.jit(conv), x, kernel, repeats=repeats)
       if backward:
         grad = jax.jit(jax.grad(
             lambda x, kernel, conv=conv: jnp.sum(conv(x, kernel).astype(jnp.float32) ** 2),
             argnums=(0, 1)))
-        timings[name, "backward"] = median_ms(grad, x, kernel, repeats=repeats)
+        timings[name, "backward"] = machine.median_ms(grad, x, kernel, repeats=repeats)
     line = (f"| {what} | {'x'.join(map(str, shape))} | {k}x{k} s{stride} r{rate} | "
             f"{jnp.dtype(dtype).name} | {timings['native', 'forward']:.1f} | "
             f"{timings['shifted', 'forward']:.1f} | "
@@ -104,11 +90,11 @@ def head_row(repeats: int, frame: str, height: int, width: int, backward: bool,
                      ("shifted", layers.depthwise_conv_shifted)):
     # Traced (at the first call) with the heads' depthwise convs in this form.
     with mock.patch.object(heads, "depthwise_conv_same", form):
-      timings[name, "forward"] = median_ms(jax.jit(head.apply), variables, features, maps,
-                                           repeats=repeats)
+      timings[name, "forward"] = machine.median_ms(jax.jit(head.apply), variables, features,
+                                                   maps, repeats=repeats)
       if backward:
-        timings[name, "backward"] = median_ms(jax.jit(jax.grad(loss)), variables, features,
-                                              maps, repeats=repeats)
+        timings[name, "backward"] = machine.median_ms(jax.jit(jax.grad(loss)), variables,
+                                                      features, maps, repeats=repeats)
   row = (f"| dynamic segmentation head (4 x 7x7, 256), {frame} frame, {slots} slots | "
          f"1x{height}x{width}x256 | 7x7 s1 r1 | float32 | "
          f"{timings['native', 'forward']:.0f} | {timings['shifted', 'forward']:.0f} | "

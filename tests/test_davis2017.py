@@ -164,7 +164,8 @@ def test_greyscale_and_cmyk_jpegs_decode_to_rgb(davis, tmp_path):
   with Image.open(folder / "00002.jpg") as image:
     assert image.mode == "CMYK"
     expected_cmyk = np.array(image.convert("RGB"), dtype=float)
-  decoded = builder_checks.examples(_build(root, tmp_path / "data"), "train")["train_a"]["video"]["frames"]
+  examples = builder_checks.examples(_build(root, tmp_path / "data"), "train")
+  decoded = examples["train_a"]["video"]["frames"]
   assert decoded.shape == frames.shape
   expected_grey = np.repeat(np.array(grey, dtype=float)[..., None], 3, axis=-1)
   assert np.abs(decoded[1] - expected_grey).mean() < builder_checks.MAX_MEAN_JPEG_ERROR

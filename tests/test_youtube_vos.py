@@ -38,7 +38,8 @@ def test_both_releases_decode_to_the_written_ground_truth(tmp_path, caplog):
   builder_checks.assert_matches(builder, truth_2018)
   assert "2 videos; 16 of 22 frames have no annotation PNG" in caplog.text  # train
   assert "2 videos; 18 of 22 frames have no annotation PNG" in caplog.text  # validation
-  builder_checks.assert_matches(_build(tmp_path / "release_2019", tmp_path / "data", "2019"), truth_2019)
+  builder_checks.assert_matches(_build(tmp_path / "release_2019", tmp_path / "data", "2019"),
+                                truth_2019)
 
 
 @pytest.fixture
