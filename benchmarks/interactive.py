@@ -11,7 +11,8 @@ Random weights (speed does not depend on them) and the synthetic video of
 - first pass: a new session (embed all frames, kept on the device) plus, after a scribble
   through each object on frame 0 and a background scribble, `propagate(0, 'forward')`;
 - re-propagation: after a click on each object and one on the background at a middle frame,
-  `propagate(frame, 'both')` (all T frames again, matching + head only); the median over
+  `propagate(frame, 'both')` (all T frames again: global matching, the label-dependent part
+  of local matching and the slot-dependent part of the head); the median over
   `--repeats` rounds, each with new clicks on another frame;
 - the ratio first pass / re-propagation (the target is >= 5), ms per frame of the step, and
   the memory the session keeps (features + embeddings, `embedding_bytes`).
@@ -19,10 +20,6 @@ tiny uses configs/synthetic.py, xception65 configs/davis.py (the paper's model, 
 16). Prints a table and appends a dated section to BENCHMARKS.md with the machine's load.
 """
 import argparse
-import datetime
-import os
-import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +33,6 @@ from benchmarks import inference as inference_benchmark
 from benchmarks import machine
 from feelvos_jax import interactive
 
-_BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 # The model set-up (configs, random weights) of the inference benchmark.
 _setup = inference_benchmark._setup  # pylint: disable=protected-access
 
@@ -118,6 +114,7 @@ def run_backbone(backbone: str, num_frames: int, height: int, width: int, num_ob
       "ratio": first / repropagate, "step_ms": 1000 * repropagate / num_frames,
       "kept_mib": session.embedding_bytes / 2**20,
       "distances_mib": session.distance_bytes / 2**20,
+      "head_mib": session.feature_part_bytes / 2**20,
       "rss_mib": psutil.Process().memory_info().rss / 2**20,
   }
 
@@ -132,7 +129,7 @@ def main() -> None:
   parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
   args = parser.parse_args()
 
-  load_before = os.getloadavg()
+  load_before = machine.load_average()
   rows = []
   for entry in args.videos.split(","):
     backbone, video = entry.split("=")
@@ -140,19 +137,11 @@ def main() -> None:
     result = run_backbone(backbone, num_frames, height, width, args.objects, args.repeats)
     rows.append((backbone, f"{height}x{width}", num_frames, args.objects, result))
     print(rows[-1], flush=True)
-  load_after = os.getloadavg()
+  load_after = machine.load_average()
 
-  device = jax.local_devices()[0]
   lines = [
-      f"## Interactive segmentation, {datetime.date.today().isoformat()}",
-      "",
-      f"- Machine: {device.platform} backend ({device.device_kind}); host "
-      f"{machine.cpu_model()}, {os.cpu_count()} CPU cores visible, "
-      f"Python {platform.python_version()}; shared with other agents: load average (1 min) "
-      f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end",
-      f"- Versions: JAX {jax.__version__}",
-      f"- Command: `cd /work/main && {sys.executable} -m benchmarks.interactive "
-      f"{' '.join(sys.argv[1:])}`",
+      f"- Load average (1 / 5 / 15 min), shared with other agents: {load_before} at the "
+      f"start, {load_after} at the end.",
       "- Random weights; tiny = configs/synthetic.py model, xception65 = configs/davis.py "
       "(paper) model, output stride 16; synthetic video of benchmarks/inference.py. first "
       "pass = new session (embed all frames) + strokes on frame 0 + propagate(0, 'forward'); "
@@ -161,26 +150,28 @@ def main() -> None:
       "re-propagation per frame; cold first pass = the first pass of the process's first "
       "session on these shapes (compilation included; its re-propagations compile too, "
       "untimed); kept = features + embeddings of the session; distances = its stored "
-      "local-matching distances (`interactive.pair_distances`, filled by the first pass, "
-      "reused after); RSS = process RSS after the row (rows run in order). "
+      "local-matching distances (`interactive.pair_distances`) and head = its stored feature "
+      "parts of the head's first layer (`interactive.head_feature_part`), both filled by the "
+      "first pass and reused after; RSS = process RSS after the row (rows run in order). "
       "Timings on a shared, loaded machine are noisy.",
       "",
       "| backbone | frame | frames | objects | cold first pass s | embed s | propagate s "
       "| first pass s | re-propagation s | ratio | step ms/frame | kept MiB | distances MiB "
-      "| RSS MiB |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "| head MiB | RSS MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for backbone, frame, num_frames, num_objects, r in rows:
     lines.append(
         f"| {backbone} | {frame} | {num_frames} | {num_objects} | {r['cold']:.1f} | "
         f"{r['embed']:.2f} | {r['propagate']:.2f} | {r['first']:.2f} | {r['again']:.2f} | "
         f"{r['ratio']:.2f} | {r['step_ms']:.0f} | {r['kept_mib']:.0f} | "
-        f"{r['distances_mib']:.0f} | {r['rss_mib']:.0f} |")
-  report = "\n".join(lines) + "\n"
-  print(report)
-  if not args.no_write:
-    with open(_BENCHMARKS_FILE, "a") as benchmarks:
-      benchmarks.write("\n" + report)
+        f"{r['distances_mib']:.0f} | {r['head_mib']:.0f} | {r['rss_mib']:.0f} |")
+  command = (f"cd /work/main && {sys.executable} -m benchmarks.interactive "
+             f"{' '.join(sys.argv[1:])}").rstrip()
+  if args.no_write:
+    print(machine.section_text("Interactive segmentation", lines, command))
+  else:
+    print(machine.append_section("Interactive segmentation", lines, command))
 
 
 if __name__ == "__main__":

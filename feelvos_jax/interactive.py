@@ -48,12 +48,16 @@ scribble for any other id is refused.
 - What does not depend on the references is computed once and kept: besides the embeddings,
   the squared embedding distances of local matching, `pair_distances` [h, w, (2k+1)^2] of
   each pair of neighbouring frames (t, t-1) (read from the other side for a backward step,
-  `local_maps_from_distances`) and of each frame of interaction with itself. A step then
-  runs global matching against the P reference pixels, the label-dependent minimum of local
-  matching, and the head over all slots at once (`cached_step`): the same maps and logits as
-  `FEELVOS.segment`. The stored distances are bounded by `distance_cache_bytes` (pairs
-  beyond it are recomputed when needed): h x w x (2k+1)^2 x 4 bytes a pair, 6480 x 961 x 4 =
-  25 MB at 240x432 with the paper's k = 15, 100 MB at 480x864.
+  `local_maps_from_distances`) and of each frame of interaction with itself; and per frame
+  the part of the head's first layer that depends on the features alone
+  (`head_feature_part`: its depthwise conv, ReLU and pointwise conv of the D feature
+  channels, the same for every slot). A step then runs global matching against the P
+  reference pixels, the label-dependent minimum of local matching, and the rest of the head
+  over all slots at once (`cached_step`): the same maps and logits as `FEELVOS.segment`. The
+  stored distances are bounded by `distance_cache_bytes` (pairs beyond it are recomputed
+  when needed): h x w x (2k+1)^2 x 4 bytes a pair, 6480 x 961 x 4 = 25 MB at 240x432 with
+  the paper's k = 15, 100 MB at 480x864; the feature parts by `head_cache_bytes`:
+  h x w x head_channels x 4 bytes a frame (6.6 MB at 240x432 with 256 channels).
   Models with CFBI matching options, PML or sharded matching (`caches_distances` False) run
   `interactive_step` instead: `propagation.segment_logits` on the stored embeddings, object
   slots chunked by `object_buckets`.
@@ -80,6 +84,7 @@ from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import losses
 from feelvos_jax import matching
 from feelvos_jax import propagation
+from feelvos_jax.models import heads
 
 MIN_REFERENCE_PIXELS = 256
 """Smallest reference bucket: P is padded to max(this, the next power of two)."""
@@ -89,6 +94,16 @@ DIRECTIONS = ("forward", "backward", "both")
 
 DISTANCE_CACHE_BYTES = 2**30
 """Default bound of the stored local-matching distances of a session (1 GiB)."""
+
+HEAD_CACHE_BYTES = 2**30
+"""Default bound of the stored feature parts of the head's first layer (1 GiB)."""
+
+GLOBAL_CHUNK_ELEMENTS = 2**24
+"""Distances [chunk, P] of one chunk of a step's global matching: at most this many (64 MiB
+float32), unless the model's own `matching_chunk_size` is larger (`global_chunk_size`)."""
+
+HEAD_MAPS = 3
+"""Matching maps per slot of the plain FEELVOS head: global, previous probability, local."""
 
 
 def embed_frames(model: nn.Module, variables: Any, features: jax.Array, embeddings: jax.Array,
@@ -260,16 +275,21 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
     """[h, w, num_slots]: per slot, the minimum over the offsets (dy, every dx)."""
     top = dy_index * dilation
     label_rows = lax.dynamic_slice_in_dim(labels, top, height, axis=0)
-    distance_rows = lax.dynamic_slice_in_dim(distances, dy_index * side, side, axis=2)
+    if padded is None:
+      distance_rows = lax.dynamic_slice_in_dim(distances, dy_index * side, side, axis=2)
+    else:
+      # Backward: entry (p + o, O - 1 - o), padded with inf. The opposite entries of this
+      # dy's offsets are one contiguous range: O - 1 - (dy side + dx) = first + side - 1 - dx.
+      distance_rows = lax.dynamic_slice(padded, (top, 0, count - (dy_index + 1) * side),
+                                        (height, width + 2 * reach, side))
     best = []
     for dx_index in range(side):
       left = dx_index * dilation
       neighbour_labels = label_rows[:, left:left + width]
-      if padded is not None:  # Backward: entry (p + o, O - 1 - o), padded with inf.
-        opposite = count - 1 - (dy_index * side + dx_index)
-        squared = lax.dynamic_slice(padded, (top, left, opposite), (height, width, 1))[..., 0]
-      else:
+      if padded is None:
         squared = distance_rows[..., dx_index]
+      else:
+        squared = distance_rows[:, left:left + width, side - 1 - dx_index]
       best.append(jnp.stack([jnp.where(neighbour_labels == slot, squared, jnp.inf)
                              for slot in range(num_slots)], axis=-1))
     return functools.reduce(jnp.minimum, best)
@@ -284,16 +304,59 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
   return matching.distance_from_squared(squared)
 
 
-def cached_step(model: nn.Module, variables: Any, state: propagation.State,
+def segmentation_head(model: nn.Module) -> heads.DynamicSegmentationHead:
+  """The dynamic segmentation head of one slot, as `FEELVOS` builds it (its parameters are
+  the model's `params['segmentation_head']`, shared by the slots)."""
+  return heads.DynamicSegmentationHead(num_layers=model.head_num_layers,
+                                       channels=model.head_channels,
+                                       kernel_size=model.head_kernel_size, dtype=model.dtype)
+
+
+def head_feature_part(model: nn.Module, head_variables: Any, features: jax.Array,
+                      frame: jax.Array) -> jax.Array:
+  """The part of the head's first layer that depends on a frame's features alone.
+
+  Args:
+    model: the FEELVOS module.
+    head_variables: {'params': the model's params['segmentation_head']}.
+    features: [Tp, h, w, D] the session's features.
+    frame: int32 scalar.
+
+  Returns:
+    [1, h, w, head_channels] in the compute dtype: the pointwise bias plus the features'
+    depthwise -> ReLU -> pointwise contribution (`DynamicSegmentationHead`'s
+    `feature_part_only`), the same for every slot and every propagation.
+  """
+  frame_features = lax.dynamic_index_in_dim(features, frame, keepdims=True)
+  maps = jnp.zeros(frame_features.shape[:-1] + (HEAD_MAPS,), model.dtype)
+  return segmentation_head(model).apply(head_variables, frame_features, maps,
+                                        feature_part_only=True)
+
+
+def global_chunk_size(model: nn.Module, reference_pixels: int) -> Optional[int]:
+  """Query pixels per chunk of a step's global matching against P reference pixels: the
+  model's `matching_chunk_size`, raised while a chunk's distances ([chunk, P] float32) stay
+  within `GLOBAL_CHUNK_ELEMENTS` (clicks and scribbles give small P: fewer, larger chunks).
+  The matching maps do not depend on it (`matching.global_matching`)."""
+  if model.matching_chunk_size is None:
+    return None
+  return max(model.matching_chunk_size, GLOBAL_CHUNK_ELEMENTS // reference_pixels)
+
+
+def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
                 features: jax.Array, embeddings: jax.Array, frame: jax.Array,
-                distances: jax.Array, backward: jax.Array, num_objects: jax.Array,
+                feature_part: jax.Array, distances: jax.Array, backward: jax.Array,
+                num_objects: jax.Array,
                 valid_size: jax.Array) -> tuple[propagation.State, jax.Array]:
-  """`interactive_step` with local matching read from stored `pair_distances`.
+  """`interactive_step` with what does not depend on the references computed beforehand.
 
   The same segmentation as `FEELVOS.segment` (plain FEELVOS matching: global against the
   reference pixels, local against the previous frame, the head over every slot at once),
   but the label-independent part of local matching (`distances`, see
-  `local_maps_from_distances` for `backward`) comes in computed once per pair of frames.
+  `local_maps_from_distances` for `backward`) comes in computed once per pair of frames and
+  the features' part of the head's first layer (`feature_part`, `head_feature_part`) once
+  per frame. `head_variables` = {'params': the model's params['segmentation_head']}; the
+  frame's features only set the head's shapes.
 
   Returns:
     (state with this frame as previous frame, labels [Hp, Wp] int32 slots, IGNORE_LABEL on
@@ -304,13 +367,21 @@ def cached_step(model: nn.Module, variables: Any, state: propagation.State,
   frame_embeddings = lax.dynamic_index_in_dim(embeddings, frame, keepdims=False)
   global_maps = matching.global_matching(
       frame_embeddings.astype(jnp.float32), state["reference_embedding"].astype(jnp.float32),
-      state["reference_labels"], num_slots, chunk_size=model.matching_chunk_size)
+      state["reference_labels"], num_slots,
+      chunk_size=global_chunk_size(model, state["reference_labels"].shape[-1]))
   local_maps = local_maps_from_distances(
       distances, state["previous_labels"], backward, window=model.window,
       dilation=model.dilation, num_slots=num_slots)
   object_maps = jnp.stack([global_maps, state["previous_probs"], local_maps], axis=-1)
-  logits = model.apply(variables, frame_features, object_maps[None].astype(model.dtype),
-                       method=lambda module, f, maps: module.segmentation_head(f, maps))[0]
+  head = segmentation_head(model)
+
+  def slot_logits(maps: jax.Array) -> jax.Array:
+    """[1, h, w, HEAD_MAPS] -> [1, h, w] logits of one slot."""
+    return head.apply(head_variables, frame_features, maps, feature_part=feature_part)
+
+  # As the model's `nn.vmap` over the slots: one set of weights, features broadcast.
+  logits = jax.vmap(slot_logits, in_axes=3, out_axes=3)(
+      object_maps[None].astype(model.dtype))[0]
   present = jnp.arange(num_slots) <= num_objects
   logits = jnp.where(present, logits.astype(jnp.float32), -jnp.inf)
   height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
@@ -354,6 +425,12 @@ def _compiled_distances(window: int, dilation: int) -> Callable[..., jax.Array]:
                           lax.dynamic_index_in_dim(embeddings, v, keepdims=False),
                           window=window, dilation=dilation)
   return jax.jit(distances)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_head_feature_part(model: nn.Module) -> Callable[..., jax.Array]:
+  """Jitted `head_feature_part` of a model."""
+  return jax.jit(functools.partial(head_feature_part, model))
 
 
 @functools.lru_cache(maxsize=16)
@@ -401,7 +478,8 @@ class InteractiveSession:
                object_ids: Optional[Sequence[int]] = None, embed_batch_size: int = 4,
                object_buckets: Optional[Sequence[int]] = None,
                pad_multiple: Optional[int] = None,
-               distance_cache_bytes: int = DISTANCE_CACHE_BYTES):
+               distance_cache_bytes: int = DISTANCE_CACHE_BYTES,
+               head_cache_bytes: int = HEAD_CACHE_BYTES):
     """Embeds every frame once.
 
     Args:
@@ -416,6 +494,9 @@ class InteractiveSession:
       distance_cache_bytes: most bytes of local-matching distances kept between propagations
         (`pair_distances`, h x w x (2 window + 1)^2 float32 per pair of frames); pairs beyond
         it are recomputed whenever needed. Unused for models `caches_distances` refuses.
+      head_cache_bytes: most bytes of the head's per-frame feature parts kept between
+        propagations (`head_feature_part`, h x w x head_channels values per frame); frames
+        beyond it have theirs recomputed at each step. Unused as `distance_cache_bytes`.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -428,6 +509,8 @@ class InteractiveSession:
     if not _is_int(distance_cache_bytes) or distance_cache_bytes < 0:
       raise ValueError(f"distance_cache_bytes must be an int >= 0, got "
                        f"{distance_cache_bytes!r}")
+    if not _is_int(head_cache_bytes) or head_cache_bytes < 0:
+      raise ValueError(f"head_cache_bytes must be an int >= 0, got {head_cache_bytes!r}")
     pad_multiple = max(FEATURE_STRIDE,
                        model.output_stride if pad_multiple is None else pad_multiple)
     if pad_multiple % FEATURE_STRIDE:
@@ -454,6 +537,11 @@ class InteractiveSession:
     self._distance_cache: dict[tuple[int, int], jax.Array] = {}
     self._distance_cache_used = 0
     self._distance_cache_bytes = int(distance_cache_bytes)
+    self._head_variables = ({"params": self._variables["params"]["segmentation_head"]}
+                            if self._cache_distances else None)
+    self._head_cache: dict[int, jax.Array] = {}
+    self._head_cache_used = 0
+    self._head_cache_bytes = int(head_cache_bytes)
 
   def _embed(self, frames: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """Features [Tp, h, w, D] and embeddings [Tp, h, w, E] of the padded video."""
@@ -512,6 +600,11 @@ class InteractiveSession:
   def distance_bytes(self) -> int:
     """Bytes of the stored local-matching distances (at most `distance_cache_bytes`)."""
     return self._distance_cache_used
+
+  @property
+  def feature_part_bytes(self) -> int:
+    """Bytes of the stored feature parts of the head (at most `head_cache_bytes`)."""
+    return self._head_cache_used
 
   # ------------------------------------------------------------------ interactions
   def _check_new_object(self, object_id: Any, name: str) -> None:
@@ -639,8 +732,9 @@ class InteractiveSession:
 
       def run(state, frame, previous):
         distances, backward = self._distances(frame, previous)
-        return step(self._variables, state, self._features, self._embeddings,
-                    np.int32(frame), distances, backward, num_objects, valid_size)
+        return step(self._head_variables, state, self._features, self._embeddings,
+                    np.int32(frame), self._feature_part(frame), distances, backward,
+                    num_objects, valid_size)
     else:
       chunk_step = _compiled_step(self.model.clone(max_objects=objects_per_chunk))
 
@@ -669,6 +763,17 @@ class InteractiveSession:
 
   def _marked_frames(self) -> list[int]:
     return np.flatnonzero((self._references != IGNORE_LABEL).any(axis=(1, 2))).tolist()
+
+  def _feature_part(self, frame: int) -> jax.Array:
+    """`head_feature_part` of a frame, computed once while the cache has room."""
+    part = self._head_cache.get(frame)
+    if part is None:
+      part = _compiled_head_feature_part(self.model)(self._head_variables, self._features,
+                                                     np.int32(frame))
+      if self._head_cache_used + part.nbytes <= self._head_cache_bytes:
+        self._head_cache[frame] = part
+        self._head_cache_used += part.nbytes
+    return part
 
   def _distances(self, frame: int, previous: int) -> tuple[jax.Array, np.bool_]:
     """(`pair_distances` of the pair, backward flag) for `frame` matched locally against

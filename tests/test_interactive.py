@@ -272,6 +272,9 @@ def test_bad_input_raises_and_leaves_the_state_unchanged(setup):
     interactive.InteractiveSession(model, variables, make_frames(), object_ids=[3, 3])
   with pytest.raises(ValueError, match="uint8"):
     interactive.InteractiveSession(model, variables, make_frames().astype(np.float32))
+  for name in ("distance_cache_bytes", "head_cache_bytes"):
+    with pytest.raises(ValueError, match=f"{name} must be an int >= 0, got -1"):
+      interactive.InteractiveSession(model, variables, make_frames(), **{name: -1})
 
 
 def test_embeds_once_and_compiles_once(setup, monkeypatch):
@@ -307,9 +310,12 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
   assert traces["start_state"] == traces["cached_step"] == traces["distances"] == 1
+  assert traces["head_feature_part"] == 1
   # Pairs (t, t - 1) for t = 1..4, and each frame of interaction with itself, once each.
   assert sorted(session._distance_cache) == [(0, 0), (1, 0), (2, 1), (3, 2), (3, 3), (4, 3),
                                              (4, 4)]
+  assert sorted(session._head_cache) == [0, 1, 2, 3, 4]  # One feature part per frame.
+  assert session.feature_part_bytes == 5 * 12 * 8 * 8 * 4  # T x h x w x head_channels x 4.
   with tracing.count_traces() as traces:
     for t in range(NUM_FRAMES):  # 5 x 9 x 8 cells: 360 reference pixels, the next bucket.
       session.add_background_scribble(t, np.ones((36, WIDTH), bool))
@@ -317,7 +323,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(2, "both")
     session.propagate(1, "forward")
   assert traces["start_state"] == traces["cached_step"] == 1
-  assert traces["distances"] == 0
+  assert traces["distances"] == traces["head_feature_part"] == 0
   jax.effects_barrier()
   assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
 
@@ -396,13 +402,24 @@ def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monke
   np.testing.assert_array_equal(fresh.references, session.references)
   np.testing.assert_array_equal(fresh.propagate(3, "both"), again)
   _, uncached, nothing_kept = _corrected_session(model, variables, frames,
-                                                 distance_cache_bytes=0)
-  assert not nothing_kept._distance_cache
+                                                 distance_cache_bytes=0, head_cache_bytes=0)
+  assert not nothing_kept._distance_cache and not nothing_kept._head_cache
+  assert nothing_kept.distance_bytes == nothing_kept.feature_part_bytes == 0
   np.testing.assert_array_equal(uncached, again)
   monkeypatch.setattr(interactive, "caches_distances", lambda model: False)
-  _, generic, _ = _corrected_session(model, variables, frames, object_buckets=(1,))
-  np.testing.assert_array_equal(generic, again)  # Two chunks of one object, via `segment`.
+  # Two chunks of one object via `segment`, global matching in chunks of 16 of the 64 query
+  # pixels (the cached step matches all 64 at once, `global_chunk_size`).
+  _, generic, _ = _corrected_session(model.clone(matching_chunk_size=16), variables, frames,
+                                     object_buckets=(1,))
+  np.testing.assert_array_equal(generic, again)
   assert len(np.unique(again)) == 3
+
+
+def test_global_chunk_size():
+  model, _ = shared_setup()
+  assert interactive.global_chunk_size(model.clone(matching_chunk_size=1000), 256) == 2**16
+  assert interactive.global_chunk_size(model.clone(matching_chunk_size=1000), 2**20) == 1000
+  assert interactive.global_chunk_size(model.clone(matching_chunk_size=None), 256) is None
 
 
 def test_cfbi_options_use_the_generic_step(setup):
@@ -412,3 +429,49 @@ def test_cfbi_options_use_the_generic_step(setup):
                  dict(local_windows=(1, 2)), dict(global_atrous_rate=2),
                  dict(instance_attention=True)):
     assert not interactive.caches_distances(model.clone(**option)), option
+
+
+def numpy_feature_part(features, head_params):
+  """[h, w, C] layer 0's pointwise bias + pointwise(ReLU(depthwise(features) + bias)), the
+  depthwise conv zero-padded to keep h, w: loops over pixels and taps."""
+  layer = {name: np.asarray(value, np.float64) for name, value in head_params["layer_0"].items()}
+  height, width, channels = features.shape
+  size = layer["depthwise_kernel"].shape[0]
+  before = (size - 1) // 2
+  hidden = np.zeros((height, width, channels))
+  for y in range(height):
+    for x in range(width):
+      for i in range(size):
+        for j in range(size):
+          if 0 <= y + i - before < height and 0 <= x + j - before < width:
+            hidden[y, x] += (layer["depthwise_kernel"][i, j, 0, :channels]
+                             * features[y + i - before, x + j - before])
+  hidden = np.maximum(hidden + layer["depthwise_bias"][:channels], 0.0)
+  return layer["pointwise_bias"] + hidden @ layer["pointwise_kernel"][0, 0, :channels]
+
+
+def test_head_feature_part_matches_loops_and_keeps_the_logits(setup):
+  """`head_feature_part` against NumPy loops; the head given it returns exactly the logits of
+  the model's own (vmapped) head on the same features and maps."""
+  model, variables = setup
+  rng = np.random.default_rng(3)
+  features = rng.normal(size=(2, 6, 7, model.decoder_channels)).astype(np.float32)
+  head_variables = {"params": variables["params"]["segmentation_head"]}
+  part = jax.jit(functools.partial(interactive.head_feature_part, model))(
+      head_variables, features, np.int32(1))
+  assert part.shape == (1, 6, 7, model.head_channels)
+  np.testing.assert_allclose(part[0], numpy_feature_part(features[1], head_variables["params"]),
+                             rtol=1e-4, atol=1e-4)
+  maps = rng.random((1, 6, 7, 3, interactive.HEAD_MAPS)).astype(np.float32)
+  head = interactive.segmentation_head(model)
+  given = jax.jit(jax.vmap(
+      lambda slot_maps: head.apply(head_variables, features[1:], slot_maps, feature_part=part),
+      in_axes=3, out_axes=3))(maps)
+  full = jax.jit(lambda f, m: model.apply(
+      variables, f, m, method=lambda module, f, m: module.segmentation_head(f, m)))(
+          features[1:], maps)
+  assert given.shape == (1, 6, 7, 3)
+  np.testing.assert_array_equal(given, full)
+  with pytest.raises(ValueError, match="feature_part / feature_part_only do not combine with guidance"):
+    head.apply(head_variables, features[1:], maps[..., 0, :], guidance=np.ones((1, 4)),
+               feature_part=part)

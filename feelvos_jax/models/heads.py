@@ -76,6 +76,12 @@ class SeparableConvReLU(nn.Module):
   depthwise conv is linear per channel and a per-channel gate is constant over space, so the
   gate multiplies the depthwise output before the bias: conv(g * x) = g * conv(x) (the zero
   padding stays zero). An input shared by every object slot is thus convolved once.
+
+  `first_only` returns, instead of the layer's output, the pointwise bias plus the
+  contribution of inputs[0] ([B, H, W, features], before the final ReLU): the part of the
+  layer that depends on inputs[0] alone. Passing that value back as `first_part` skips
+  inputs[0]'s depthwise and pointwise convs (inputs[0] then only sets the channel split) and
+  gives the same output, computed in the same order. Neither combines with `gates`.
   """
   features: int
   kernel_size: int = 3
@@ -84,8 +90,13 @@ class SeparableConvReLU(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, *inputs: jax.Array, gates: jax.Array | None = None) -> jax.Array:
+  def __call__(self, *inputs: jax.Array, gates: jax.Array | None = None,
+               first_part: jax.Array | None = None, first_only: bool = False) -> jax.Array:
     """inputs [B, H, W, C_i] (gates [B, sum C_i] or None) -> [B, H, W, features]."""
+    if gates is not None and (first_part is not None or first_only):
+      raise ValueError("SeparableConvReLU: first_part / first_only do not combine with gates")
+    if first_part is not None and first_only:
+      raise ValueError("SeparableConvReLU: give first_part or first_only, not both")
     sizes = [x.shape[-1] for x in inputs]
     channels = sum(sizes)
     k = self.kernel_size
@@ -96,9 +107,12 @@ class SeparableConvReLU(nn.Module):
     pointwise_bias = self.param("pointwise_bias", nn.initializers.zeros, (self.features,))
     output = pointwise_bias.astype(self.dtype)
     start = 0
-    for x, size in zip(inputs, sizes):
+    for index, (x, size) in enumerate(zip(inputs, sizes)):
       group = slice(start, start + size)
       start += size
+      if index == 0 and first_part is not None:
+        output = first_part.astype(self.dtype)
+        continue
       hidden = depthwise_conv(x.astype(self.dtype),
                               depthwise_kernel[..., group].astype(self.dtype))
       if gates is not None:
@@ -106,6 +120,8 @@ class SeparableConvReLU(nn.Module):
       hidden = nn.relu(hidden + depthwise_bias[group].astype(self.dtype))
       output = output + jnp.einsum("bhwc,cf->bhwf", hidden,
                                    pointwise_kernel[0, 0, group].astype(self.dtype))
+      if first_only:
+        return output
     return nn.relu(output)
 
 
@@ -136,6 +152,12 @@ class DynamicSegmentationHead(nn.Module):
   1 + tanh(Dense_i(guidance)) (CFBI's `IA_gate`), one Dense per layer (params `attention_{i}`,
   shared by the slots, initialised at zero so that every gate starts at 1, i.e. the plain head).
   CFBI also predicts its final logit layer from the guidance; here the logits layer stays fixed.
+
+  The features are the same for every slot: `feature_part_only=True` returns the part of
+  layer 0 that depends on them alone ([B, h, w, channels], `SeparableConvReLU`'s `first_only`;
+  object_maps then only set the layer's width), and `feature_part=` that value skips its
+  computation with the same logits (interactive re-propagation computes it once per frame).
+  Neither combines with `guidance`.
   """
   num_layers: int = 4
   channels: int = 256
@@ -152,12 +174,20 @@ class DynamicSegmentationHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: jax.Array, object_maps: jax.Array,
-               guidance: jax.Array | None = None) -> jax.Array:
+               guidance: jax.Array | None = None, *, feature_part: jax.Array | None = None,
+               feature_part_only: bool = False) -> jax.Array:
     if self.num_layers < 1:
       raise ValueError(f"config.model.head_num_layers must be >= 1, got {self.num_layers}")
+    if guidance is not None and (feature_part is not None or feature_part_only):
+      raise ValueError("DynamicSegmentationHead: feature_part / feature_part_only do not "
+                       "combine with guidance (instance attention gates the features)")
     gates = self._gates(0, guidance, features.shape[-1] + object_maps.shape[-1])
     x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
-                          name="layer_0")(features, object_maps, gates=gates)
+                          name="layer_0")(features, object_maps, gates=gates,
+                                          first_part=feature_part,
+                                          first_only=feature_part_only)
+    if feature_part_only:
+      return x
     for index in range(1, self.num_layers):
       gates = self._gates(index, guidance, self.channels)
       x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
