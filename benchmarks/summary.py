@@ -120,7 +120,11 @@ def inference_rows(section: Section) -> list[list[str]]:
 
 
 def train_step_rows(section: Section) -> list[list[str]]:
-  return [["train step", f"{row['model']}, crop {row['crop']}, batch {row['batch']}",
+  def depthwise(row):
+    return f", depthwise {row['depthwise']}" if row.get("depthwise") else ""
+
+  return [["train step",
+           f"{row['model']}, crop {row['crop']}, batch {row['batch']}{depthwise(row)}",
            f"{row['examples/s']} examples/s ({row['step s']} s/step)", "record the figure",
            "recorded"]
           for row in section.table_with("model", "crop", "batch", "examples/s", "step s")]
