@@ -154,6 +154,23 @@ def start_state(embeddings: jax.Array, reference_index: jax.Array,
   }
 
 
+def _next_state(state: propagation.State, logits: jax.Array, embedding: jax.Array,
+                valid_size: jax.Array) -> tuple[propagation.State, jax.Array]:
+  """A frame's stride-4 logits [h, w, K] and embedding [h, w, E] -> (the state with this frame
+  as the previous one, labels [4h, 4w] int32, IGNORE_LABEL outside `valid_size` (height,
+  width))."""
+  height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
+  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
+  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
+  inside = ((jnp.arange(height) < valid_size[0])[:, None]
+            & (jnp.arange(width) < valid_size[1])[None, :])
+  labels = jnp.where(inside, labels, IGNORE_LABEL)
+  new_state = dict(state, previous_embedding=embedding,
+                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
+                   previous_probs=jax.nn.softmax(logits, axis=-1))
+  return new_state, labels
+
+
 def interactive_step(model: nn.Module, variables: Any, state: propagation.State,
                      features: jax.Array, embeddings: jax.Array, frame: jax.Array,
                      num_objects: jax.Array, valid_size: jax.Array, *,
@@ -180,16 +197,7 @@ def interactive_step(model: nn.Module, variables: Any, state: propagation.State,
   logits = propagation.segment_logits(model, variables, state, frame_features,
                                       frame_embeddings, num_objects,
                                       objects_per_chunk=objects_per_chunk)
-  height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
-  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
-  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
-  inside = ((jnp.arange(height) < valid_size[0])[:, None]
-            & (jnp.arange(width) < valid_size[1])[None, :])
-  labels = jnp.where(inside, labels, IGNORE_LABEL)
-  new_state = dict(state, previous_embedding=frame_embeddings[0],
-                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
-                   previous_probs=jax.nn.softmax(logits, axis=-1))
-  return new_state, labels
+  return _next_state(state, logits, frame_embeddings[0], valid_size)
 
 
 def local_offsets(window: int, dilation: int) -> tuple[tuple[int, int], ...]:
@@ -384,16 +392,7 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
       object_maps[None].astype(model.dtype))[0]
   present = jnp.arange(num_slots) <= num_objects
   logits = jnp.where(present, logits.astype(jnp.float32), -jnp.inf)
-  height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
-  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
-  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
-  inside = ((jnp.arange(height) < valid_size[0])[:, None]
-            & (jnp.arange(width) < valid_size[1])[None, :])
-  labels = jnp.where(inside, labels, IGNORE_LABEL)
-  new_state = dict(state, previous_embedding=frame_embeddings,
-                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
-                   previous_probs=jax.nn.softmax(logits, axis=-1))
-  return new_state, labels
+  return _next_state(state, logits, frame_embeddings, valid_size)
 
 
 def caches_distances(model: nn.Module) -> bool:

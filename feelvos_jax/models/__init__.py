@@ -58,22 +58,14 @@ def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS | NearestNei
   if model_config.window < 0 or model_config.dilation < 1:
     raise ValueError(f"config.model.window must be >= 0 and config.model.dilation >= 1, got "
                      f"{model_config.window!r} and {model_config.dilation!r}")
-  dtype = DTYPES[model_config.dtype]
   return FEELVOS(
-      backbone=BACKBONES[name](output_stride=model_config.output_stride, dtype=dtype),
-      output_stride=model_config.output_stride,
-      decoder_channels=model_config.decoder_channels,
-      embedding_dim=model_config.embedding_dim,
-      max_objects=model_config.max_objects,
+      **_embedding_network_options(model_config),
       window=model_config.window,
       dilation=model_config.dilation,
       max_reference_pixels=model_config.max_reference_pixels or None,
-      matching_chunk_size=model_config.matching_chunk_size or None,
       head_channels=model_config.head_channels,
       head_kernel_size=model_config.head_kernel_size,
       head_num_layers=model_config.head_num_layers,
-      freeze_backbone_batch_norm=model_config.freeze_backbone_batch_norm,
-      dtype=dtype,
       background_matching=model_config.background_matching,
       matching_bias=model_config.matching_bias,
       local_windows=tuple(model_config.local_windows),
@@ -94,15 +86,20 @@ def _nearest_neighbor_model(model_config: ml_collections.ConfigDict) -> NearestN
     if (tuple(value) if key == "local_windows" else value) != default:
       raise ValueError(f"config.model.{key}={value!r} is a FEELVOS head option; "
                        f"config.model.head='nearest_neighbor' needs {default!r}")
+  return NearestNeighborVOS(**_embedding_network_options(model_config),
+                            nearest_neighbors=model_config.nearest_neighbors)
+
+
+def _embedding_network_options(model_config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments both models take (`EmbeddingNetwork`'s, plus matching_chunk_size)."""
   dtype = DTYPES[model_config.dtype]
-  return NearestNeighborVOS(
+  return dict(
       backbone=BACKBONES[model_config.backbone](output_stride=model_config.output_stride,
                                                 dtype=dtype),
       output_stride=model_config.output_stride,
       decoder_channels=model_config.decoder_channels,
       embedding_dim=model_config.embedding_dim,
       max_objects=model_config.max_objects,
-      nearest_neighbors=model_config.nearest_neighbors,
       matching_chunk_size=model_config.matching_chunk_size or None,
       freeze_backbone_batch_norm=model_config.freeze_backbone_batch_norm,
       dtype=dtype)
