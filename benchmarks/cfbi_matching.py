@@ -85,11 +85,10 @@ def main() -> None:
       "| matching | ms |",
       "|---|---|",
   ] + [f"| {name} | {ms:.1f} |" for name, ms in rows]
-  print("\n".join(lines))
-  if not args.no_write:
-    command = (f"cd /work/main && {sys.executable} -m benchmarks.cfbi_matching "
-               f"{' '.join(sys.argv[1:])}")
-    machine.append_section("CFBI matching: atrous global, multi-local (issue 8)", lines, command)
+  command = (f"cd /work/main && {sys.executable} -m benchmarks.cfbi_matching "
+             f"{' '.join(sys.argv[1:])}")
+  machine.report("CFBI matching: atrous global, multi-local (issue 8)", lines, command,
+                 write=not args.no_write)
 
 
 if __name__ == "__main__":

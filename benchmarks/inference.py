@@ -16,11 +16,7 @@ in the video's length when inference keeps no per-frame state. tiny uses configs
 xception65 configs/davis.py (the paper's model). Appends a dated section to BENCHMARKS.md.
 """
 import argparse
-import datetime
 import functools
-import os
-import pathlib
-import platform
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -37,7 +33,6 @@ from feelvos_jax import inference
 from feelvos_jax import matching
 from feelvos_jax import models
 
-_BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
 
 
@@ -178,16 +173,7 @@ def main() -> None:
                    pieces["head"], rss / 2**20, device / 2**20))
       print(rows[-1], flush=True)
 
-  device = jax.local_devices()[0]
   lines = [
-      f"## Video inference, {datetime.date.today().isoformat()}",
-      "",
-      f"- Machine: {device.platform} backend ({device.device_kind}); host {machine.cpu_model()}, "
-      f"{os.cpu_count()} CPU cores visible (shared with other jobs), Python "
-      f"{platform.python_version()}",
-      f"- Versions: JAX {jax.__version__}",
-      f"- Command: `cd /work/main && {sys.executable} -m benchmarks.inference "
-      f"{' '.join(sys.argv[1:])}`",
       "- Random weights; tiny = configs/synthetic.py model, xception65 = configs/davis.py "
       "(paper) model, output stride 16; one streamed synthetic video per row; frames/s end to "
       "end after a warm-up video (compilation excluded); embed / matching / head: ms per "
@@ -213,11 +199,8 @@ def main() -> None:
   ]
   for row in memory_rows:
     lines.append("| {} | {:.2f} | {:.0f} | {:.0f} | {:.0f} |".format(*row))
-  report = "\n".join(lines) + "\n"
-  print(report)
-  if not args.no_write:
-    with open(_BENCHMARKS_FILE, "a") as benchmarks:
-      benchmarks.write("\n" + report)
+  command = f"cd /work/main && {sys.executable} -m benchmarks.inference {' '.join(sys.argv[1:])}"
+  machine.report("Video inference", lines, command, write=not args.no_write)
 
 
 if __name__ == "__main__":

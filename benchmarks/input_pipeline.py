@@ -85,8 +85,7 @@ def main() -> None:
       "- Tiny-model training steps/s to compare with: `python -m benchmarks.train_step` "
       "(section \"Train step\").",
   ]
-  write = machine.section_text if args.no_write else machine.append_section
-  print(write("Input pipeline", lines, _COMMAND))
+  machine.report("Input pipeline", lines, _COMMAND, write=not args.no_write)
 
 
 if __name__ == "__main__":

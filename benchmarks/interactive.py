@@ -168,10 +168,7 @@ def main() -> None:
         f"{r['distances_mib']:.0f} | {r['head_mib']:.0f} | {r['rss_mib']:.0f} |")
   command = (f"cd /work/main && {sys.executable} -m benchmarks.interactive "
              f"{' '.join(sys.argv[1:])}").rstrip()
-  if args.no_write:
-    print(machine.section_text("Interactive segmentation", lines, command))
-  else:
-    print(machine.append_section("Interactive segmentation", lines, command))
+  machine.report("Interactive segmentation", lines, command, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -132,10 +132,7 @@ def main() -> None:
       "|---|---|---|---|---|---|---|---|---|---|",
   ] + rows
   command = f"cd /work/main && {sys.executable} -m benchmarks.layers {' '.join(sys.argv[1:])}"
-  if args.no_write:
-    print(machine.section_text("Depthwise convolution on CPU", lines, command))
-  else:
-    print(machine.append_section("Depthwise convolution on CPU", lines, command))
+  machine.report("Depthwise convolution on CPU", lines, command, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ def append_section(title: str, lines_or_text: str | Sequence[str], command: str,
   return text
 
 
+
+def report(title: str, lines_or_text: str | Sequence[str], command: str, *, write: bool,
+           path: str | os.PathLike = BENCHMARKS_FILE) -> None:
+  """Prints a benchmark's section (`section_text`) and, if `write`, appends it to `path`
+  (`append_section`): the one ending every benchmark's `--no_write` choice shares."""
+  if write:
+    print(append_section(title, lines_or_text, command, path=path))
+  else:
+    print(section_text(title, lines_or_text, command))
+
 def median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
   """Median wall milliseconds of `repeats` calls of `function(*args)` after one untimed
   (compiling) call; each call waits for its result (`jax.block_until_ready`)."""

@@ -576,11 +576,7 @@ def main(argv: list[str] | None = None) -> None:
       f"- max |{name} - ours f32| over all cases: {err:.1e}"
       for name, err in errors.items() if not name.endswith("ours f32")]
   command = " ".join([_COMMAND] + (argv if argv is not None else sys.argv[1:]))
-  if write:
-    text = machine.append_section("Matching (global/local)", body, command)
-  else:
-    text = machine.section_text("Matching (global/local)", body, command)
-  print(text)
+  machine.report("Matching (global/local)", body, command, write=write)
 
 
 if __name__ == "__main__":

@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f"--benchmarks_file {args.benchmarks_file} does not exist.")
   lines = summary_lines(args.benchmarks_file.read_text())
   command = " ".join([_COMMAND] + (argv if argv is not None else sys.argv[1:]))
-  if args.no_write:
-    print(machine.section_text(_TITLE, lines, command))
-  else:
-    print(machine.append_section(_TITLE, lines, command, path=args.benchmarks_file))
+  machine.report(_TITLE, lines, command, write=not args.no_write, path=args.benchmarks_file)
 
 
 if __name__ == "__main__":

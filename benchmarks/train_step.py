@@ -148,8 +148,7 @@ def main() -> None:
     lines.append(f"| {name} | {form} | {crop_text} | {batch} | {result['compile_s']:.1f} | "
                  f"{result['step_s']:.3f} | {result['steps_per_s']:.3g} | "
                  f"{result['examples_per_s']:.3g} | {pipeline} | {rss:.1f} |")
-  write = machine.section_text if args.no_write else machine.append_section
-  print(write("Train step", lines, command))
+  machine.report("Train step", lines, command, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -134,11 +134,9 @@ def main() -> None:
     rows.append(run_variant(name, args.steps, videos))
     print(rows[-1], flush=True)
   lines = table_lines(rows, args.steps, len(videos))
-  print("\n".join(lines))
-  if not args.no_write:
-    command = f"cd /work/main && {sys.executable} -m benchmarks.variants {' '.join(sys.argv[1:])}"
-    machine.append_section("Model variants: FEELVOS, PML, CFBI options (issue 8)", lines,
-                           command)
+  command = f"cd /work/main && {sys.executable} -m benchmarks.variants {' '.join(sys.argv[1:])}"
+  machine.report("Model variants: FEELVOS, PML, CFBI options (issue 8)", lines, command,
+                 write=not args.no_write)
 
 
 if __name__ == "__main__":
