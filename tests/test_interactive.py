@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import synthetic
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import inference
 from feelvos_jax import interactive
@@ -17,6 +16,7 @@ from feelvos_jax import losses
 from feelvos_jax import models
 from feelvos_jax import propagation
 from feelvos_jax.models import feelvos
+from tests import test_inference
 from tests import tracing
 
 NUM_FRAMES, HEIGHT, WIDTH = 5, 30, 29
@@ -25,16 +25,8 @@ PADDED = 32  # The tiny backbone's output stride 16 pads 30x29 to 32x32.
 
 @functools.cache
 def shared_setup():
-  """(model, variables): configs/synthetic.py with narrow layers, random weights."""
-  config = synthetic.get_config()
-  config.model.decoder_channels = 8
-  config.model.embedding_dim = 8
-  config.model.max_objects = 5
-  config.model.window = 3
-  config.model.head_channels = 8
-  config.model.head_kernel_size = 3
-  config.model.head_num_layers = 2
-  model = models.build_model(config.model)
+  """(model, variables): the narrow synthetic model of test_inference, random weights."""
+  model = models.build_model(test_inference.small_config().model)
   return model, random_variables(model)
 
 
