@@ -58,12 +58,6 @@ def identity_init(depthwise: bool, stddev: float = 0.03) -> Initializer:
   return init
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """[B, H, W, C] conv [k, k, 1, C] (one filter per channel, padded to keep H, W); shifted
-  sums on CPU, XLA's grouped convolution elsewhere (`layers.depthwise_conv_same`)."""
-  return depthwise_conv_same(x, kernel)
-
-
 class SeparableConvReLU(nn.Module):
   """Depthwise k x k + bias -> ReLU -> pointwise 1x1 + bias -> ReLU on concat(*inputs).
 
@@ -113,8 +107,8 @@ class SeparableConvReLU(nn.Module):
       if index == 0 and first_part is not None:
         output = first_part.astype(self.dtype)
         continue
-      hidden = depthwise_conv(x.astype(self.dtype),
-                              depthwise_kernel[..., group].astype(self.dtype))
+      hidden = depthwise_conv_same(x.astype(self.dtype),
+                                   depthwise_kernel[..., group].astype(self.dtype))
       if gates is not None:
         hidden = hidden * gates[:, None, None, group].astype(self.dtype)
       hidden = nn.relu(hidden + depthwise_bias[group].astype(self.dtype))
