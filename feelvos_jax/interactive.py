@@ -46,7 +46,7 @@ scribble for any other id is refused.
   their argmax: the labels are the model's prediction on every frame, the frame of
   interaction included (marks are not pasted).
 - What does not depend on the references is computed once and kept: besides the embeddings,
-  the squared embedding distances of local matching, `pair_distances` [h, w, (2k+1)^2] of
+  the squared embedding distances of local matching, `pair_distances` [(2k+1)^2, h, w] of
   each pair of neighbouring frames (t, t-1) (read from the other side for a backward step,
   `local_maps_from_distances`) and of each frame of interaction with itself; and per frame
   the part of the head's first layer that depends on the features alone
@@ -218,9 +218,11 @@ def pair_distances(current: jax.Array, previous: jax.Array, *, window: int,
     tile: query pixels are taken in tile x tile blocks, each against its neighbourhood.
 
   Returns:
-    [h, w, O] float32: entry (p, o) = ||current[p] - previous[p + offset o]||^2 (computed as
-    ||a||^2 + ||b||^2 - 2 a.b, clamped at 0), inf where p + offset o falls outside the frame.
-    It depends on the embeddings only, never on labels.
+    [O, h, w] float32, offset-major (each offset's map contiguous, as
+    `local_maps_from_distances` reads it): entry (o, p) = ||current[p] -
+    previous[p + offset o]||^2 (computed as ||a||^2 + ||b||^2 - 2 a.b, clamped at 0), inf
+    where p + offset o falls outside the frame. It depends on the embeddings only, never on
+    labels.
   """
   height, width, channels = current.shape
   reach = window * dilation
@@ -255,8 +257,8 @@ def pair_distances(current: jax.Array, previous: jax.Array, *, window: int,
     return jnp.take_along_axis(squared, jnp.asarray(entry)[None], axis=-1)
 
   result = lax.map(block_row, jnp.arange(rows))  # [rows, cols, tile^2, O]
-  result = result.reshape(rows, cols, tile, tile, -1).transpose(0, 2, 1, 3, 4)
-  return result.reshape(rows * tile, cols * tile, -1)[:height, :width]
+  result = result.reshape(rows, cols, tile, tile, -1).transpose(4, 0, 2, 1, 3)
+  return result.reshape(-1, rows * tile, cols * tile)[:, :height, :width]
 
 
 def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
@@ -266,46 +268,48 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
   no pixel of the slot lies in the window; labels outside 0..num_slots-1 never match).
 
   Args:
-    distances: [h, w, O] `pair_distances(frame u, frame v)`.
+    distances: [O, h, w] `pair_distances(frame u, frame v)`.
     previous_labels: [h, w] int32 slot labels of the previous frame.
     backward: bool scalar. False: the frame is u and its previous frame v (distances as
-      they are). True: the frame is v and its previous frame u; entry (p, o) is then read at
-      (p + offset o, O - 1 - o), the same pair seen from the other side.
+      they are). True: the frame is v and its previous frame u; entry (o, p) is then read at
+      (O - 1 - o, p + offset o), the same pair seen from the other side.
     window, dilation: as given to `pair_distances`.
     num_slots: K.
   """
-  height, width, count = distances.shape
+  count, height, width = distances.shape
   reach = window * dilation
   side = 2 * window + 1
   labels = jnp.pad(previous_labels, reach, constant_values=-1)
 
-  def row_minima(dy_index: jax.Array, padded: Optional[jax.Array]) -> jax.Array:
+  def row_minima(dy_index: jax.Array, back: bool) -> jax.Array:
     """[h, w, num_slots]: per slot, the minimum over the offsets (dy, every dx)."""
     top = dy_index * dilation
     label_rows = lax.dynamic_slice_in_dim(labels, top, height, axis=0)
-    if padded is None:
-      distance_rows = lax.dynamic_slice_in_dim(distances, dy_index * side, side, axis=2)
+    if back:
+      # Entry (O - 1 - o, p + offset o): the opposite offsets of this dy are one contiguous
+      # range, O - 1 - (dy side + dx) = first + side - 1 - dx, read shifted by the offset
+      # (inf outside the frame). Padding only this range keeps the copy small.
+      opposite = lax.dynamic_slice_in_dim(distances, count - (dy_index + 1) * side, side,
+                                          axis=0)
+      opposite = jnp.pad(opposite, ((0, 0), (reach, reach), (reach, reach)),
+                         constant_values=jnp.inf)
+      distance_rows = lax.dynamic_slice_in_dim(opposite, top, height, axis=1)
     else:
-      # Backward: entry (p + o, O - 1 - o), padded with inf. The opposite entries of this
-      # dy's offsets are one contiguous range: O - 1 - (dy side + dx) = first + side - 1 - dx.
-      distance_rows = lax.dynamic_slice(padded, (top, 0, count - (dy_index + 1) * side),
-                                        (height, width + 2 * reach, side))
-    best = []
+      distance_rows = lax.dynamic_slice_in_dim(distances, dy_index * side, side, axis=0)
+    best = [jnp.full((height, width), jnp.inf, distances.dtype)] * num_slots
     for dx_index in range(side):
       left = dx_index * dilation
       neighbour_labels = label_rows[:, left:left + width]
-      if padded is None:
-        squared = distance_rows[..., dx_index]
+      if back:
+        squared = distance_rows[side - 1 - dx_index, :, left:left + width]
       else:
-        squared = distance_rows[:, left:left + width, side - 1 - dx_index]
-      best.append(jnp.stack([jnp.where(neighbour_labels == slot, squared, jnp.inf)
-                             for slot in range(num_slots)], axis=-1))
-    return functools.reduce(jnp.minimum, best)
+        squared = distance_rows[dx_index]
+      best = [jnp.minimum(best[slot], jnp.where(neighbour_labels == slot, squared, jnp.inf))
+              for slot in range(num_slots)]
+    return jnp.stack(best, axis=-1)
 
   def minima(back: bool) -> jax.Array:
-    padded = (jnp.pad(distances, ((reach, reach), (reach, reach), (0, 0)),
-                      constant_values=jnp.inf) if back else None)
-    rows = lax.map(functools.partial(row_minima, padded=padded), jnp.arange(side))
+    rows = lax.map(functools.partial(row_minima, back=back), jnp.arange(side))
     return jnp.min(rows, axis=0)
 
   squared = lax.cond(backward, lambda: minima(True), lambda: minima(False))

@@ -356,7 +356,8 @@ def test_local_maps_from_stored_distances_match_loops():
   labels[0, 0, 0] = labels[1, 2, 3] = IGNORE_LABEL
   distances = jax.jit(functools.partial(interactive.pair_distances, window=2, dilation=1))(
       second, first)
-  np.testing.assert_allclose(distances, numpy_pair_distances(second, first, 2), rtol=1e-5)
+  np.testing.assert_allclose(distances, numpy_pair_distances(second, first, 2).transpose(2, 0, 1),
+                             rtol=1e-5)
   maps = jax.jit(functools.partial(interactive.local_maps_from_distances, window=2,
                                    dilation=1, num_slots=3))
   # Frame `second` against its previous frame `first`, and `first` against `second`.
