@@ -111,13 +111,21 @@ def test_gradient_is_finite_with_padded_slots():
   assert np.all(np.asarray(grad)[..., 3:] == 0)
 
 
-def test_upsample_logits_matches_numpy_and_keeps_padding():
+@pytest.mark.parametrize("size", [(10, 13), (12, 16), (9, 16)])
+def test_upsample_logits_matches_numpy_and_keeps_padding(size):
+  """Grids shorter than 4h x 4w and exactly 4h x 4w (the last rows and columns hold the edge)."""
   logits, _ = _random_case(np.random.default_rng(4), height=3, width=4)
-  upsampled = np.asarray(losses.upsample_logits(jnp.asarray(logits), (10, 13)))
-  np.testing.assert_allclose(upsampled[..., :3], _reference_upsample(logits[..., :3], 10, 13),
+  upsampled = np.asarray(losses.upsample_logits(jnp.asarray(logits), size))
+  assert upsampled.shape == (logits.shape[0],) + size + (logits.shape[-1],)
+  np.testing.assert_allclose(upsampled[..., :3], _reference_upsample(logits[..., :3], *size),
                              rtol=1e-5, atol=1e-6)
   assert np.all(np.isneginf(upsampled[..., 3:]))
-  np.testing.assert_allclose(upsampled[:, ::4, ::4, :3], logits[..., :3], rtol=1e-6)
+  np.testing.assert_array_equal(upsampled[:, ::4, ::4, :3], logits[:, :, :-(-size[1] // 4), :3])
+
+
+def test_upsample_logits_rejects_a_larger_grid():
+  with pytest.raises(ValueError, match=r"size \(13, 16\) must be within 4 x"):
+    losses.upsample_logits(jnp.zeros((1, 3, 4, 2)), (13, 16))
 
 
 @pytest.mark.parametrize("upsample", [True, False])
