@@ -86,7 +86,7 @@ from feelvos_jax import matching
 from feelvos_jax import propagation
 from feelvos_jax.models import heads
 
-MIN_REFERENCE_PIXELS = 256
+MIN_REFERENCE_PIXELS = 32
 """Smallest reference bucket: P is padded to max(this, the next power of two)."""
 
 DIRECTIONS = ("forward", "backward", "both")
@@ -97,6 +97,9 @@ DISTANCE_CACHE_BYTES = 2**30
 
 HEAD_CACHE_BYTES = 2**30
 """Default bound of the stored feature parts of the head's first layer (1 GiB)."""
+
+MINIMA_CACHE_BYTES = 2**28
+"""Default bound of the stored global-matching minima (256 MiB)."""
 
 GLOBAL_CHUNK_ELEMENTS = 2**24
 """Distances [chunk, P] of one chunk of a step's global matching: at most this many (64 MiB
@@ -127,31 +130,53 @@ def embed_frames(model: nn.Module, variables: Any, features: jax.Array, embeddin
           lax.dynamic_update_slice_in_dim(embeddings, batch_embeddings, start, axis=0))
 
 
-def start_state(embeddings: jax.Array, reference_index: jax.Array,
-                reference_labels: jax.Array, frame: jax.Array, frame_labels: jax.Array, *,
-                num_slots: int) -> propagation.State:
-  """The propagation state at the frame of interaction.
+def reference_rows(embeddings: jax.Array, reference_index: jax.Array,
+                   reference_labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Marked cells as one reference row.
 
   Args:
     embeddings: [Tp, h, w, E] the session's embeddings.
     reference_index: [P] int32 flat indices into [Tp * h * w] of the marked cells (padding: 0).
     reference_labels: [P] int32 their slot labels (padding: IGNORE_LABEL).
+
+  Returns:
+    (reference_embedding [1, P, E], reference_labels [1, P]).
+  """
+  flat = embeddings.reshape(-1, embeddings.shape[-1])
+  return flat[reference_index][None], reference_labels[None]
+
+
+def previous_state(embeddings: jax.Array, frame: jax.Array, frame_labels: jax.Array, *,
+                   num_slots: int) -> propagation.State:
+  """The previous-frame part of the state at the frame of interaction: the frame itself,
+  its marked cells as labels and their one-hot as probabilities.
+
+  Args:
+    embeddings: [Tp, h, w, E] the session's embeddings.
     frame: int32 scalar, the frame of interaction.
     frame_labels: [h, w] int32 slot labels of its marked cells, IGNORE_LABEL elsewhere.
     num_slots: S, object slots of all chunks (static).
 
   Returns:
-    The State (see `propagation.State`): reference [1, P, E] and [1, P]; previous = the frame
-    itself with its marked cells and their one-hot probabilities [h, w, 1 + S].
+    previous_embedding [h, w, E], previous_labels [h, w], previous_probs [h, w, 1 + S]
+    (zero where unmarked).
   """
-  flat = embeddings.reshape(-1, embeddings.shape[-1])
   return {
-      "reference_embedding": flat[reference_index][None],
-      "reference_labels": reference_labels[None],
       "previous_embedding": lax.dynamic_index_in_dim(embeddings, frame, keepdims=False),
       "previous_labels": frame_labels,
       "previous_probs": jax.nn.one_hot(frame_labels, 1 + num_slots, dtype=jnp.float32),
   }
+
+
+def start_state(embeddings: jax.Array, reference_index: jax.Array,
+                reference_labels: jax.Array, frame: jax.Array, frame_labels: jax.Array, *,
+                num_slots: int) -> propagation.State:
+  """The propagation state at the frame of interaction (see `propagation.State`): the
+  marked cells as the reference (`reference_rows`: [1, P, E] and [1, P]) and the
+  `previous_state` of the frame."""
+  reference_embedding, labels = reference_rows(embeddings, reference_index, reference_labels)
+  return dict(previous_state(embeddings, frame, frame_labels, num_slots=num_slots),
+              reference_embedding=reference_embedding, reference_labels=labels)
 
 
 def _next_state(state: propagation.State, logits: jax.Array, embedding: jax.Array,
@@ -358,29 +383,40 @@ def global_chunk_size(model: nn.Module, reference_pixels: int) -> Optional[int]:
 def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
                 features: jax.Array, embeddings: jax.Array, frame: jax.Array,
                 feature_part: jax.Array, distances: jax.Array, backward: jax.Array,
-                num_objects: jax.Array,
-                valid_size: jax.Array) -> tuple[propagation.State, jax.Array]:
-  """`interactive_step` with what does not depend on the references computed beforehand.
+                reference_embedding: jax.Array, reference_labels: jax.Array,
+                minima: jax.Array, num_objects: jax.Array,
+                valid_size: jax.Array) -> tuple[propagation.State, jax.Array, jax.Array]:
+  """`interactive_step` with what does not depend on the new references computed beforehand.
 
   The same segmentation as `FEELVOS.segment` (plain FEELVOS matching: global against the
   reference pixels, local against the previous frame, the head over every slot at once),
-  but the label-independent part of local matching (`distances`, see
-  `local_maps_from_distances` for `backward`) comes in computed once per pair of frames and
-  the features' part of the head's first layer (`feature_part`, `head_feature_part`) once
-  per frame. `head_variables` = {'params': the model's params['segmentation_head']}; the
-  frame's features only set the head's shapes.
+  but:
+  - global matching is incremental: `minima` [h, w, K] holds the frame's minimum squared
+    distance per slot to the reference cells already matched (inf: none), and only the
+    reference pixels added since (`reference_embedding` [1, P, E], `reference_labels` [1, P]
+    slots, padding IGNORE_LABEL) are matched; the minimum of both is the minimum over all
+    reference pixels, so the map equals matching them all at once;
+  - the label-independent part of local matching (`distances`, see
+    `local_maps_from_distances` for `backward`) comes in computed once per pair of frames;
+  - the features' part of the head's first layer (`feature_part`, `head_feature_part`) comes
+    in computed once per frame.
+  `state` needs only the previous-frame entries (`previous_state`). `head_variables` =
+  {'params': the model's params['segmentation_head']}; the frame's features only set the
+  head's shapes.
 
   Returns:
     (state with this frame as previous frame, labels [Hp, Wp] int32 slots, IGNORE_LABEL on
-    padding).
+    padding, the frame's new minima [h, w, K] float32 over all reference pixels).
   """
   num_slots = state["previous_probs"].shape[-1]
   frame_features = lax.dynamic_index_in_dim(features, frame, keepdims=True)
   frame_embeddings = lax.dynamic_index_in_dim(embeddings, frame, keepdims=False)
-  global_maps = matching.global_matching(
-      frame_embeddings.astype(jnp.float32), state["reference_embedding"].astype(jnp.float32),
-      state["reference_labels"], num_slots,
-      chunk_size=global_chunk_size(model, state["reference_labels"].shape[-1]))
+  added = matching.global_matching(
+      frame_embeddings.astype(jnp.float32), reference_embedding.astype(jnp.float32),
+      reference_labels, num_slots, squared=True,
+      chunk_size=global_chunk_size(model, reference_labels.shape[-1]))
+  minima = jnp.minimum(minima, added)
+  global_maps = matching.distance_from_squared(minima)
   local_maps = local_maps_from_distances(
       distances, state["previous_labels"], backward, window=model.window,
       dilation=model.dilation, num_slots=num_slots)
@@ -396,7 +432,7 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
       object_maps[None].astype(model.dtype))[0]
   present = jnp.arange(num_slots) <= num_objects
   logits = jnp.where(present, logits.astype(jnp.float32), -jnp.inf)
-  return _next_state(state, logits, frame_embeddings, valid_size)
+  return _next_state(state, logits, frame_embeddings, valid_size) + (minima,)
 
 
 def caches_distances(model: nn.Module) -> bool:
@@ -418,6 +454,8 @@ def _compiled_embed(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Arra
 
 
 _start_state = jax.jit(start_state, static_argnames="num_slots")
+_previous_state = jax.jit(previous_state, static_argnames="num_slots")
+_reference_rows = jax.jit(reference_rows)
 
 
 @functools.lru_cache(maxsize=16)
@@ -482,7 +520,8 @@ class InteractiveSession:
                object_buckets: Optional[Sequence[int]] = None,
                pad_multiple: Optional[int] = None,
                distance_cache_bytes: int = DISTANCE_CACHE_BYTES,
-               head_cache_bytes: int = HEAD_CACHE_BYTES):
+               head_cache_bytes: int = HEAD_CACHE_BYTES,
+               minima_cache_bytes: int = MINIMA_CACHE_BYTES):
     """Embeds every frame once.
 
     Args:
@@ -500,6 +539,9 @@ class InteractiveSession:
       head_cache_bytes: most bytes of the head's per-frame feature parts kept between
         propagations (`head_feature_part`, h x w x head_channels values per frame); frames
         beyond it have theirs recomputed at each step. Unused as `distance_cache_bytes`.
+      minima_cache_bytes: most bytes of per-frame global-matching minima kept between
+        propagations (h x w x (1 + S) float32 per frame); frames beyond it are matched
+        against every reference pixel at each propagation. Unused as `distance_cache_bytes`.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -509,11 +551,11 @@ class InteractiveSession:
       raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
     if not _is_int(embed_batch_size) or embed_batch_size < 1:
       raise ValueError(f"embed_batch_size must be an int >= 1, got {embed_batch_size!r}")
-    if not _is_int(distance_cache_bytes) or distance_cache_bytes < 0:
-      raise ValueError(f"distance_cache_bytes must be an int >= 0, got "
-                       f"{distance_cache_bytes!r}")
-    if not _is_int(head_cache_bytes) or head_cache_bytes < 0:
-      raise ValueError(f"head_cache_bytes must be an int >= 0, got {head_cache_bytes!r}")
+    for name, value in (("distance_cache_bytes", distance_cache_bytes),
+                        ("head_cache_bytes", head_cache_bytes),
+                        ("minima_cache_bytes", minima_cache_bytes)):
+      if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     pad_multiple = max(FEATURE_STRIDE,
                        model.output_stride if pad_multiple is None else pad_multiple)
     if pad_multiple % FEATURE_STRIDE:
@@ -545,6 +587,13 @@ class InteractiveSession:
     self._head_cache: dict[int, jax.Array] = {}
     self._head_cache_used = 0
     self._head_cache_bytes = int(head_cache_bytes)
+    # Global-matching minima: frame -> (version, [h, w, K]); version -> (the objects taking
+    # part, in slot order, and the references [T, h, w] the minima were taken over).
+    self._minima: dict[int, tuple[int, jax.Array]] = {}
+    self._minima_versions: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
+    self._minima_cache_used = 0
+    self._minima_cache_bytes = int(minima_cache_bytes)
+    self._next_version = 0
 
   def _embed(self, frames: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """Features [Tp, h, w, D] and embeddings [Tp, h, w, E] of the padded video."""
@@ -608,6 +657,11 @@ class InteractiveSession:
   def feature_part_bytes(self) -> int:
     """Bytes of the stored feature parts of the head (at most `head_cache_bytes`)."""
     return self._head_cache_used
+
+  @property
+  def minima_bytes(self) -> int:
+    """Bytes of the stored global-matching minima (at most `minima_cache_bytes`)."""
+    return self._minima_cache_used
 
   # ------------------------------------------------------------------ interactions
   def _check_new_object(self, object_id: Any, name: str) -> None:
@@ -716,29 +770,19 @@ class InteractiveSession:
     slot_to_id = np.zeros(256, np.int32)
     slot_to_id[1:len(present) + 1] = present
     slots = id_to_slot[self._references]  # [T, h, w]
-    marked = np.flatnonzero(slots != IGNORE_LABEL)
-    size = reference_bucket(marked.size)
-    reference_index = np.zeros(size, np.int32)
-    reference_index[:marked.size] = marked
-    reference_labels = np.full(size, IGNORE_LABEL, np.int32)
-    reference_labels[:marked.size] = slots.reshape(-1)[marked]
-
     objects_per_chunk, num_chunks = propagation.bucket_slots(len(present),
                                                              self._object_buckets)
+    num_slots = objects_per_chunk * num_chunks
     num_objects = np.int32(len(present))
     valid_size = np.array([self.height, self.width], np.int32)
-    state = _start_state(self._embeddings, reference_index, reference_labels,
-                         np.int32(from_frame), slots[from_frame],
-                         num_slots=objects_per_chunk * num_chunks)
     if self._cache_distances:
-      step = _compiled_cached_step(self.model)
-
-      def run(state, frame, previous):
-        distances, backward = self._distances(frame, previous)
-        return step(self._head_variables, state, self._features, self._embeddings,
-                    np.int32(frame), self._feature_part(frame), distances, backward,
-                    num_objects, valid_size)
+      run = self._cached_run(tuple(present), slots, num_slots, num_objects, valid_size)
+      state = _previous_state(self._embeddings, np.int32(from_frame), slots[from_frame],
+                              num_slots=num_slots)
     else:
+      index, labels = self._reference_index(slots, slots != IGNORE_LABEL)
+      state = _start_state(self._embeddings, index, labels, np.int32(from_frame),
+                           slots[from_frame], num_slots=num_slots)
       chunk_step = _compiled_step(self.model.clone(max_objects=objects_per_chunk))
 
       def run(state, frame, previous):
@@ -762,7 +806,77 @@ class InteractiveSession:
                for frame, labels in results.items()}
     for frame, labels in fetched.items():
       self._labels[frame] = labels
+    in_use = {version for version, _ in self._minima.values()}
+    self._minima_versions = {version: entry for version, entry in self._minima_versions.items()
+                             if version in in_use}
     return self.labels
+
+  @staticmethod
+  def _reference_index(slots: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices [P], slot labels [P]) of the `cells` ([T, h, w] bool) of the slot map
+    `slots`, padded to `reference_bucket` (index 0, label IGNORE_LABEL)."""
+    marked = np.flatnonzero(cells)
+    size = reference_bucket(marked.size)
+    index = np.zeros(size, np.int32)
+    index[:marked.size] = marked
+    labels = np.full(size, IGNORE_LABEL, np.int32)
+    labels[:marked.size] = slots.reshape(-1)[marked]
+    return index, labels
+
+  def _cached_run(self, present: tuple[int, ...], slots: np.ndarray, num_slots: int,
+                  num_objects: np.int32, valid_size: np.ndarray) -> Callable[..., Any]:
+    """run(state, frame, previous) -> (state, labels) by `cached_step`, storing each frame's
+    global-matching minima under a new version of the references.
+
+    A frame whose stored minima were taken with the same objects taking part, over
+    references that every present reference extends (cells only added, none relabelled),
+    is matched against the added cells only; any other frame against all marked cells,
+    from minima of inf."""
+    version = self._next_version
+    self._next_version += 1
+    self._minima_versions[version] = (present, self._references.copy())
+    marked = self._references != IGNORE_LABEL
+    rows: dict[Optional[int], tuple[jax.Array, jax.Array]] = {}
+    no_minima = jnp.full(slots.shape[1:] + (1 + num_slots,), jnp.inf, jnp.float32)
+    step = _compiled_cached_step(self.model)
+
+    extended: dict[int, bool] = {}
+
+    def references(frame: int) -> tuple[Optional[int], jax.Array]:
+      """(the version the frame's minima extend, or None; those minima)."""
+      stored = self._minima.get(frame)
+      if stored is None:
+        return None, no_minima
+      if stored[0] not in extended:
+        old_present, old_references = self._minima_versions[stored[0]]
+        old_marked = old_references != IGNORE_LABEL
+        extended[stored[0]] = (old_present == present and np.array_equal(
+            old_references[old_marked], self._references[old_marked]))
+      return stored if extended[stored[0]] else (None, no_minima)
+
+    def run(state, frame, previous):
+      base, minima = references(frame)
+      if base not in rows:
+        cells = marked if base is None else (
+            marked & (self._minima_versions[base][1] == IGNORE_LABEL))
+        rows[base] = _reference_rows(self._embeddings, *self._reference_index(slots, cells))
+      distances, backward = self._distances(frame, previous)
+      state, labels, minima = step(self._head_variables, state, self._features,
+                                   self._embeddings, np.int32(frame), self._feature_part(frame),
+                                   distances, backward, *rows[base], minima, num_objects,
+                                   valid_size)
+      self._store_minima(frame, version, minima)
+      return state, labels
+    return run
+
+  def _store_minima(self, frame: int, version: int, minima: jax.Array) -> None:
+    """Keeps a frame's minima (replacing its older ones) while the cache has room."""
+    old = self._minima.pop(frame, None)
+    if old is not None:
+      self._minima_cache_used -= old[1].nbytes
+    if self._minima_cache_used + minima.nbytes <= self._minima_cache_bytes:
+      self._minima[frame] = (version, minima)
+      self._minima_cache_used += minima.nbytes
 
   def _marked_frames(self) -> list[int]:
     return np.flatnonzero((self._references != IGNORE_LABEL).any(axis=(1, 2))).tolist()

@@ -90,8 +90,8 @@ def test_mask_cells_match_loops():
 
 
 def test_reference_bucket():
-  assert [interactive.reference_bucket(n) for n in (0, 1, 256, 257, 600, 1024)] == [
-      256, 256, 256, 512, 1024, 1024]
+  assert [interactive.reference_bucket(n) for n in (0, 1, 32, 33, 257, 600, 1024)] == [
+      32, 32, 32, 64, 512, 1024, 1024]
 
 
 def test_matches_direct_segment_calls(setup):
@@ -301,21 +301,26 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(3, "both")
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
-  assert traces["start_state"] == traces["cached_step"] == traces["distances"] == 1
+  assert traces["previous_state"] == traces["cached_step"] == traces["distances"] == 1
   assert traces["head_feature_part"] == 1
   # Pairs (t, t - 1) for t = 1..4, and each frame of interaction with itself, once each.
   assert sorted(session._distance_cache) == [(0, 0), (1, 0), (2, 1), (3, 2), (3, 3), (4, 3),
                                              (4, 4)]
   assert sorted(session._head_cache) == [0, 1, 2, 3, 4]  # One feature part per frame.
   assert session.feature_part_bytes == 5 * 12 * 8 * 8 * 4  # T x h x w x head_channels x 4.
+  assert sorted(session._minima) == [0, 1, 2, 3, 4]
+  slots = session._minima[0][1].shape[-1]
+  assert session.minima_bytes == 5 * 12 * 8 * slots * 4  # T x h x w x K x 4.
   with tracing.count_traces() as traces:
     for t in range(NUM_FRAMES):  # 5 x 9 x 8 cells: 360 reference pixels, the next bucket.
       session.add_background_scribble(t, np.ones((36, WIDTH), bool))
     session.add_scribble(2, 1, [(10, 10)])
     session.propagate(2, "both")
     session.propagate(1, "forward")
-  assert traces["start_state"] == traces["cached_step"] == 1
-  assert traces["distances"] == traces["head_feature_part"] == 0
+  # The full-frame strokes relabel marked cells: every frame is matched against all 360+
+  # cells (the 512 bucket) once; propagate(1) then adds no cell (the 32 bucket, compiled).
+  assert traces["cached_step"] == traces["reference_rows"] == 1
+  assert traces["previous_state"] == traces["distances"] == traces["head_feature_part"] == 0
   jax.effects_barrier()
   assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
 
@@ -395,9 +400,11 @@ def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monke
   np.testing.assert_array_equal(fresh.references, session.references)
   np.testing.assert_array_equal(fresh.propagate(3, "both"), again)
   _, uncached, nothing_kept = _corrected_session(model, variables, frames,
-                                                 distance_cache_bytes=0, head_cache_bytes=0)
-  assert not nothing_kept._distance_cache and not nothing_kept._head_cache
+                                                 distance_cache_bytes=0, head_cache_bytes=0,
+                                                 minima_cache_bytes=0)
+  assert not (nothing_kept._distance_cache or nothing_kept._head_cache or nothing_kept._minima)
   assert nothing_kept.distance_bytes == nothing_kept.feature_part_bytes == 0
+  assert nothing_kept.minima_bytes == 0
   np.testing.assert_array_equal(uncached, again)
   monkeypatch.setattr(interactive, "caches_distances", lambda model: False)
   # Two chunks of one object via `segment`, global matching in chunks of 16 of the 64 query
@@ -406,6 +413,56 @@ def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monke
                                      object_buckets=(1,))
   np.testing.assert_array_equal(generic, again)
   assert len(np.unique(again)) == 3
+
+
+def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, monkeypatch):
+  """Added cells alone are matched against the stored minima; a relabelled cell or a new
+  object taking part makes every cell matched again. Each propagation gives the labels and
+  minima of a fresh session holding the same references (every cell matched)."""
+  model, variables = setup
+  frames = make_frames(6)
+  matched = []
+  original = interactive._reference_rows
+
+  def recording(embeddings, index, labels):
+    matched.append(int((labels != IGNORE_LABEL).sum()))
+    return original(embeddings, index, labels)
+
+  monkeypatch.setattr(interactive, "_reference_rows", recording)
+  rounds = [
+      (0, lambda s: (s.add_scribble(0, 1, box(8, 6, 20, 16)),
+                     s.add_background_scribble(0, box(0, 0, 2, 29))), "forward"),
+      (3, lambda s: (s.add_scribble(3, 1, [(14, 12), (19, 13)]),
+                     s.add_background_scribble(3, [(28, 2)])), "both"),
+      (3, lambda s: s.add_background_scribble(3, [(14, 12)]), "backward"),  # Relabels a cell.
+      (2, lambda s: s.add_scribble(2, 1, [(10, 10)]), "both"),
+      (4, lambda s: s.add_scribble(4, 2, [(25, 20)]), "both"),  # Object 2 takes part.
+      (1, lambda s: s.add_scribble(1, 1, [(6, 10)]), "both"),
+  ]
+  session = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2])
+  counts = []
+  for done, (frame, interaction, direction) in enumerate(rounds):
+    interaction(session)
+    del matched[:]
+    got = session.propagate(frame, direction)
+    counts.append(matched[:])
+    fresh = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2])
+    for _, earlier, _ in rounds[:done + 1]:
+      earlier(fresh)
+    expected = fresh.propagate(frame, direction)
+    for t in sorted(fresh._minima):  # The frames this propagation covers.
+      np.testing.assert_array_equal(got[t], expected[t], err_msg=f"round {done}, frame {t}")
+      np.testing.assert_allclose(session._minima[t][1], fresh._minima[t][1], rtol=1e-6)
+  # Frame 0: the box's 3 x 3 cells and the 8 cells of the top rows; then 3 clicks.
+  assert counts[0] == [17]
+  assert counts[1] == [3]  # Every frame extends round 0's minima: the clicks alone.
+  # Round 2 relabels a click cell: frames 3..0 match all 20 cells, frame 4 keeps round 1's.
+  assert counts[2] == [20]
+  # Frames 0..3 extend round 2's minima (the click alone); frame 4's, from round 1, hold
+  # the relabelled cell: all 21 cells.
+  assert counts[3] == [1, 21]
+  assert counts[4] == [22]  # Object 2 takes part: new slots, all cells.
+  assert counts[5] == [1]
 
 
 def test_global_chunk_size():
