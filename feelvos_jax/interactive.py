@@ -48,19 +48,31 @@ scribble for any other id is refused.
 - What does not depend on the references is computed once and kept: besides the embeddings,
   the squared embedding distances of local matching, `pair_distances` [(2k+1)^2, h, w] of
   each pair of neighbouring frames (t, t-1) (read from the other side for a backward step,
-  `local_maps_from_distances`) and of each frame of interaction with itself; and per frame
-  the part of the head's first layer that depends on the features alone
-  (`head_feature_part`: its depthwise conv, ReLU and pointwise conv of the D feature
-  channels, the same for every slot). A step then runs global matching against the P
-  reference pixels, the label-dependent minimum of local matching, and the rest of the head
-  over all slots at once (`cached_step`): the same maps and logits as `FEELVOS.segment`. The
-  stored distances are bounded by `distance_cache_bytes` (pairs beyond it are recomputed
-  when needed): h x w x (2k+1)^2 x 4 bytes a pair, 6480 x 961 x 4 = 25 MB at 240x432 with
-  the paper's k = 15, 100 MB at 480x864; the feature parts by `head_cache_bytes`:
-  h x w x head_channels x 4 bytes a frame (6.6 MB at 240x432 with 256 channels).
+  `local_maps_from_distances`); and per frame the part of the head's first layer that
+  depends on the features alone (`head_feature_part`: its depthwise conv, ReLU and
+  pointwise conv of the D feature channels, the same for every slot). The frame of
+  interaction is matched locally against its own marked cells directly
+  (`local_maps_from_cells`, h w x M distances) when it holds at most `MAX_CELL_MATCHING`
+  cells, else through the stored `pair_distances` of the frame with itself.
+- Global matching is incremental: each frame keeps, per slot, the minimum squared distance
+  to the marked cells it was last matched against (the global map is its transform), with
+  the version of the references it was taken over. A frame whose stored minima were taken
+  with the same objects taking part, over cells that are all still marked with the same
+  object (cells only added since), is matched against the added cells alone and keeps the
+  minimum of both; any other frame (a cell relabelled, an object newly taking part, no
+  stored minima) against all marked cells. Either way the map equals matching every marked
+  cell at once.
+- A step (`cached_step`) then runs global matching against the new cells, the
+  label-dependent minimum of local matching, and the rest of the head over all slots at once:
+  the same maps and logits as `FEELVOS.segment`. The stored distances are bounded by
+  `distance_cache_bytes` (pairs beyond it are recomputed when needed): h x w x (2k+1)^2 x 4
+  bytes a pair, 6480 x 961 x 4 = 25 MB at 240x432 with the paper's k = 15, 100 MB at
+  480x864; the feature parts by `head_cache_bytes`: h x w x head_channels x 4 bytes a frame
+  (6.6 MB at 240x432 with 256 channels); the minima by `minima_cache_bytes`: h x w x K x 4
+  bytes a frame (K = 1 + object slots; 52 KB at 240x432 with one object).
   Models with CFBI matching options, PML or sharded matching (`caches_distances` False) run
-  `interactive_step` instead: `propagation.segment_logits` on the stored embeddings, object
-  slots chunked by `object_buckets`.
+  `interactive_step` instead: `propagation.segment_logits` on the stored embeddings (global
+  matching against every marked cell), object slots chunked by `object_buckets`.
 - Only jitted functions run, compiled once per (padded frame size, P bucket, slots) and
   shared by every session of a model. The session keeps the latest labels of every frame
   ([T, H, W] int32 object ids, background 0 until a frame is first propagated).
@@ -97,6 +109,15 @@ DISTANCE_CACHE_BYTES = 2**30
 
 HEAD_CACHE_BYTES = 2**30
 """Default bound of the stored feature parts of the head's first layer (1 GiB)."""
+
+DENSE_REFERENCE_PIXELS = 64
+"""A step matches at most this many new reference pixels (their bucket) densely
+(`matching.nearest_squared_distance`), more with `matching.global_matching`."""
+
+MAX_CELL_MATCHING = 256
+"""The frame of interaction is matched locally against its marked cells directly
+(`local_maps_from_cells`) when it holds at most this many, else through the stored
+`pair_distances` of the frame with itself."""
 
 MINIMA_CACHE_BYTES = 2**28
 """Default bound of the stored global-matching minima (256 MiB)."""
@@ -182,7 +203,7 @@ def start_state(embeddings: jax.Array, reference_index: jax.Array,
 def _next_state(state: propagation.State, logits: jax.Array, embedding: jax.Array,
                 valid_size: jax.Array) -> tuple[propagation.State, jax.Array]:
   """A frame's stride-4 logits [h, w, K] and embedding [h, w, E] -> (the state with this frame
-  as the previous one, labels [4h, 4w] int32, IGNORE_LABEL outside `valid_size` (height,
+  as the previous one, labels [4h, 4w] uint8 slots, IGNORE_LABEL outside `valid_size` (height,
   width))."""
   height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
   upsampled = losses.upsample_logits(logits[None], (height, width))[0]
@@ -193,7 +214,7 @@ def _next_state(state: propagation.State, logits: jax.Array, embedding: jax.Arra
   new_state = dict(state, previous_embedding=embedding,
                    previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
                    previous_probs=jax.nn.softmax(logits, axis=-1))
-  return new_state, labels
+  return new_state, labels.astype(jnp.uint8)
 
 
 def interactive_step(model: nn.Module, variables: Any, state: propagation.State,
@@ -214,7 +235,7 @@ def interactive_step(model: nn.Module, variables: Any, state: propagation.State,
     objects_per_chunk: M (static).
 
   Returns:
-    (state with this frame as previous frame, labels [Hp, Wp] int32 slots, IGNORE_LABEL on
+    (state with this frame as previous frame, labels [Hp, Wp] uint8 slots, IGNORE_LABEL on
     padding).
   """
   frame_features = lax.dynamic_index_in_dim(features, frame, keepdims=True)
@@ -341,6 +362,43 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
   return matching.distance_from_squared(squared)
 
 
+def local_maps_from_cells(embedding: jax.Array, cell_index: jax.Array, cell_labels: jax.Array,
+                          *, window: int, dilation: int, num_slots: int) -> jax.Array:
+  """Local matching maps [h, w, num_slots] of a frame against a few labelled cells of itself
+  (the frame of interaction, whose previous frame is itself with only its marked cells
+  labelled): the same maps as `local_maps_from_distances` on `pair_distances(frame, frame)`,
+  at the cost of h w x M distances instead of h w x (2 window + 1)^2.
+
+  Args:
+    embedding: [h, w, E] the frame's embeddings.
+    cell_index: [M] int32 flat indices into h x w of the labelled cells (padding: any).
+    cell_labels: [M] int32 their slot labels (padding: IGNORE_LABEL; labels outside
+      0..num_slots-1 never match).
+    window, dilation: the local-matching window (`local_offsets`): a cell counts for pixel p
+      if it is p + (dy, dx) dilation with |dy|, |dx| <= window.
+    num_slots: K.
+  """
+  height, width, channels = embedding.shape
+  pixels = embedding.reshape(-1, channels).astype(jnp.float32)
+  cells = pixels[cell_index]
+  cross = jnp.einsum("pc,mc->pm", pixels, cells, precision=lax.Precision.HIGHEST)
+  squared = jnp.maximum(jnp.sum(jnp.square(pixels), axis=-1)[:, None]
+                        + jnp.sum(jnp.square(cells), axis=-1)[None, :] - 2.0 * cross, 0.0)
+  pixel_y, pixel_x = jnp.divmod(jnp.arange(height * width), width)
+  cell_y, cell_x = jnp.divmod(cell_index, width)
+  reach = window * dilation
+
+  def in_window(pixel: jax.Array, cell: jax.Array) -> jax.Array:
+    offset = cell[None, :] - pixel[:, None]
+    return (jnp.abs(offset) <= reach) & (offset % dilation == 0)
+
+  inside = in_window(pixel_y, cell_y) & in_window(pixel_x, cell_x)
+  minima = jnp.stack([jnp.min(jnp.where(inside & (cell_labels == slot)[None, :], squared,
+                                        jnp.inf), axis=-1)
+                      for slot in range(num_slots)], axis=-1)
+  return matching.distance_from_squared(minima).reshape(height, width, num_slots)
+
+
 def segmentation_head(model: nn.Module) -> heads.DynamicSegmentationHead:
   """The dynamic segmentation head of one slot, as `FEELVOS` builds it (its parameters are
   the model's `params['segmentation_head']`, shared by the slots)."""
@@ -382,7 +440,7 @@ def global_chunk_size(model: nn.Module, reference_pixels: int) -> Optional[int]:
 
 def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
                 features: jax.Array, embeddings: jax.Array, frame: jax.Array,
-                feature_part: jax.Array, distances: jax.Array, backward: jax.Array,
+                feature_part: jax.Array, local_maps: jax.Array,
                 reference_embedding: jax.Array, reference_labels: jax.Array,
                 minima: jax.Array, num_objects: jax.Array,
                 valid_size: jax.Array) -> tuple[propagation.State, jax.Array, jax.Array]:
@@ -394,10 +452,12 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
   - global matching is incremental: `minima` [h, w, K] holds the frame's minimum squared
     distance per slot to the reference cells already matched (inf: none), and only the
     reference pixels added since (`reference_embedding` [1, P, E], `reference_labels` [1, P]
-    slots, padding IGNORE_LABEL) are matched; the minimum of both is the minimum over all
-    reference pixels, so the map equals matching them all at once;
-  - the label-independent part of local matching (`distances`, see
-    `local_maps_from_distances` for `backward`) comes in computed once per pair of frames;
+    slots, padding IGNORE_LABEL) are matched (densely for P <= DENSE_REFERENCE_PIXELS); the
+    minimum of both is the minimum over all reference pixels, so the map equals matching
+    them all at once;
+  - the local matching maps [h, w, K] against the previous frame come in computed
+    (`local_maps_from_distances` on distances stored once per pair of frames, or
+    `local_maps_from_cells` for the frame of interaction);
   - the features' part of the head's first layer (`feature_part`, `head_feature_part`) comes
     in computed once per frame.
   `state` needs only the previous-frame entries (`previous_state`). `head_variables` =
@@ -405,21 +465,25 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
   head's shapes.
 
   Returns:
-    (state with this frame as previous frame, labels [Hp, Wp] int32 slots, IGNORE_LABEL on
+    (state with this frame as previous frame, labels [Hp, Wp] uint8 slots, IGNORE_LABEL on
     padding, the frame's new minima [h, w, K] float32 over all reference pixels).
   """
   num_slots = state["previous_probs"].shape[-1]
   frame_features = lax.dynamic_index_in_dim(features, frame, keepdims=True)
   frame_embeddings = lax.dynamic_index_in_dim(embeddings, frame, keepdims=False)
-  added = matching.global_matching(
-      frame_embeddings.astype(jnp.float32), reference_embedding.astype(jnp.float32),
-      reference_labels, num_slots, squared=True,
-      chunk_size=global_chunk_size(model, reference_labels.shape[-1]))
+  if reference_labels.shape[-1] <= DENSE_REFERENCE_PIXELS:
+    height, width, channels = frame_embeddings.shape
+    added = matching.nearest_squared_distance(
+        frame_embeddings.reshape(-1, channels).astype(jnp.float32),
+        reference_embedding[0].astype(jnp.float32), reference_labels[0], num_slots)
+    added = added.reshape(height, width, num_slots)
+  else:
+    added = matching.global_matching(
+        frame_embeddings.astype(jnp.float32), reference_embedding.astype(jnp.float32),
+        reference_labels, num_slots, squared=True,
+        chunk_size=global_chunk_size(model, reference_labels.shape[-1]))
   minima = jnp.minimum(minima, added)
   global_maps = matching.distance_from_squared(minima)
-  local_maps = local_maps_from_distances(
-      distances, state["previous_labels"], backward, window=model.window,
-      dilation=model.dilation, num_slots=num_slots)
   object_maps = jnp.stack([global_maps, state["previous_probs"], local_maps], axis=-1)
   head = segmentation_head(model)
 
@@ -466,6 +530,24 @@ def _compiled_distances(window: int, dilation: int) -> Callable[..., jax.Array]:
                           lax.dynamic_index_in_dim(embeddings, v, keepdims=False),
                           window=window, dilation=dilation)
   return jax.jit(distances)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_local_maps(window: int, dilation: int,
+                         num_slots: int) -> Callable[..., jax.Array]:
+  """Jitted `local_maps_from_distances`."""
+  return jax.jit(functools.partial(local_maps_from_distances, window=window,
+                                   dilation=dilation, num_slots=num_slots))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_cell_maps(window: int, dilation: int, num_slots: int) -> Callable[..., jax.Array]:
+  """Jitted `local_maps_from_cells` of frame `frame` of the session's embeddings."""
+  def cell_maps(embeddings, frame, cell_index, cell_labels):
+    return local_maps_from_cells(lax.dynamic_index_in_dim(embeddings, frame, keepdims=False),
+                                 cell_index, cell_labels, window=window, dilation=dilation,
+                                 num_slots=num_slots)
+  return jax.jit(cell_maps)
 
 
 @functools.lru_cache(maxsize=16)
@@ -767,7 +849,7 @@ class InteractiveSession:
     id_to_slot = np.full(256, IGNORE_LABEL, np.int32)
     id_to_slot[0] = 0
     id_to_slot[present] = np.arange(1, len(present) + 1)
-    slot_to_id = np.zeros(256, np.int32)
+    slot_to_id = np.zeros(256, np.uint8)
     slot_to_id[1:len(present) + 1] = present
     slots = id_to_slot[self._references]  # [T, h, w]
     objects_per_chunk, num_chunks = propagation.bucket_slots(len(present),
@@ -839,6 +921,25 @@ class InteractiveSession:
     rows: dict[Optional[int], tuple[jax.Array, jax.Array]] = {}
     no_minima = jnp.full(slots.shape[1:] + (1 + num_slots,), jnp.inf, jnp.float32)
     step = _compiled_cached_step(self.model)
+    window, dilation = self.model.window, self.model.dilation
+
+    def local_maps(state, frame, previous):
+      """[h, w, K] local matching maps of `frame` against `previous`: for the frame of
+      interaction with at most MAX_CELL_MATCHING marked cells `local_maps_from_cells`, else
+      `local_maps_from_distances` on the stored `pair_distances`."""
+      if frame == previous:
+        own = slots[frame].reshape(-1)
+        cells = np.flatnonzero(own != IGNORE_LABEL)
+        if cells.size <= MAX_CELL_MATCHING:
+          index = np.zeros(reference_bucket(cells.size), np.int32)
+          index[:cells.size] = cells
+          labels = np.full(index.size, IGNORE_LABEL, np.int32)
+          labels[:cells.size] = own[cells]
+          return _compiled_cell_maps(window, dilation, 1 + num_slots)(
+              self._embeddings, np.int32(frame), index, labels)
+      distances, backward = self._distances(frame, previous)
+      return _compiled_local_maps(window, dilation, 1 + num_slots)(
+          distances, state["previous_labels"], backward)
 
     extended: dict[int, bool] = {}
 
@@ -860,11 +961,10 @@ class InteractiveSession:
         cells = marked if base is None else (
             marked & (self._minima_versions[base][1] == IGNORE_LABEL))
         rows[base] = _reference_rows(self._embeddings, *self._reference_index(slots, cells))
-      distances, backward = self._distances(frame, previous)
       state, labels, minima = step(self._head_variables, state, self._features,
                                    self._embeddings, np.int32(frame), self._feature_part(frame),
-                                   distances, backward, *rows[base], minima, num_objects,
-                                   valid_size)
+                                   local_maps(state, frame, previous), *rows[base], minima,
+                                   num_objects, valid_size)
       self._store_minima(frame, version, minima)
       return state, labels
     return run

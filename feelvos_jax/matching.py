@@ -394,6 +394,48 @@ def _global_matching(query: jax.Array, reference: jax.Array, reference_labels: j
   return minima.reshape(height, width, num_objects)
 
 
+def nearest_squared_distance(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike,
+                             reference_labels: jax.typing.ArrayLike,
+                             num_objects: int) -> jax.Array:
+  """Per object, the minimum squared distance to a few reference pixels, computed densely.
+
+  Args:
+    query: [Q, C] embeddings.
+    reference: [R, C] reference embeddings (a few: clicks, a short scribble).
+    reference_labels: [R] integer labels (outside 0..num_objects-1: never matched).
+    num_objects: object slots including the background slot 0 (a static Python int).
+
+  Returns:
+    [Q, num_objects] float32: the values of `global_matching(..., squared=True)` on the same
+    pixels (the same rescaling and arithmetic; inf where an object has no reference pixel),
+    from all Q x R distances at once. For small R that skips the blocked reference layout
+    `global_matching` builds to bound memory; its cost grows as Q x R x num_objects.
+  """
+  query, reference = jnp.asarray(query), jnp.asarray(reference)
+  reference_labels = jnp.asarray(reference_labels)
+  if query.ndim != 2 or reference.ndim != 2:
+    raise ValueError(f"query and reference must be [Q, C] and [R, C], got shapes {query.shape} "
+                     f"and {reference.shape}.")
+  _check_channels("query", query, "reference", reference)
+  if reference_labels.shape != reference.shape[:1]:
+    raise ValueError(f"reference_labels must be [R] = {reference.shape[:1]}, got "
+                     f"{reference_labels.shape}.")
+  _check_int("num_objects", num_objects, 1)
+  return _nearest_squared_distance(query, reference, reference_labels, num_objects=num_objects)
+
+
+@functools.partial(jax.jit, static_argnames=("num_objects",))
+def _nearest_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Array, *,
+                              num_objects: int) -> jax.Array:
+  exponent = _scale_exponent(query, reference)
+  query, query_sq = _prepare(query, exponent, jnp.float32)
+  reference, reference_sq = _prepare(reference, exponent, jnp.float32)
+  partial = reference_sq[None, :] - 2.0 * _dot(query, reference, "qc,rc->qr")
+  best = jnp.stack([jnp.min(jnp.where(labels[None, :] == obj, partial, jnp.inf), axis=1)
+                    for obj in range(num_objects)], axis=1)
+  return _unscale(jnp.maximum(best + query_sq[:, None], 0.0), exponent)
+
+
 def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike,
                             reference_labels: jax.typing.ArrayLike, num_objects: int, *,
                             mesh: jax.sharding.Mesh, axis_name: str, mode: str = "query",

@@ -303,9 +303,8 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(4, "backward")
   assert traces["previous_state"] == traces["cached_step"] == traces["distances"] == 1
   assert traces["head_feature_part"] == 1
-  # Pairs (t, t - 1) for t = 1..4, and each frame of interaction with itself, once each.
-  assert sorted(session._distance_cache) == [(0, 0), (1, 0), (2, 1), (3, 2), (3, 3), (4, 3),
-                                             (4, 4)]
+  # Pairs (t, t - 1) for t = 1..4, once each (frames of interaction: `local_maps_from_cells`).
+  assert sorted(session._distance_cache) == [(1, 0), (2, 1), (3, 2), (4, 3)]
   assert sorted(session._head_cache) == [0, 1, 2, 3, 4]  # One feature part per frame.
   assert session.feature_part_bytes == 5 * 12 * 8 * 8 * 4  # T x h x w x head_channels x 4.
   assert sorted(session._minima) == [0, 1, 2, 3, 4]
@@ -372,6 +371,29 @@ def test_local_maps_from_stored_distances_match_loops():
                              numpy_local_maps(first, second, labels[1], 3, 2), atol=1e-5)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_local_maps_from_cells_equal_those_from_stored_distances(dilation):
+  """A frame against a few marked cells of itself (window 2, 6x7 maps, 9 cells of 3 slots
+  and padding), against NumPy loops and the stored-distance route."""
+  rng = np.random.default_rng(8)
+  embedding = rng.normal(size=(6, 7, 3)).astype(np.float32)
+  cells = rng.choice(42, 9, replace=False)
+  labels = np.full(42, IGNORE_LABEL, np.int32)
+  labels[cells] = rng.integers(0, 3, 9)
+  index = np.concatenate([cells, [0, 0, 0]]).astype(np.int32)
+  cell_labels = np.concatenate([labels[cells], [IGNORE_LABEL] * 3]).astype(np.int32)
+  got = jax.jit(functools.partial(interactive.local_maps_from_cells, window=2,
+                                  dilation=dilation, num_slots=3))(embedding, index, cell_labels)
+  distances = interactive.pair_distances(embedding, embedding, window=2, dilation=dilation)
+  stored = interactive.local_maps_from_distances(distances, labels.reshape(6, 7), False,
+                                                 window=2, dilation=dilation, num_slots=3)
+  np.testing.assert_allclose(got, stored, atol=1e-6)
+  if dilation == 1:
+    np.testing.assert_allclose(got, numpy_local_maps(embedding, embedding, labels.reshape(6, 7),
+                                                     3, 2), atol=1e-5)
+  assert (np.asarray(got) < 1).any() and (np.asarray(got) == 1).any()
+
+
 def _corrected_session(model, variables, frames, **kwargs):
   """frame-0 strokes propagated forward, then clicks on frame 3 propagated both ways."""
   session = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2],
@@ -387,7 +409,8 @@ def _corrected_session(model, variables, frames, **kwargs):
 
 def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monkeypatch):
   """A re-propagation (stored distances reused) gives the masks of a fresh session holding
-  the same references, of one that stores nothing, and of the chunked `segment` step."""
+  the same references, of one that stores nothing, of one that matches the frames of
+  interaction through pair distances, and of the chunked `segment` step."""
   model, variables = setup
   frames = make_frames(5)
   _, again, session = _corrected_session(model, variables, frames)
@@ -406,6 +429,11 @@ def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monke
   assert nothing_kept.distance_bytes == nothing_kept.feature_part_bytes == 0
   assert nothing_kept.minima_bytes == 0
   np.testing.assert_array_equal(uncached, again)
+  assert (3, 3) not in session._distance_cache  # Frames of interaction: from their cells ...
+  monkeypatch.setattr(interactive, "MAX_CELL_MATCHING", 0)  # ... or from stored self-pairs.
+  _, self_pairs, with_self_pairs = _corrected_session(model, variables, frames)
+  assert {(0, 0), (3, 3)} <= set(with_self_pairs._distance_cache)
+  np.testing.assert_array_equal(self_pairs, again)
   monkeypatch.setattr(interactive, "caches_distances", lambda model: False)
   # Two chunks of one object via `segment`, global matching in chunks of 16 of the 64 query
   # pixels (the cached step matches all 64 at once, `global_chunk_size`).

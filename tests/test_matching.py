@@ -341,6 +341,28 @@ def test_bfloat16_within_1e2_of_float32():
                              atol=1e-2)
 
 
+@pytest.mark.parametrize("scale", [0.4, 1e15])
+def test_nearest_squared_distance_matches_numpy_and_global_matching(scale):
+  """The dense minimum over a few reference pixels: NumPy's, and global_matching's values
+  (squared=True) on the same pixels; an absent object and ignored pixels give inf / no match."""
+  rng = np.random.default_rng(23)
+  query = embeddings(rng, (30, 5), scale=scale)
+  reference = embeddings(rng, (7, 5), scale=scale)
+  labels = np.array([0, 2, IGNORE_LABEL, 2, 0, -1, 2], np.int32)
+  got = np.asarray(matching.nearest_squared_distance(query, reference, labels, 4))
+  assert got.shape == (30, 4) and np.all(np.isinf(got[:, [1, 3]]))
+  for obj in (0, 2):
+    pixels = reference[labels == obj].astype(np.float64)
+    expected = ((query[:, None].astype(np.float64) - pixels[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(got[:, obj], expected, rtol=1e-5)
+  as_maps = matching.global_matching(query.reshape(5, 6, 5), reference[None],
+                                     np.where(labels < 0, IGNORE_LABEL, labels)[None], 4,
+                                     squared=True)
+  np.testing.assert_array_equal(got, np.asarray(as_maps).reshape(30, 4))
+  with pytest.raises(ValueError, match=r"reference_labels must be \[R\] = \(7,\)"):
+    matching.nearest_squared_distance(query, reference, labels[:3], 4)
+
+
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_squared_option_returns_minimum_squared_distances(dilation):
   """squared=True gives min ||e_p - e_q||^2 (inf where nothing matches); the maps are its tanh."""
