@@ -1,4 +1,4 @@
-"""Tests of the depthwise convolution of feelvos_jax.models.layers.
+"""Tests of the depthwise and pointwise convolutions of feelvos_jax.models.layers.
 
 `depthwise_conv_same` runs `depthwise_conv_shifted` on CPU and XLA's grouped convolution
 (`depthwise_conv_native`) elsewhere; both are checked against a NumPy loop written from the
@@ -149,6 +149,34 @@ def test_depthwise_module_matches_nn_conv_parameters():
                           "bias": jnp.arange(4.0)}}
   np.testing.assert_allclose(module.apply(variables, x), reference.apply(variables, x),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,stride,use_bias", [((2, 9, 8, 5), 1, True),
+                                                  ((1, 9, 8, 5), 2, False),
+                                                  ((1, 7, 10, 3), 2, True)])
+def test_pointwise_module_matches_nn_conv(shape, stride, use_bias):
+  """`conv2d_same(features, 1)` is a `PointwiseConv` with nn.Conv's parameter names, shapes
+  and init, and its outputs (odd sides at stride 2: pixels 0, 2, 4, ...) and gradients."""
+  x = jnp.asarray(np.random.default_rng(7).normal(size=shape), jnp.float32)
+  module = layers.conv2d_same(6, 1, stride=stride, use_bias=use_bias, name="conv")
+  assert isinstance(module, layers.PointwiseConv)
+  reference = nn.Conv(6, (1, 1), strides=stride, padding=((0, 0), (0, 0)), use_bias=use_bias)
+  key = jax.random.PRNGKey(1)
+  variables = module.init(key, x)
+  reference_variables = reference.init(key, x)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, reference_variables)
+  np.testing.assert_array_equal(variables["params"]["kernel"],
+                                reference_variables["params"]["kernel"])
+  if use_bias:
+    variables = {"params": dict(variables["params"], bias=jnp.arange(6.0))}
+  got = module.apply(variables, x)
+  assert got.shape == (shape[0], -(-shape[1] // stride), -(-shape[2] // stride), 6)
+  np.testing.assert_allclose(got, reference.apply(variables, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  grads = jax.grad(loss(module), argnums=(0, 1))(variables, x)
+  reference_grads = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads,
+               reference_grads)
 
 
 def test_bad_shapes_raise():

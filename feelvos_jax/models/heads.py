@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from feelvos_jax.models.layers import depthwise_conv_same
+from feelvos_jax.models.layers import PointwiseConv, depthwise_conv_same
 
 Initializer = Callable[..., jax.Array]
 
@@ -186,8 +186,9 @@ class DynamicSegmentationHead(nn.Module):
       gates = self._gates(index, guidance, self.channels)
       x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
                             name=f"layer_{index}")(x, gates=gates)
-    logits = nn.Conv(1, (1, 1), kernel_init=nn.initializers.truncated_normal(0.01),
-                     dtype=self.dtype, param_dtype=jnp.float32, name="logits")(x)
+    logits = PointwiseConv(1, use_bias=True, dtype=self.dtype,
+                           kernel_init=nn.initializers.truncated_normal(0.01),
+                           name="logits")(x)
     return logits[..., 0]
 
 
