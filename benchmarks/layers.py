@@ -1,4 +1,4 @@
-"""Depthwise convolution: XLA's grouped convolution against the shifted-sum form, same run.
+"""Depthwise and 1x1 convolutions on CPU: XLA's convolution against this project's forms.
 
     cd /work/main && /work/venv/bin/python -m benchmarks.layers [--repeats=3] [--no_write]
 
@@ -16,13 +16,17 @@ the heads and `nn.Conv` used before) against `layers.depthwise_conv_shifted` (wh
   107) forward and forward + backward (at 480p the native backward takes minutes here), with
   each form in its depthwise convs (`heads.depthwise_conv_same` swapped for the native form
   while the "native" row is traced).
-Prints a table and appends a dated section to BENCHMARKS.md.
+and `nn.Conv` with a 1x1 kernel (XLA's convolution) against `layers.PointwiseConv` (an einsum,
+what `layers.conv2d_same(features, 1)` builds), the same parameters, forward and forward +
+backward, at the 1x1 convs of the paper's model at 480x854.
+Prints two tables and appends a dated section to BENCHMARKS.md.
 """
 import argparse
 import functools
 import sys
 from unittest import mock
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +77,42 @@ def conv_rows(repeats: int) -> list[str]:
   return rows
 
 
+# (what, input shape [B, H, W, C], output channels, stride)
+POINTWISE = [
+    ("head logits, 480p", (2, 120, 214, 256), 1, 1),
+    ("decoder projection, 480p", (1, 120, 214, 256), 48, 1),
+    ("Xception entry residual s2, 480p", (1, 240, 427, 128), 256, 2),
+    ("Xception middle 1x1, 480p", (1, 30, 54, 728), 728, 1),
+    ("ASPP 1x1, 480p", (1, 30, 54, 2048), 256, 1),
+]
+
+
+def pointwise_rows(repeats: int) -> list[str]:
+  """Table rows of nn.Conv 1x1 against PointwiseConv."""
+  rows = []
+  for what, shape, features, stride in POINTWISE:
+    x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
+    pointwise = layers.PointwiseConv(features, stride, use_bias=True)
+    variables = jax.jit(pointwise.init)(jax.random.PRNGKey(1), x)
+    timings = {}
+    for name, module in (("conv", nn.Conv(features, (1, 1), strides=stride,
+                                          padding=((0, 0), (0, 0)))),
+                         ("einsum", pointwise)):
+      timings[name, "forward"] = machine.median_ms(jax.jit(module.apply), variables, x,
+                                                   repeats=repeats)
+      grad = jax.jit(jax.grad(lambda v, x, m=module: jnp.sum(m.apply(v, x) ** 2),
+                              argnums=(0, 1)))
+      timings[name, "backward"] = machine.median_ms(grad, variables, x, repeats=repeats)
+    line = (f"| {what} | {'x'.join(map(str, shape))} | {features} s{stride} | "
+            f"{timings['conv', 'forward']:.1f} | {timings['einsum', 'forward']:.1f} | "
+            f"{timings['conv', 'forward'] / timings['einsum', 'forward']:.1f} | "
+            f"{timings['conv', 'backward']:.1f} | {timings['einsum', 'backward']:.1f} | "
+            f"{timings['conv', 'backward'] / timings['einsum', 'backward']:.1f} |")
+    rows.append(line)
+    print(line, flush=True)
+  return rows
+
+
 def head_row(repeats: int, frame: str, height: int, width: int, backward: bool,
              slots: int = 2) -> str:
   """Table row of the paper's dynamic segmentation head, native against shifted convs."""
@@ -118,6 +158,7 @@ def main() -> None:
   rows = conv_rows(args.repeats) + [
       head_row(args.repeats, "480x854", 120, 214, backward=False),
       head_row(args.repeats, "240x427", 60, 107, backward=True)]
+  pointwise = pointwise_rows(args.repeats)
   lines = [
       f"- Load average (1 / 5 / 15 min) at the start: {load_before} (2 cores shared with other "
       "agents: figures are indicative, the ratios are taken within this run).",
@@ -130,9 +171,20 @@ def main() -> None:
       "| conv | input | kernel | dtype | native fwd ms | shifted fwd ms | speed-up | "
       "native fwd+bwd ms | shifted fwd+bwd ms | speed-up |",
       "|---|---|---|---|---|---|---|---|---|---|",
-  ] + rows
+  ] + rows + [
+      "",
+      "1x1 convolutions: conv = `nn.Conv` with a 1x1 kernel (XLA's convolution, before); einsum "
+      "= `layers.PointwiseConv`, the same parameters (after; what `layers.conv2d_same` builds "
+      "for a 1x1 kernel). Median ms of jitted calls, with bias; backward = gradient of "
+      "sum(out^2) in parameters and input (forward included).",
+      "",
+      "| conv | input | output, stride | conv fwd ms | einsum fwd ms | speed-up | "
+      "conv fwd+bwd ms | einsum fwd+bwd ms | speed-up |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ] + pointwise
   command = f"cd /work/main && {sys.executable} -m benchmarks.layers {' '.join(sys.argv[1:])}"
-  machine.report("Depthwise convolution on CPU", lines, command, write=not args.no_write)
+  machine.report("Depthwise and 1x1 convolutions on CPU", lines, command,
+                 write=not args.no_write)
 
 
 if __name__ == "__main__":
