@@ -24,6 +24,12 @@ Foreground-Background Integration", ECCV 2020): pure functions the model compose
 
 Label maps: 0 background, 1..num_objects-1 objects; IGNORE_LABEL (255) and any id outside
 0..num_objects-1 never match and are pooled nowhere.
+
+Object chunks: video inference with more objects than the largest `object_buckets` entry runs
+the objects in chunks (`propagation.segment_logits`), each seeing the background and its own
+objects, the others' pixels as IGNORE_LABEL. Plain FEELVOS maps are per object and do not
+change; background matching and the background pools of instance attention then leave out
+the other chunks' objects, so they differ from one call holding every object.
 """
 import functools
 
