@@ -27,7 +27,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.name = "sgd"  # "sgd" (momentum SGD, paper) or "adam" / "adamw".
   config.optimizer.momentum = 0.9  # SGD momentum (paper: 0.9).
   config.optimizer.weight_decay = 4e-5  # L2 weight decay (paper: 4e-5).
-  config.optimizer.grad_clip_norm = 5.0  # Global gradient-norm clip (paper: 5); 0 disables.
+  config.optimizer.grad_clip_norm = 5.0  # Gradient-norm clip (paper: 5); 0 disables.
+  config.optimizer.grad_clip_mode = "per_tensor"  # Each gradient by its own norm (official code) or "global".
   config.optimizer.schedule = "poly"  # "poly" (paper), "cosine" or "constant".
   config.optimizer.poly_power = 0.9  # Power of the polynomial decay (paper: 0.9).
   config.optimizer.warmup_steps = 0  # Linear warm-up steps before the decay.

@@ -1,8 +1,10 @@
 """The optax optimizer and learning-rate schedule described by `config.optimizer`.
 
 Paper setting: momentum SGD 0.9, lr 7e-4 with poly decay (power 0.9), L2 weight decay 4e-5 on the
-convolution kernels (added to the gradient like the official code's regularisation loss), and the
-global gradient norm clipped at 5.
+convolution kernels (added to the gradient like the official code's regularisation loss), and
+each parameter's gradient clipped to norm 5 on its own, as the official code's
+`slim.learning.clip_gradient_norms(grads_and_vars, 5.0)` (`grad_clip_mode = "per_tensor"`);
+`"global"` scales all gradients together by their joint norm instead (`optax.clip_by_global_norm`).
 """
 from typing import Callable, Tuple
 
@@ -15,6 +17,7 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("poly", "cosine", "constant")
+_CLIP_MODES = ("per_tensor", "global")
 
 
 def create_learning_rate_schedule(optimizer_config: ml_collections.ConfigDict,
@@ -49,6 +52,19 @@ def create_learning_rate_schedule(optimizer_config: ml_collections.ConfigDict,
   return optax.join_schedules([warmup, decay], boundaries=[warmup_steps])
 
 
+def clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
+  """Scales each gradient tensor g to norm at most `max_norm` on its own:
+  g * min(1, max_norm / ||g||) (TF's `clip_by_norm` per variable)."""
+  def clip(updates: optax.Updates, params: optax.Params | None = None) -> optax.Updates:
+    del params
+    def one(gradient: jax.Array) -> jax.Array:
+      norm = jnp.sqrt(jnp.sum(jnp.square(gradient.astype(jnp.float32))))
+      scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
+      return (gradient * scale).astype(gradient.dtype)
+    return jax.tree.map(one, updates)
+  return optax.stateless(clip)
+
+
 def _is_kernel(params: optax.Params) -> optax.Params:
   """Weight-decay mask: True for convolution/dense kernels (ndim > 1), False for biases, norms."""
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
@@ -58,8 +74,9 @@ def create_optimizer(optimizer_config: ml_collections.ConfigDict, learning_rate:
                      num_train_steps: int) -> Tuple[optax.GradientTransformation, Schedule]:
   """Returns (optax transformation, learning-rate schedule) for `config.optimizer`.
 
-  Order of the chain: L2 decay added to the gradients (sgd/adam; kernels only), global-norm
-  clipping, then the update rule; adamw decays the weights decoupled, inside `optax.adamw`.
+  Order of the chain: L2 decay added to the gradients (sgd/adam; kernels only), clipping
+  (`grad_clip_mode`: each tensor by its own norm, or all by their global norm), then the update
+  rule; adamw decays the weights decoupled, inside `optax.adamw`.
   """
   name = optimizer_config.name
   if name not in _OPTIMIZERS:
@@ -71,12 +88,17 @@ def create_optimizer(optimizer_config: ml_collections.ConfigDict, learning_rate:
   if clip_norm < 0:
     raise ValueError(f"config.optimizer.grad_clip_norm must be >= 0 (0 disables), "
                      f"got {clip_norm}.")
+  clip_mode = optimizer_config.grad_clip_mode
+  if clip_mode not in _CLIP_MODES:
+    raise ValueError(f"config.optimizer.grad_clip_mode must be one of {_CLIP_MODES}, "
+                     f"got {clip_mode!r}.")
   schedule = create_learning_rate_schedule(optimizer_config, learning_rate, num_train_steps)
   chain = []
   if weight_decay > 0 and name != "adamw":
     chain.append(optax.add_decayed_weights(weight_decay, mask=_is_kernel))
   if clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(clip_norm))
+    chain.append(clip_each_by_norm(clip_norm) if clip_mode == "per_tensor"
+                 else optax.clip_by_global_norm(clip_norm))
   if name == "sgd":
     chain.append(optax.sgd(schedule, momentum=optimizer_config.momentum or None))
   elif name == "adam":

@@ -50,15 +50,18 @@ def test_bad_values_are_rejected():
     optimizers.create_optimizer(_optimizer_config(weight_decay=-1.0), 0.1, 10)
 
 
-def test_sgd_matches_numpy():
-  """L2 on kernels added to the gradient, global-norm clip, then momentum SGD."""
+@pytest.mark.parametrize("clip_mode", ["per_tensor", "global"])
+def test_sgd_matches_numpy(clip_mode):
+  """L2 on kernels added to the gradient, the clip (each tensor by its own norm, as TF's
+  `clip_gradient_norms`, or all by the global norm), then momentum SGD."""
   rng = np.random.default_rng(0)
   params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
             "bias": rng.normal(size=(4,)).astype(np.float32)}
   grads = [{name: rng.normal(size=value.shape).astype(np.float32) * 3
             for name, value in params.items()} for _ in range(3)]
   config = _optimizer_config(weight_decay=0.1, grad_clip_norm=2.0, momentum=0.9,
-                             schedule="poly", warmup_steps=0, end_learning_rate=0.0)
+                             schedule="poly", warmup_steps=0, end_learning_rate=0.0,
+                             grad_clip_mode=clip_mode)
   tx, schedule = optimizers.create_optimizer(config, 0.05, 10)
   state = tx.init(params)
   current = {name: jnp.asarray(value) for name, value in params.items()}
@@ -68,15 +71,24 @@ def test_sgd_matches_numpy():
     updates, state = tx.update(grad, state, current)
     current = optax.apply_updates(current, updates)
     decayed = {"kernel": grad["kernel"] + 0.1 * expected["kernel"], "bias": grad["bias"]}
-    norm = math.sqrt(sum(float(np.sum(value**2)) for value in decayed.values()))
-    scale = min(1.0, 2.0 / norm)
+    global_norm = math.sqrt(sum(float(np.sum(value**2)) for value in decayed.values()))
     learning_rate = 0.05 * (1 - step / 10) ** 0.9
     for name in expected:
-      trace[name] = decayed[name] * scale + 0.9 * trace[name]
+      norm = global_norm if clip_mode == "global" else math.sqrt(np.sum(decayed[name]**2))
+      trace[name] = decayed[name] * min(1.0, 2.0 / norm) + 0.9 * trace[name]
       expected[name] = expected[name] - learning_rate * trace[name]
     assert float(schedule(step)) == pytest.approx(learning_rate, rel=1e-6)
   for name in expected:
     np.testing.assert_allclose(np.asarray(current[name]), expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_per_tensor_clip_leaves_small_gradients_and_rejects_unknown_modes():
+  grads = {"big": jnp.full((4,), 3.0), "small": jnp.array([0.6, 0.8])}  # Norms 6 and 1.
+  clipped, _ = optimizers.clip_each_by_norm(5.0).update(grads, optax.EmptyState())
+  np.testing.assert_allclose(clipped["big"], np.full(4, 2.5), rtol=1e-6)
+  np.testing.assert_array_equal(clipped["small"], grads["small"])
+  with pytest.raises(ValueError, match="grad_clip_mode must be one of"):
+    optimizers.create_optimizer(_optimizer_config(grad_clip_mode="layer"), 0.1, 10)
 
 
 def test_adamw_decays_only_kernels():
