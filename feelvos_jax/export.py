@@ -15,7 +15,11 @@
 and the same host loop as in-process inference (`propagation.run_video`), without building the
 Flax model or a training state. A video runs in the smallest bucket whose height, width and
 object count hold it, its frames padded to that bucket's size; object slots per chunk and
-chunks follow `config.inference.object_buckets` as in-process. The bundle is written into a
+chunks follow `config.inference.object_buckets` as in-process. In-process inference pads
+frames only to a multiple of the output stride: a bucket larger than that sees more padding
+(ASPP's image pooling averages over it, convolutions near the frame's edge read it), so its
+masks differ slightly from in-process ones (`plan` logs a warning); a bucket of the frames'
+padded size gives the in-process masks. The bundle is written into a
 temporary folder and renamed into place: a crash never leaves a half bundle.
 """
 import dataclasses
@@ -255,6 +259,14 @@ class ExportedModel:
   def plan(self, height: int, width: int, num_objects: int) -> propagation.Plan:
     """The Plan of a video (see `propagation.run_video`) from the bundle's functions."""
     bucket = self.bucket_for(height, width, num_objects)
+    multiple = max(FEATURE_STRIDE, self.config.model.output_stride)
+    padded = (propagation.round_up(height, multiple), propagation.round_up(width, multiple))
+    if (bucket.height, bucket.width) != padded:
+      logging.warning(
+          "a %dx%d video runs in the %dx%d bucket: more padding than in-process inference "
+          "(%dx%d), so its masks may differ slightly; export a %dx%d bucket for the same masks "
+          "(config.export.buckets)", height, width, bucket.height, bucket.width, *padded,
+          *padded)
     files = self._files[bucket.name]
     start = self._function(files["start"])
     h = bucket.height // FEATURE_STRIDE

@@ -1,4 +1,5 @@
 """Inference bundles (feelvos_jax/export.py): export a checkpoint, load it, same masks."""
+import logging
 import os
 
 import jax
@@ -76,6 +77,18 @@ def test_bucket_choice_and_limits(bundle):
   frames, labels, first_frame = test_inference.make_video(4, 3, seed=5, appear=[0, 1, 2])
   with pytest.raises(ValueError, match="config.export.max_reference_frames"):
     test_inference.run(loaded, frames, labels, first_frame)
+
+
+def test_a_bucket_larger_than_the_padded_frame_is_logged(bundle, caplog):
+  """In-process inference pads 30x29 (output stride 16) to 32x32, the 32x32 bucket: no
+  warning; 10x12 pads to 16x16 but runs in 32x32, with more padding: a warning."""
+  _, _, loaded = bundle
+  with caplog.at_level(logging.WARNING):
+    loaded.plan(30, 29, 2)
+    assert not caplog.records
+    loaded.plan(10, 12, 1)
+  assert "a 10x12 video runs in the 32x32 bucket" in caplog.text
+  assert "export a 16x16 bucket" in caplog.text
 
 
 def test_export_replaces_a_bundle_atomically(bundle, tmp_path):
