@@ -26,11 +26,11 @@ Training sample (one per visit of a video), as in FEELVOS:
   Objects absent from the reference frame cannot be matched (FEELVOS only segments the objects of
   its reference), so their pixels in the previous and current frames become 255 (ignored).
 - Rejection. As in the official code, a candidate whose reference frame shows an object with
-  fewer than min_object_pixels pixels at stride 4 (`labels[::4, ::4]`) is rejected and the
-  reference frame and its augmentation are drawn again, up to `max_attempts` candidates (a
-  bounded `tf.while_loop`, so every sample index still gives exactly one sample). When all
-  attempts fail, the last candidate is kept with its too-small objects dropped (counted in
-  `dropped_objects`).
+  fewer than min_object_pixels pixels at stride 4 (`labels[::4, ::4]`), or no object at all
+  (a crop missing every object), is rejected and the reference frame and its augmentation are
+  drawn again, up to `max_attempts` candidates (a bounded `tf.while_loop`, so every sample
+  index still gives exactly one sample). When all attempts fail, the last candidate is kept
+  with its too-small objects dropped (counted in `dropped_objects`), possibly with none.
 
 Determinism and resumption: every random choice of sample i is a stateless function of
 (seed, process_index, i), and the video order of epoch e is a seeded shuffle of this host's
@@ -226,7 +226,9 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
     present = _object_counts(labels)[1:IGNORE_LABEL] > 0
     stride_counts = _object_counts(labels[::FEATURE_STRIDE, ::FEATURE_STRIDE])[1:IGNORE_LABEL]
     large_enough = present & (stride_counts >= settings.min_object_pixels)
-    accepted = tf.reduce_all(tf.equal(present, large_enough))
+    # Every object shown is large enough, and the crop shows at least one (the official code
+    # drops samples without foreground in the reference).
+    accepted = tf.reduce_all(tf.equal(present, large_enough)) & tf.reduce_any(large_enough)
     return image, labels, present, large_enough, accepted
 
   def retry(attempt, *unused_candidate):

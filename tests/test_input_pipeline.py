@@ -299,6 +299,17 @@ def test_min_object_pixels_rejects_small_reference_objects():
     assert np.sum(sample["reference_labels"][::4, ::4] == 1) >= 3
 
 
+def test_a_reference_crop_without_objects_is_drawn_again():
+  """Object 3 fills columns 40-63 of 16x64 frames: a 16x16 crop misses it about half the
+  time, and each miss is redrawn (10 attempts), so every sample shows the object."""
+  video = make_video("wide", 16, 64, 3, {3: (0, 40, 16, 64, 0, 2)})
+  samples = take_samples(dataset_config(reference_frame="random"), [video], 24)
+  assert [int(sample["num_objects"]) for sample in samples] == [1] * 24
+  assert all(np.any(sample["reference_labels"] == 1) for sample in samples)
+  previous_shows = [bool(np.any(sample["previous_labels"] == 1)) for sample in samples]
+  assert not all(previous_shows)  # The pair's own crop still misses it sometimes.
+
+
 def test_min_object_pixels_drops_objects_when_attempts_run_out():
   video = make_video("tiny", 16, 16, 3, {6: (5, 5, 7, 7, 0, 2), 9: (8, 8, 16, 16, 0, 2)})
   config = dataset_config(reference_frame="random", min_object_pixels=3)
