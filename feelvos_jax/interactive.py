@@ -895,8 +895,8 @@ class InteractiveSession:
 
   @staticmethod
   def _reference_index(slots: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat indices [P], slot labels [P]) of the `cells` ([T, h, w] bool) of the slot map
-    `slots`, padded to `reference_bucket` (index 0, label IGNORE_LABEL)."""
+    """(flat indices [P], slot labels [P]) of the `cells` (bool, the shape of `slots`) of the
+    slot map `slots`, padded to `reference_bucket` (index 0, label IGNORE_LABEL)."""
     marked = np.flatnonzero(cells)
     size = reference_bucket(marked.size)
     index = np.zeros(size, np.int32)
@@ -928,15 +928,10 @@ class InteractiveSession:
       interaction with at most MAX_CELL_MATCHING marked cells `local_maps_from_cells`, else
       `local_maps_from_distances` on the stored `pair_distances`."""
       if frame == previous:
-        own = slots[frame].reshape(-1)
-        cells = np.flatnonzero(own != IGNORE_LABEL)
-        if cells.size <= MAX_CELL_MATCHING:
-          index = np.zeros(reference_bucket(cells.size), np.int32)
-          index[:cells.size] = cells
-          labels = np.full(index.size, IGNORE_LABEL, np.int32)
-          labels[:cells.size] = own[cells]
+        own = marked[frame]
+        if np.count_nonzero(own) <= MAX_CELL_MATCHING:
           return _compiled_cell_maps(window, dilation, 1 + num_slots)(
-              self._embeddings, np.int32(frame), index, labels)
+              self._embeddings, np.int32(frame), *self._reference_index(slots[frame], own))
       distances, backward = self._distances(frame, previous)
       return _compiled_local_maps(window, dilation, 1 + num_slots)(
           distances, state["previous_labels"], backward)
