@@ -17,6 +17,7 @@ xception65 configs/davis.py (the paper's model). Appends a dated section to BENC
 """
 import argparse
 import functools
+import itertools
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -112,8 +113,12 @@ def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: 
   }
 
 
-def _setup(backbone: str, seed: int = 0) -> tuple[Any, Any, Any]:
+def _setup(backbone: str, seed: int = 0, dtype: str = "") -> tuple[Any, Any, Any]:
+  """(config, model, random variables) of `backbone`'s config, its `model.dtype` set to `dtype`
+  unless empty."""
   config = _CONFIGS[backbone]()
+  if dtype:
+    config.model.dtype = dtype
   model = models.build_model(config.model)
   variables = jax.jit(model.init)({"params": jax.random.PRNGKey(seed)},
                                   *inference.example_inputs(model))
@@ -135,12 +140,15 @@ def main() -> None:
   parser.add_argument("--memory_frames", default="50,500", help="Two video lengths.")
   parser.add_argument("--memory_size", default="", help="HxW of the length runs (default: "
                       "--height x --width).")
+  parser.add_argument("--dtypes", default="float32",
+                      help="Comma-separated compute dtypes (float32, bfloat16): rows for each.")
   parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
   args = parser.parse_args()
 
   memory_height, memory_width = (tuple(int(n) for n in args.memory_size.split("x"))
                                  if args.memory_size else (args.height, args.width))
-  config, model, variables = _setup(args.memory_backbone)
+  dtypes = args.dtypes.split(",")
+  config, model, variables = _setup(args.memory_backbone, dtype=dtypes[0])
   propagator = inference.VideoPropagator(model, variables,
                                          object_buckets=config.inference.object_buckets)
   _run(propagator, 3, memory_height, memory_width, args.memory_objects)
@@ -157,8 +165,8 @@ def main() -> None:
     backbone, size = override.split("=")
     sizes[backbone] = tuple(int(n) for n in size.split("x"))
   rows = []
-  for backbone, (height, width) in sizes.items():
-    config, model, variables = _setup(backbone)
+  for (backbone, (height, width)), dtype in itertools.product(sizes.items(), dtypes):
+    config, model, variables = _setup(backbone, dtype=dtype)
     propagator = inference.VideoPropagator(model, variables,
                                            object_buckets=config.inference.object_buckets)
     for num_objects in (int(n) for n in args.objects.split(",")):
@@ -167,7 +175,7 @@ def main() -> None:
       seconds, _, rss, device = _run(propagator, args.frames, height, width, num_objects)
       pieces = piece_times(model, variables, plan.height, plan.width,
                            1 + plan.objects_per_chunk * plan.num_chunks, args.repeats)
-      rows.append((backbone, num_objects, f"{height}x{width}",
+      rows.append((backbone, config.model.dtype, num_objects, f"{height}x{width}",
                    plan.objects_per_chunk * plan.num_chunks,
                    args.frames, args.frames / seconds, pieces["embed"], pieces["matching"],
                    pieces["head"], rss / 2**20, device / 2**20))
@@ -182,16 +190,17 @@ def main() -> None:
       "runs the rows in order); device = most device memory in use (0: not reported on CPU). "
       "Timings on a shared, loaded machine are noisy.",
       "",
-      "| backbone | objects | frame | slots | frames | frames/s | embed ms | matching ms "
-      "| head ms | peak RSS MiB | device MiB |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| backbone | dtype | objects | frame | slots | frames | frames/s | embed ms "
+      "| matching ms | head ms | peak RSS MiB | device MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row in rows:
-    lines.append("| {} | {} | {} | {} | {} | {:.2f} | {:.0f} | {:.0f} | {:.0f} | {:.0f} | "
+    lines.append("| {} | {} | {} | {} | {} | {} | {:.2f} | {:.3g} | {:.3g} | {:.3g} | {:.0f} | "
                  "{:.0f} |".format(*row))
   lines += [
       "",
-      f"Memory against video length ({args.memory_backbone}, {args.memory_objects} objects, "
+      f"Memory against video length ({args.memory_backbone}, {dtypes[0]}, "
+      f"{args.memory_objects} objects, "
       f"{memory_height}x{memory_width}; run first, in a fresh process, one after the other):",
       "",
       "| frames | frames/s | RSS at start MiB | peak RSS MiB | device MiB |",

@@ -23,7 +23,7 @@ import functools
 import statistics
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 from jax import lax
@@ -254,7 +254,7 @@ def torch_global(query, reference, labels, num_objects, chunk_size):
     r = reference.reshape(-1, reference.shape[-1])
     flat = labels.reshape(-1)
     q_sq = (q * q).sum(-1, keepdim=True)
-    out = torch.ones(q.shape[0], num_objects)
+    out = torch.ones(q.shape[0], num_objects, device=q.device)
     for o in range(num_objects):
       ref = r[flat == o]
       if ref.shape[0] == 0:
@@ -264,7 +264,7 @@ def torch_global(query, reference, labels, num_objects, chunk_size):
         x = q[start:start + chunk_size]
         d2 = torch.addmm(q_sq[start:start + chunk_size] + ref_sq, x, ref.T, alpha=-2.0)
         out[start:start + chunk_size, o] = torch.tanh(0.5 * d2.clamp_(min=0).min(1).values)
-    return out.reshape(query.shape[:2] + (num_objects,)).numpy()
+    return out.reshape(query.shape[:2] + (num_objects,)).cpu().numpy()
 
 
 def torch_local(query, previous, labels, num_objects, window):
@@ -284,13 +284,32 @@ def torch_local(query, previous, labels, num_objects, window):
       dists.append(torch.tanh(0.5 * ((q - shifted) ** 2).sum(-1)))
       shifted_labels.append(padded_labels[k + dy:k + dy + height, k + dx:k + dx + width])
     dist, lab = torch.stack(dists), torch.stack(shifted_labels)
-    best = [torch.where(lab == o, dist, torch.ones(())).min(0).values for o in range(num_objects)]
-    return torch.stack(best, -1).numpy()
+    one = torch.ones((), device=q.device)
+    best = [torch.where(lab == o, dist, one).min(0).values for o in range(num_objects)]
+    return torch.stack(best, -1).cpu().numpy()
+
+
+def _torch_device() -> str:
+  """"cuda" where JAX runs on a GPU and PyTorch sees one (both sides on the same chip), else
+  "cpu"."""
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _torch_tensors(*arrays: np.ndarray) -> list[Any]:
+  """The arrays as PyTorch tensors on `_torch_device()`."""
+  return [torch.tensor(np.asarray(x)).to(_torch_device()) for x in arrays]
 
 
 def _torch_thread_counts() -> list[int]:
-  """PyTorch's default thread count and 1: on a shared machine a single thread can win."""
+  """PyTorch's default thread count and 1: on a shared machine a single thread can win. One
+  entry on a GPU, where the host threads do not do the work."""
+  if _torch_device() == "cuda":
+    return [torch.get_num_threads()]
   return sorted({torch.get_num_threads(), 1}, reverse=True)
+
+
+def _torch_label(count: int) -> str:
+  return "cuda" if _torch_device() == "cuda" else f"{count} thr"
 
 
 def _torch_threads(count: int, fn: Callable[[], object]) -> Callable[[], object]:
@@ -331,8 +350,8 @@ class _Table:
     relative = ([f"{timing.wall_min / ours[0].wall_min:.2f}",
                  f"{timing.wall_median / ours[0].wall_median:.2f}"] if ours else ["-", "-"])
     self.rows.append([
-        op, case, size, impl, f"{timing.wall_min:.1f}", f"{timing.wall_median:.1f}",
-        f"{timing.cpu_median:.1f}", f"{gflops:.1f}", f"{of_matmul:.2f}", f"{of_matmul_cpu:.2f}",
+        op, case, size, impl, f"{timing.wall_min:.3g}", f"{timing.wall_median:.3g}",
+        f"{timing.cpu_median:.3g}", f"{gflops:.1f}", f"{of_matmul:.2f}", f"{of_matmul_cpu:.2f}",
         f"{gbs:.2f}", f"{gbs / bandwidth:.3f}"] + relative)
 
   def skip(self, op: str, case: str, size: str, impl: str, reason: str) -> None:
@@ -356,7 +375,7 @@ class _Table:
       name = f"{op}, {case}, {size}" + ("" if size == self.full_size else " (reduced size)")
       if op.startswith("global") and case == "all ref px" and size == self.full_size:
         rows.append([name, "within 2x of the f32 matmul rate (>= 0.50x)",
-                     f"{of_matmul:.2f}x ({ours.wall_min:.0f} ms)",
+                     f"{of_matmul:.2f}x ({ours.wall_min:.3g} ms)",
                      "met" if of_matmul >= 0.5 else "missed"])
       for label, needed in ((_NAIVE, 3.0), (_TORCH, 1.0)):
         others = {impl: v[0] for impl, v in measured.items() if impl.startswith(label)}
@@ -442,8 +461,8 @@ def _global_cases(args, table: _Table, sizes: list[tuple[int, int]],
           table.skip(op, case, size, "naive jnp/NumPy [Q,R,C]",
                      f"{q_r_bytes * args.channels / 1e9:.0f} GB broadcast (see smaller size)")
         if torch is not None:
-          tensors = [torch.tensor(np.asarray(x)) for x in (query, reference, case_labels)]
-          impls += [(f"{_TORCH} per-object gather, {n} thr", _torch_threads(
+          tensors = _torch_tensors(query, reference, case_labels)
+          impls += [(f"{_TORCH} per-object gather, {_torch_label(n)}", _torch_threads(
               n, lambda: torch_global(*tensors, num_objects, args.chunk_size)))
                     for n in _torch_thread_counts()]
         else:
@@ -477,9 +496,10 @@ def _local_cases(args, table: _Table, sizes: list[tuple[int, int]],
         table.skip(op, case, size, "naive NumPy offset volume",
                    f"{height * width} pixels > --naive_numpy_local_pixels (see smaller size)")
       if torch is not None:
-        tensors = [torch.tensor(x) for x in (query, previous, labels)]
-        impls += [(f"{_TORCH} offset loop, {n} thr", _torch_threads(n, lambda: torch_local(
-            *tensors, num_objects, window))) for n in _torch_thread_counts()]
+        tensors = _torch_tensors(query, previous, labels)
+        impls += [(f"{_TORCH} offset loop, {_torch_label(n)}", _torch_threads(
+            n, lambda: torch_local(*tensors, num_objects, window)))
+                  for n in _torch_thread_counts()]
       else:
         table.skip(op, case, size, _TORCH, "import torch failed")
       _measure(table, errors, impls, args.repeats, (op, case, size), flops, nbytes)
@@ -546,8 +566,11 @@ def main(argv: list[str] | None = None) -> None:
       f"its implementations interleaved ({args.repeats} rounds, each calling every "
       f"implementation once in a rotated order, after one untimed call each) and ratios use "
       f"the fastest call (min), with medians beside them.",
-      "- PyTorch: " + (f"{torch.__version__}, default {torch.get_num_threads()} threads, timed "
-                       f"with 1 and with the default" if torch else "not installed"),
+      "- PyTorch: " + ("not installed" if torch is None else
+                       f"{torch.__version__} on the GPU (cuda), beside JAX on the same chip; "
+                       f"its output copied to the host inside the timing" if _torch_device() ==
+                       "cuda" else f"{torch.__version__}, default {torch.get_num_threads()} "
+                       f"threads, timed with 1 and with the default"),
       f"- Inputs: query/reference {args.height}x{args.width}x{args.channels} (480p at stride 4 "
       f"is 120x214), objects = ellipses on background, query = reference moved (2, 3) px + "
       f"noise; global chunk_size {args.chunk_size}; "

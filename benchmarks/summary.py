@@ -103,7 +103,8 @@ def inference_rows(section: Section) -> list[list[str]]:
   on_gpu = section.mentions("gpu backend")
   rows = []
   for row in section.table_with("backbone", "objects", "frame", "frames/s"):
-    case = f"{row['backbone']}, {row['frame']}, objects: {row['objects']}"
+    dtype = f", {row['dtype']}" if row.get("dtype") else ""
+    case = f"{row['backbone']}{dtype}, {row['frame']}, objects: {row['objects']}"
     paper_case = (row["backbone"] == "xception65" and row["frame"] == "480x854"
                   and row["objects"] == "3")
     frames_per_s = _float(row["frames/s"])
@@ -120,11 +121,12 @@ def inference_rows(section: Section) -> list[list[str]]:
 
 
 def train_step_rows(section: Section) -> list[list[str]]:
-  def depthwise(row):
-    return f", depthwise {row['depthwise']}" if row.get("depthwise") else ""
+  def optional(row, column):
+    return f", {column} {row[column]}" if row.get(column) else ""
 
   return [["train step",
-           f"{row['model']}, crop {row['crop']}, batch {row['batch']}{depthwise(row)}",
+           f"{row['model']}{optional(row, 'dtype')}, crop {row['crop']}, batch {row['batch']}"
+           f"{optional(row, 'depthwise')}",
            f"{row['examples/s']} examples/s ({row['step s']} s/step)", "record the figure",
            "recorded"]
           for row in section.table_with("model", "crop", "batch", "examples/s", "step s")]

@@ -74,6 +74,12 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _peak_device_gib() -> float:
+  """The first device's peak bytes in use so far, in GiB; 0 where it reports none (CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats.get("peak_bytes_in_use", 0)) / 2**30 if stats else 0.0
+
+
 @contextlib.contextmanager
 def _depthwise_form(form: str):
   """Runs the block with every depthwise conv in `form`: "platform" (as shipped:
@@ -106,17 +112,22 @@ def main() -> None:
   parser.add_argument("--depthwise", default="platform", choices=("platform", "both"),
                       help="'both': every row also with XLA's grouped depthwise convolution "
                            "forced (A/B of layers.depthwise_conv_same in one process).")
+  parser.add_argument("--dtypes", default="float32",
+                      help="Comma-separated compute dtypes of the paper-config rows (float32, "
+                           "bfloat16).")
   parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
   args = parser.parse_args()
   forms = ("platform",) if args.depthwise == "platform" else ("platform", "native")
 
   configs = []
   for backbone in filter(None, args.backbones.split(",")):
-    config = common.get_base_config()
-    config.model.backbone = backbone
-    config.dataset.crop_size = (args.crop, args.crop)
-    config.batch_size = args.batch * jax.device_count()
-    configs.append((f"{backbone}, paper config", config))
+    for dtype in args.dtypes.split(","):
+      config = common.get_base_config()
+      config.model.backbone = backbone
+      config.model.dtype = dtype
+      config.dataset.crop_size = (args.crop, args.crop)
+      config.batch_size = args.batch * jax.device_count()
+      configs.append((f"{backbone}, paper config", config))
   configs.append(("tiny, configs/synthetic.py", synthetic.get_config()))
 
   rows = []
@@ -128,26 +139,29 @@ def main() -> None:
       if name.endswith("synthetic.py") and args.input_batches and form == "platform":
         pipeline = f"{input_batches_per_second(config, args.input_batches):.1f} batches/s"
       crop = "x".join(str(size) for size in config.dataset.crop_size)
-      rows.append((name, form, crop, config.batch_size, result, pipeline, _peak_rss_gib()))
+      rows.append((name, config.model.dtype, form, crop, config.batch_size, result, pipeline,
+                   _peak_rss_gib(), _peak_device_gib()))
       print(rows[-1], flush=True)
 
   command = "cd /work/main && /work/venv/bin/python -m benchmarks.train_step " + " ".join(
       f"--{name}={getattr(args, name)}"
-      for name in ("backbones", "crop", "batch", "steps", "depthwise"))
+      for name in ("backbones", "crop", "batch", "steps", "depthwise", "dtypes"))
   lines = [
       f"- {jax.device_count()} JAX device(s) ({jax.devices()[0].platform}). Median wall time of "
       "compiled steps (one untimed step first); batch = samples of 3 frames; peak RSS of the "
       "process so far. Depthwise: `platform` = as shipped (`layers.depthwise_conv_same`: "
-      "shifted slices on CPU), `native` = XLA's grouped convolution forced.",
+      "shifted slices on CPU), `native` = XLA's grouped convolution forced. Peak device GiB: "
+      "the first device's peak memory in use so far (0: not reported on CPU).",
       "",
-      "| model | depthwise | crop | batch | compile s | step s | steps/s | examples/s "
-      "| input pipeline | peak RSS GiB |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      "| model | dtype | depthwise | crop | batch | compile s | step s | steps/s | examples/s "
+      "| input pipeline | peak RSS GiB | peak device GiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for name, form, crop_text, batch, result, pipeline, rss in rows:
-    lines.append(f"| {name} | {form} | {crop_text} | {batch} | {result['compile_s']:.1f} | "
-                 f"{result['step_s']:.3f} | {result['steps_per_s']:.3g} | "
-                 f"{result['examples_per_s']:.3g} | {pipeline} | {rss:.1f} |")
+  for name, dtype, form, crop_text, batch, result, pipeline, rss, device in rows:
+    lines.append(f"| {name} | {dtype} | {form} | {crop_text} | {batch} | "
+                 f"{result['compile_s']:.1f} | {result['step_s']:.4g} | "
+                 f"{result['steps_per_s']:.3g} | {result['examples_per_s']:.3g} | {pipeline} | "
+                 f"{rss:.1f} | {device:.1f} |")
   machine.report("Train step", lines, command, write=not args.no_write)
 
 

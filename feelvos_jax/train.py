@@ -8,6 +8,10 @@ The SPMD recipe of big_vision: `jax.eval_shape` of the initialiser gives the sta
 which the shardings follow (`feelvos_jax.sharding`); `jax.jit(init, out_shardings=...)` creates the
 state already in place and `jax.jit(train_step, in_shardings, out_shardings, donate_argnums=0)`
 updates it. Each process feeds its own slice of the global batch.
+
+The state and the step need no TensorFlow: the loop imports the input pipeline and clu's writers
+(both import TF) when it runs, so the step compiles and runs where TF is not installed (the GPU
+benchmarks).
 """
 import functools
 import os
@@ -15,8 +19,6 @@ import time
 from typing import Any, Callable, Optional
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import flax
 import jax
 from jax.experimental import multihost_utils
@@ -29,7 +31,6 @@ from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import checkpointing
 from feelvos_jax import inference
-from feelvos_jax import input_pipeline
 from feelvos_jax import losses
 from feelvos_jax import models
 from feelvos_jax import optimizers
@@ -344,6 +345,7 @@ def _evaluate(model: flax.linen.Module, state: TrainState,
 
   Every process evaluates the same `config.num_eval_videos` videos of `config.dataset.eval_split`.
   """
+  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
   videos = _load_videos(config.dataset, config.dataset.eval_split)
   if config.num_eval_videos >= 0:
     videos = videos.take(config.num_eval_videos)
@@ -396,10 +398,10 @@ def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
   return state
 
 
-def _write_train_metrics(writer: metric_writers.MetricWriter, step: int,
-                         fetched: list[tuple[int, dict[str, float]]], seconds: float,
-                         config: ml_collections.ConfigDict) -> None:
-  """Means of the metrics of the steps in `fetched` (done in `seconds`) to the writer and log."""
+def _write_train_metrics(writer: Any, step: int, fetched: list[tuple[int, dict[str, float]]],
+                         seconds: float, config: ml_collections.ConfigDict) -> None:
+  """Means of the metrics of the steps in `fetched` (done in `seconds`) to `writer` (a clu
+  `metric_writers.MetricWriter`) and the log."""
   means = {f"train/{name}": float(np.mean([metrics[name] for _, metrics in fetched]))
            for name in fetched[-1][1]}
   means["train/steps_per_sec"] = len(fetched) / seconds
@@ -420,6 +422,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   SIGTERM (then returns early). A non-finite loss raises FloatingPointError before anything
   from that step on is saved.
   """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TF)
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
   validate_config(config)
   if config.matching.shard_axis:
     logging.warning("config.matching.shard_axis=%r is for inference: training splits the batch "
