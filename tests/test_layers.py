@@ -179,7 +179,29 @@ def test_pointwise_module_matches_nn_conv(shape, stride, use_bias):
                reference_grads)
 
 
+@pytest.mark.parametrize("shape,stride", [((2, 9, 8, 5), 1), ((1, 9, 8, 5), 2), ((1, 7, 10, 3), 3)])
+def test_pointwise_forms_match_numpy(shape, stride):
+  """Both forms `pointwise_conv` picks from (matmul on CPU, XLA's convolution elsewhere) equal
+  out[b, i, j] = x[b, s i, s j] @ kernel, written as loops, at odd sides."""
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=shape).astype(np.float32)
+  kernel = rng.normal(size=(1, 1, shape[-1], 4)).astype(np.float32)
+  out_h, out_w = -(-shape[1] // stride), -(-shape[2] // stride)
+  expected = np.zeros((shape[0], out_h, out_w, 4), np.float32)
+  for b in range(shape[0]):
+    for i in range(out_h):
+      for j in range(out_w):
+        expected[b, i, j] = x[b, stride * i, stride * j] @ kernel[0, 0]
+  for form in (layers.pointwise_conv_matmul, layers.pointwise_conv_native, layers.pointwise_conv):
+    np.testing.assert_allclose(form(jnp.asarray(x), jnp.asarray(kernel), stride=stride),
+                               expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_shapes_raise():
+  with pytest.raises(ValueError, match=r"kernel \[1, 1, C, F\]"):
+    layers.pointwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 1, 2, 5)))
+  with pytest.raises(ValueError, match="stride must be >= 1"):
+    layers.pointwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 1, 3, 5)), stride=0)
   with pytest.raises(ValueError, match=r"kernel \[k, k, 1, C\]"):
     layers.depthwise_conv_same(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 1, 2)))
   with pytest.raises(ValueError, match="stride and rate"):

@@ -177,6 +177,34 @@ def test_global_matching_subsampling_spans_several_blocks():
                                                      subsets), atol=2e-6)
 
 
+@pytest.mark.parametrize("num_objects,num_pixels", [(1, 300), (3, 200), (4, 37)])
+def test_wide_and_scanned_block_minima_match_numpy(num_objects, num_pixels):
+  """Both per-chunk forms of global matching (a scan over the reference blocks on CPU, one
+  matmul over all blocks elsewhere) give, per object, min over its pixels y of
+  ||y||^2 - 2 x.y; an object without pixels gives inf."""
+  rng = np.random.default_rng(num_pixels)
+  query = rng.normal(size=(11, 6)).astype(np.float32)
+  reference = rng.normal(size=(num_pixels, 6)).astype(np.float32)
+  labels = rng.integers(-1, num_objects, num_pixels).astype(np.int32)
+  labels[labels == num_objects - 1] = -1 if num_objects == 4 else num_objects - 1
+  block, num_blocks = matching._block_geometry(num_pixels, num_objects, None)
+  slots, block_object = matching._block_layout(jnp.asarray(labels), num_objects, block,
+                                               num_blocks)
+  padded = np.concatenate([reference, np.zeros((1, 6), np.float32)])[np.asarray(slots)]
+  padded_sq = np.concatenate([np.sum(reference ** 2, 1), [np.inf]]).astype(np.float32)[
+      np.asarray(slots)]
+  expected = np.full((11, num_objects), np.inf, np.float32)
+  for q in range(11):
+    for r in range(num_pixels):
+      if labels[r] >= 0:
+        value = np.sum(reference[r] ** 2) - 2 * query[q] @ reference[r]
+        expected[q, labels[r]] = min(expected[q, labels[r]], value)
+  for form in (matching._chunk_min_squared, matching._chunk_min_squared_wide):
+    got = form(jnp.asarray(query), jnp.asarray(padded), jnp.asarray(padded_sq), block_object,
+               num_objects=num_objects)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_global_matching_subsampling_depends_on_rng():
   rng = np.random.default_rng(5)
   reference = embeddings(rng, (6, 6, 4))

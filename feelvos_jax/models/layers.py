@@ -187,16 +187,53 @@ class DepthwiseConv(nn.Module):
     return y
 
 
+def pointwise_conv_matmul(x: jax.Array, kernel: jax.Array, *, stride: int = 1) -> jax.Array:
+  """1x1 conv as a matmul over the channels (einsum), `stride` by subsampling.
+
+  x [B, H, W, C], kernel [1, 1, C, F] -> [B, ceil(H / stride), ceil(W / stride), F]: a 1x1
+  conv with SAME (zero) padding at stride s reads pixels (s i, s j).
+  """
+  if stride > 1:
+    x = x[:, ::stride, ::stride]
+  return jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0])
+
+
+def pointwise_conv_native(x: jax.Array, kernel: jax.Array, *, stride: int = 1) -> jax.Array:
+  """`pointwise_conv_matmul` as XLA's convolution (same shapes and values)."""
+  return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride),
+                                  padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1) -> jax.Array:
+  """1x1 conv, x [B, H, W, C] and kernel [1, 1, C, F] (cast to x.dtype) ->
+  [B, ceil(H / stride), ceil(W / stride), F], in the fastest form per platform.
+
+  On CPU `pointwise_conv_matmul`: XLA:CPU runs a 1x1 convolution 1.1-14x slower forward and
+  1.4-4.5x slower forward + backward than the same matmul at the paper's 480p shapes
+  (`python -m benchmarks.layers`). Elsewhere `pointwise_conv_native`: on GPU, XLA 0.11's
+  Triton GEMM fusion aborted the process (`triton_tiling_propagation.cc: Check failed:
+  subdim_size_accumulator == dim_size`) compiling Xception-65 inference at 480x854, where a
+  stride-2 shortcut's subsampling slice fed the matmul. Chosen by `lax.platform_dependent`
+  when the computation is lowered.
+  """
+  if x.ndim != 4 or kernel.shape[:2] != (1, 1) or kernel.shape[2] != x.shape[3]:
+    raise ValueError(f"pointwise_conv: x must be [B, H, W, C] and kernel [1, 1, C, F], got x "
+                     f"{x.shape} and kernel {kernel.shape}")
+  if stride < 1:
+    raise ValueError(f"pointwise_conv: stride must be >= 1, got {stride}")
+  return lax.platform_dependent(
+      x, kernel.astype(x.dtype),
+      cpu=functools.partial(pointwise_conv_matmul, stride=stride),
+      default=functools.partial(pointwise_conv_native, stride=stride))
+
+
 class PointwiseConv(nn.Module):
-  """1x1 conv as a matmul over the channels (einsum), with `stride` by subsampling.
+  """1x1 conv by `pointwise_conv` (a matmul on CPU, XLA's convolution elsewhere).
 
   Params as `nn.Conv` with kernel_size 1 (same names, shapes and initialisation, so
   checkpoints and weight maps are shared): kernel [1, 1, C, features] and, with `use_bias`,
-  bias [features]. A 1x1 conv with SAME (zero) padding at stride s reads pixels (s i, s j):
-  output [B, ceil(H / s), ceil(W / s), features]. XLA:CPU runs a 1x1 convolution 1.1-14x
-  slower forward and 1.4-4.5x slower forward + backward than the same matmul at the paper's
-  480p shapes (`python -m benchmarks.layers`); on GPU and TPU both are one matrix multiply.
-  Computes in `dtype`; parameters stay float32.
+  bias [features]. Output [B, ceil(H / stride), ceil(W / stride), features]. Computes in
+  `dtype`; parameters stay float32.
   """
   features: int
   stride: int = 1
@@ -209,9 +246,7 @@ class PointwiseConv(nn.Module):
     """[B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), features]."""
     kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
                         jnp.float32)
-    if self.stride > 1:
-      x = x[:, ::self.stride, ::self.stride]
-    y = jnp.einsum("bhwc,cf->bhwf", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    y = pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,),
                          jnp.float32).astype(self.dtype)
