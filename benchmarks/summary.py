@@ -2,9 +2,9 @@
 
     cd /work/main && /work/venv/bin/python -m benchmarks.summary [--no_write]
 
-Reads (does not rerun: the sources take minutes to hours on a CPU) the latest section of each
-of `benchmarks.matching`, `benchmarks.inference`, `benchmarks.train_step` and
-`benchmarks.interactive` in BENCHMARKS.md, and appends one "Benchmark summary" section: per
+Reads (does not rerun: the sources take minutes to hours on a CPU) the latest CPU section and
+the latest GPU section (one naming a `gpu backend`) of each of `benchmarks.matching`,
+`benchmarks.inference`, `benchmarks.train_step` and `benchmarks.interactive` in BENCHMARKS.md, and appends one "Benchmark summary" section: per
 figure, its target and whether it is met, with the date of the section it comes from. Rerun
 the source benchmarks first (their commands are in their sections) for fresh figures.
 - Matching: the rows of the target tables of the latest matching section (issue 6: global
@@ -27,6 +27,7 @@ from benchmarks import machine
 _COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.summary"
 _TITLE = "Benchmark summary"
 _DATE = re.compile(r",\s*(\d{4}-\d{2}-\d{2})\s*$")
+_GPU_NAME = re.compile(r"gpu backend \(([^)]*)\)")
 _PAPER_GPU_FRAMES_PER_S = 30.0
 _INTERACTIVE_RATIO = 5.0
 
@@ -110,6 +111,10 @@ def inference_rows(section: Section) -> list[list[str]]:
     frames_per_s = _float(row["frames/s"])
     if on_gpu and paper_case and frames_per_s is not None:
       status = "met" if frames_per_s >= _PAPER_GPU_FRAMES_PER_S else "missed"
+      device = _GPU_NAME.search("\n".join(section.lines))
+      device = device.group(1) if device else "an unnamed GPU"
+      if "H100" not in device:
+        status += f" on {device}, not an H100"
       target = f">= {_PAPER_GPU_FRAMES_PER_S:g} frames/s on one H100"
     else:
       status, target = "recorded", "none for this row (issue 6's target is a GPU figure)"
@@ -153,18 +158,27 @@ def summary_lines(text: str) -> list[str]:
   sections = parse_sections(text)
   rows, sources = [], []
   for title, module, to_rows in SOURCES:
-    section = latest(sections, title)
-    if section is None:
+    on_gpu = [section.mentions("gpu backend") for section in sections]
+    found = [latest([s for s, gpu in zip(sections, on_gpu) if gpu == want], title)
+             for want in (False, True)]
+    if found == [None, None]:
       rows.append([module, "-", "no section", "-", f"missing: run python -m {module}"])
       continue
-    sources.append(f"'{title}, {section.date}' (`python -m {module}`)")
-    try:
-      rows += [row[:1] + [f"{row[1]} ({section.date})"] + row[2:] for row in to_rows(section)]
-    except ValueError as error:  # An older format: say so, summarise the others.
-      rows.append([module, f"- ({section.date})", "unreadable", "-", str(error)])
+    for section, where in zip(found, ("", ", GPU")):
+      if section is None:
+        continue
+      sources.append(f"'{title}, {section.date}'{where} (`python -m {module}`)")
+      try:
+        rows += [row[:1] + [f"{row[1]} ({section.date}{where})"] + row[2:]
+                 for row in to_rows(section)]
+      except ValueError as error:  # An older format: say so, summarise the others.
+        rows.append([module, f"- ({section.date}{where})", "unreadable", "-", str(error)])
+    if found[1] is not None:  # A GPU section answers the CPU section's open GPU target.
+      rows = [row for row in rows if not row[4].startswith("unmeasured")]
   counts = {status: sum(row[4] == status for row in rows) for status in ("met", "missed")}
   lines = [
-      "- Read from the latest section of each source in this file (not rerun): "
+      "- Read from the latest CPU and the latest GPU section of each source in this file (not "
+      "rerun): "
       + "; ".join(sources) + ".",
       f"- Targets: {counts['met']} met, {counts['missed']} missed; 'recorded' rows have no "
       f"threshold, 'unmeasured' ones need hardware this machine does not have.",

@@ -75,6 +75,20 @@ def test_summary_judges_the_gpu_target_from_a_gpu_section():
   text = _TEXT.replace("cpu backend (cpu)", "gpu backend (NVIDIA H100)").replace("0.05", "31.0")
   inference = [row for row in _rows(summary.summary_lines(text)) if row[0] == "inference"]
   assert len(inference) == 1 and inference[0][4] == "met"
+  on_h200 = summary.summary_lines(text.replace("NVIDIA H100", "NVIDIA H200"))
+  inference = [row for row in _rows(on_h200) if row[0] == "inference"]
+  assert inference[0][4] == "met on NVIDIA H200, not an H100"
+
+
+def test_summary_keeps_the_latest_cpu_section_beside_a_gpu_one():
+  inference_section = _TEXT[_TEXT.index("## Video inference"):]
+  inference_section = inference_section[:inference_section.index("\n## ", 1)]
+  gpu_section = inference_section.replace("cpu backend (cpu)", "gpu backend (NVIDIA H100)")
+  text = _TEXT + "\n" + gpu_section.replace("2026-11-21", "2026-11-26").replace("0.05", "31.0")
+  inference = [row for row in _rows(summary.summary_lines(text)) if row[0] == "inference"]
+  assert [(row[1].endswith("(2026-11-21)"), row[2], row[4]) for row in inference] == [
+      (True, "0.05 frames/s", "recorded"), (False, "31.0 frames/s", "met")]
+  assert inference[1][1].endswith("(2026-11-26, GPU)")
 
 
 def test_summary_names_a_section_in_an_older_format():

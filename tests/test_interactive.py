@@ -163,17 +163,19 @@ def test_matches_direct_segment_calls(setup):
 def test_directions_cover_the_right_frames(setup, monkeypatch):
   model, variables = setup
   stepped = []
-  original = interactive._compiled_cached_step
 
-  def recording(step_model):
-    step = original(step_model)
+  def recording(original):
+    def compiled(step_model):
+      step = original(step_model)
 
-    def record(variables, state, features, embeddings, frame, *rest):
-      stepped.append(int(frame))
-      return step(variables, state, features, embeddings, frame, *rest)
-    return record
+      def record(variables, state, features, embeddings, frame, *rest):
+        stepped.append(int(frame))
+        return step(variables, state, features, embeddings, frame, *rest)
+      return record
+    return compiled
 
-  monkeypatch.setattr(interactive, "_compiled_cached_step", recording)
+  for name in ("_compiled_cached_step", "_compiled_chained_step"):
+    monkeypatch.setattr(interactive, name, recording(getattr(interactive, name)))
   session = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
   session.add_scribble(2, 1, box(9, 9, 18, 18))
   session.add_background_scribble(2, box(0, 0, 3, 29))
@@ -301,7 +303,8 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(3, "both")
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
-  assert traces["previous_state"] == traces["cached_step"] == traces["distances"] == 1
+  assert traces["cached_step"] == traces["chained_step"] == traces["distances"] == 1
+  assert traces["previous_state"] == 0  # The cached path starts from `marked_state` (NumPy).
   assert traces["head_feature_part"] == 1
   # Pairs (t, t - 1) for t = 1..4, once each (frames of interaction: `local_maps_from_cells`).
   assert sorted(session._distance_cache) == [(1, 0), (2, 1), (3, 2), (4, 3)]
@@ -318,8 +321,8 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(1, "forward")
   # The full-frame strokes relabel marked cells: every frame is matched against all 360+
   # cells (the 512 bucket) once; propagate(1) then adds no cell (the 32 bucket, compiled).
-  assert traces["cached_step"] == traces["reference_rows"] == 1
-  assert traces["previous_state"] == traces["distances"] == traces["head_feature_part"] == 0
+  assert traces["cached_step"] == traces["chained_step"] == traces["reference_rows"] == 1
+  assert traces["distances"] == traces["head_feature_part"] == 0
   jax.effects_barrier()
   assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
 
