@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks import machine
 from feelvos_jax import matching
 
-_COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.matching"
+_COMMAND = f"cd /work/main && {sys.executable} -m benchmarks.matching"
 
 try:
   import torch

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -143,7 +144,7 @@ def main() -> None:
                    _peak_rss_gib(), _peak_device_gib()))
       print(rows[-1], flush=True)
 
-  command = "cd /work/main && /work/venv/bin/python -m benchmarks.train_step " + " ".join(
+  command = f"cd /work/main && {sys.executable} -m benchmarks.train_step " + " ".join(
       f"--{name}={getattr(args, name)}"
       for name in ("backbones", "crop", "batch", "steps", "depthwise", "dtypes"))
   lines = [
