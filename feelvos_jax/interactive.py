@@ -62,9 +62,10 @@ scribble for any other id is refused.
   minimum of both; any other frame (a cell relabelled, an object newly taking part, no
   stored minima) against all marked cells. Either way the map equals matching every marked
   cell at once.
-- A step (`cached_step`) then runs global matching against the new cells, the
-  label-dependent minimum of local matching, and the rest of the head over all slots at once:
-  the same maps and logits as `FEELVOS.segment`. The stored distances are bounded by
+- A step then runs global matching against the new cells, the label-dependent minimum of
+  local matching, and the rest of the head over all slots at once: the same maps and logits
+  as `FEELVOS.segment`, one jitted call per frame (`cached_step`; at the frame of
+  interaction after `local_maps_from_cells`). The stored distances are bounded by
   `distance_cache_bytes` (pairs beyond it are recomputed when needed): h x w x (2k+1)^2 x 4
   bytes a pair, 6480 x 961 x 4 = 25 MB at 240x432 with the paper's k = 15, 100 MB at
   480x864; the feature parts by `head_cache_bytes`: h x w x head_channels x 4 bytes a frame
@@ -200,20 +201,49 @@ def start_state(embeddings: jax.Array, reference_index: jax.Array,
               reference_embedding=reference_embedding, reference_labels=labels)
 
 
-def _next_state(state: propagation.State, logits: jax.Array, embedding: jax.Array,
+def marked_state(frame_labels: np.ndarray, *, num_slots: int) -> dict[str, np.ndarray]:
+  """What `cached_step` reads of the state at the frame of interaction: `previous_state`
+  without the embedding (the stored distances stand for it), in NumPy.
+
+  Args:
+    frame_labels: [h, w] int32 slot labels of the frame's marked cells, IGNORE_LABEL elsewhere.
+    num_slots: S, object slots of all chunks.
+
+  Returns:
+    previous_labels [h, w] int32, previous_probs [h, w, 1 + S] float32 (the labels' one-hot,
+    zero where unmarked).
+  """
+  return {"previous_labels": frame_labels.astype(np.int32),
+          "previous_probs": (frame_labels[..., None] == np.arange(1 + num_slots)).astype(
+              np.float32)}
+
+
+def _next_state(state: propagation.State, logits: jax.Array, embedding: Optional[jax.Array],
                 valid_size: jax.Array) -> tuple[propagation.State, jax.Array]:
   """A frame's stride-4 logits [h, w, K] and embedding [h, w, E] -> (the state with this frame
   as the previous one, labels [4h, 4w] uint8 slots, IGNORE_LABEL outside `valid_size` (height,
-  width))."""
+  width)). Without an embedding (None) the state holds none (`marked_state`)."""
   height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
-  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
-  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
+  # Slot-major ([K, ...] planes, slots as the batch of `upsample_logits`), the argmax (the
+  # first maximum, as jnp.argmax) and the softmax (exp(x - max) / sum) over the slots as
+  # elementwise chains: XLA:CPU reduces a minor axis of K values far slower.
+  planes = jnp.moveaxis(logits, -1, 0)
+  upsampled = losses.upsample_logits(planes[..., None], (height, width))[..., 0]
+  best, labels = upsampled[0], jnp.zeros((height, width), jnp.int32)
+  for slot in range(1, planes.shape[0]):
+    better = upsampled[slot] > best
+    best = jnp.where(better, upsampled[slot], best)
+    labels = jnp.where(better, slot, labels)
   inside = ((jnp.arange(height) < valid_size[0])[:, None]
             & (jnp.arange(width) < valid_size[1])[None, :])
   labels = jnp.where(inside, labels, IGNORE_LABEL)
-  new_state = dict(state, previous_embedding=embedding,
-                   previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
-                   previous_probs=jax.nn.softmax(logits, axis=-1))
+  top = functools.reduce(jnp.maximum, list(planes))
+  exponentials = [jnp.exp(plane - top) for plane in planes]
+  total = functools.reduce(jnp.add, exponentials)
+  new_state = dict(state, previous_labels=labels[::FEATURE_STRIDE, ::FEATURE_STRIDE],
+                   previous_probs=jnp.stack([e / total for e in exponentials], axis=-1))
+  if embedding is not None:
+    new_state["previous_embedding"] = embedding
   return new_state, labels.astype(jnp.uint8)
 
 
@@ -327,8 +357,8 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
   side = 2 * window + 1
   labels = jnp.pad(previous_labels, reach, constant_values=-1)
 
-  def row_minima(dy_index: jax.Array, back: bool) -> jax.Array:
-    """[h, w, num_slots]: per slot, the minimum over the offsets (dy, every dx)."""
+  def row_minima(dy_index: jax.Array, running: jax.Array, back: bool) -> jax.Array:
+    """`running` [h, w, num_slots] lowered, per slot, to the offsets (dy, every dx)."""
     top = dy_index * dilation
     label_rows = lax.dynamic_slice_in_dim(labels, top, height, axis=0)
     if back:
@@ -342,7 +372,7 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
       distance_rows = lax.dynamic_slice_in_dim(opposite, top, height, axis=1)
     else:
       distance_rows = lax.dynamic_slice_in_dim(distances, dy_index * side, side, axis=0)
-    best = [jnp.full((height, width), jnp.inf, distances.dtype)] * num_slots
+    best = [running[..., slot] for slot in range(num_slots)]
     for dx_index in range(side):
       left = dx_index * dilation
       neighbour_labels = label_rows[:, left:left + width]
@@ -355,8 +385,9 @@ def local_maps_from_distances(distances: jax.Array, previous_labels: jax.Array,
     return jnp.stack(best, axis=-1)
 
   def minima(back: bool) -> jax.Array:
-    rows = lax.map(functools.partial(row_minima, back=back), jnp.arange(side))
-    return jnp.min(rows, axis=0)
+    # A running minimum over the rows of offsets: no [2 window + 1, h, w, K] stack to reduce.
+    return lax.fori_loop(0, side, functools.partial(row_minima, back=back),
+                         jnp.full((height, width, num_slots), jnp.inf, distances.dtype))
 
   squared = lax.cond(backward, lambda: minima(True), lambda: minima(False))
   return matching.distance_from_squared(squared)
@@ -440,7 +471,8 @@ def global_chunk_size(model: nn.Module, reference_pixels: int) -> Optional[int]:
 
 def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
                 features: jax.Array, embeddings: jax.Array, frame: jax.Array,
-                feature_part: jax.Array, local_maps: jax.Array,
+                feature_part: jax.Array, cell_maps: jax.Array, distances: jax.Array,
+                backward: jax.Array, from_cells: jax.Array,
                 reference_embedding: jax.Array, reference_labels: jax.Array,
                 minima: jax.Array, num_objects: jax.Array,
                 valid_size: jax.Array) -> tuple[propagation.State, jax.Array, jax.Array]:
@@ -455,12 +487,15 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
     slots, padding IGNORE_LABEL) are matched (densely for P <= DENSE_REFERENCE_PIXELS); the
     minimum of both is the minimum over all reference pixels, so the map equals matching
     them all at once;
-  - the local matching maps [h, w, K] against the previous frame come in computed
-    (`local_maps_from_distances` on distances stored once per pair of frames, or
-    `local_maps_from_cells` for the frame of interaction);
+  - local matching against the previous frame reads the `pair_distances` stored once per
+    pair of frames (`distances` [O, h, w], `backward` as in `local_maps_from_distances`,
+    against the state's previous labels), or, where `from_cells` (bool scalar) is True, the
+    maps come in computed (`cell_maps` [h, w, K], `local_maps_from_cells` for the frame of
+    interaction; the other operands are then unused, any arrays of their shapes): one
+    compiled step for both;
   - the features' part of the head's first layer (`feature_part`, `head_feature_part`) comes
     in computed once per frame.
-  `state` needs only the previous-frame entries (`previous_state`). `head_variables` =
+  `state` holds previous_labels and previous_probs (`marked_state`). `head_variables` =
   {'params': the model's params['segmentation_head']}; the frame's features only set the
   head's shapes.
 
@@ -484,6 +519,9 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
         chunk_size=global_chunk_size(model, reference_labels.shape[-1]))
   minima = jnp.minimum(minima, added)
   global_maps = matching.distance_from_squared(minima)
+  local_maps = lax.cond(from_cells, lambda: cell_maps, lambda: local_maps_from_distances(
+      distances, state["previous_labels"], backward, window=model.window,
+      dilation=model.dilation, num_slots=num_slots))
   object_maps = jnp.stack([global_maps, state["previous_probs"], local_maps], axis=-1)
   head = segmentation_head(model)
 
@@ -496,7 +534,7 @@ def cached_step(model: nn.Module, head_variables: Any, state: propagation.State,
       object_maps[None].astype(model.dtype))[0]
   present = jnp.arange(num_slots) <= num_objects
   logits = jnp.where(present, logits.astype(jnp.float32), -jnp.inf)
-  return _next_state(state, logits, frame_embeddings, valid_size) + (minima,)
+  return _next_state(state, logits, None, valid_size) + (minima,)
 
 
 def caches_distances(model: nn.Module) -> bool:
@@ -518,7 +556,6 @@ def _compiled_embed(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Arra
 
 
 _start_state = jax.jit(start_state, static_argnames="num_slots")
-_previous_state = jax.jit(previous_state, static_argnames="num_slots")
 _reference_rows = jax.jit(reference_rows)
 
 
@@ -530,14 +567,6 @@ def _compiled_distances(window: int, dilation: int) -> Callable[..., jax.Array]:
                           lax.dynamic_index_in_dim(embeddings, v, keepdims=False),
                           window=window, dilation=dilation)
   return jax.jit(distances)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_local_maps(window: int, dilation: int,
-                         num_slots: int) -> Callable[..., jax.Array]:
-  """Jitted `local_maps_from_distances`."""
-  return jax.jit(functools.partial(local_maps_from_distances, window=window,
-                                   dilation=dilation, num_slots=num_slots))
 
 
 @functools.lru_cache(maxsize=16)
@@ -859,8 +888,7 @@ class InteractiveSession:
     valid_size = np.array([self.height, self.width], np.int32)
     if self._cache_distances:
       run = self._cached_run(tuple(present), slots, num_slots, num_objects, valid_size)
-      state = _previous_state(self._embeddings, np.int32(from_frame), slots[from_frame],
-                              num_slots=num_slots)
+      state = marked_state(slots[from_frame], num_slots=num_slots)
     else:
       index, labels = self._reference_index(slots, slots != IGNORE_LABEL)
       state = _start_state(self._embeddings, index, labels, np.int32(from_frame),
@@ -920,21 +948,22 @@ class InteractiveSession:
     marked = self._references != IGNORE_LABEL
     rows: dict[Optional[int], tuple[jax.Array, jax.Array]] = {}
     no_minima = jnp.full(slots.shape[1:] + (1 + num_slots,), jnp.inf, jnp.float32)
+    no_maps = jnp.zeros_like(no_minima)
     step = _compiled_cached_step(self.model)
     window, dilation = self.model.window, self.model.dilation
 
-    def local_maps(state, frame, previous):
-      """[h, w, K] local matching maps of `frame` against `previous`: for the frame of
-      interaction with at most MAX_CELL_MATCHING marked cells `local_maps_from_cells`, else
-      `local_maps_from_distances` on the stored `pair_distances`."""
+    def local_maps(frame, previous):
+      """`cached_step`'s local-matching operands (cell_maps, distances, backward, from_cells)
+      of `frame` against `previous`: for the frame of interaction with at most
+      MAX_CELL_MATCHING marked cells `local_maps_from_cells` (and `_unused_distances`), else
+      the stored `pair_distances`."""
       if frame == previous:
         own = marked[frame]
         if np.count_nonzero(own) <= MAX_CELL_MATCHING:
-          return _compiled_cell_maps(window, dilation, 1 + num_slots)(
+          cell_maps = _compiled_cell_maps(window, dilation, 1 + num_slots)(
               self._embeddings, np.int32(frame), *self._reference_index(slots[frame], own))
-      distances, backward = self._distances(frame, previous)
-      return _compiled_local_maps(window, dilation, 1 + num_slots)(
-          distances, state["previous_labels"], backward)
+          return cell_maps, self._unused_distances(frame), np.bool_(False), np.bool_(True)
+      return (no_maps,) + self._distances(frame, previous) + (np.bool_(False),)
 
     extended: dict[int, bool] = {}
 
@@ -958,7 +987,7 @@ class InteractiveSession:
         rows[base] = _reference_rows(self._embeddings, *self._reference_index(slots, cells))
       state, labels, minima = step(self._head_variables, state, self._features,
                                    self._embeddings, np.int32(frame), self._feature_part(frame),
-                                   local_maps(state, frame, previous), *rows[base], minima,
+                                   *local_maps(frame, previous), *rows[base], minima,
                                    num_objects, valid_size)
       self._store_minima(frame, version, minima)
       return state, labels
@@ -1004,3 +1033,16 @@ class InteractiveSession:
         self._distance_cache[key] = distances
         self._distance_cache_used += distances.nbytes
     return distances, np.bool_(backward)
+
+  def _unused_distances(self, frame: int) -> jax.Array:
+    """An [O, h, w] operand for a step whose local maps come from cells (it is not read): the
+    stored `pair_distances` of a neighbouring pair, which a chain from `frame` reads next
+    (computed now if need be), or zeros for a video of one frame."""
+    if self.num_frames == 1:
+      side = 2 * self.model.window + 1
+      return jnp.zeros((side * side,) + self._references.shape[1:], jnp.float32)
+    for key in ((frame + 1, frame), (frame, frame - 1)):
+      if key in self._distance_cache:
+        return self._distance_cache[key]
+    return self._distances(*((frame + 1, frame) if frame + 1 < self.num_frames
+                             else (frame, frame - 1)))[0]

@@ -163,19 +163,17 @@ def test_matches_direct_segment_calls(setup):
 def test_directions_cover_the_right_frames(setup, monkeypatch):
   model, variables = setup
   stepped = []
+  original = interactive._compiled_cached_step
 
-  def recording(original):
-    def compiled(step_model):
-      step = original(step_model)
+  def recording(step_model):
+    step = original(step_model)
 
-      def record(variables, state, features, embeddings, frame, *rest):
-        stepped.append(int(frame))
-        return step(variables, state, features, embeddings, frame, *rest)
-      return record
-    return compiled
+    def record(variables, state, features, embeddings, frame, *rest):
+      stepped.append(int(frame))
+      return step(variables, state, features, embeddings, frame, *rest)
+    return record
 
-  for name in ("_compiled_cached_step", "_compiled_chained_step"):
-    monkeypatch.setattr(interactive, name, recording(getattr(interactive, name)))
+  monkeypatch.setattr(interactive, "_compiled_cached_step", recording)
   session = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
   session.add_scribble(2, 1, box(9, 9, 18, 18))
   session.add_background_scribble(2, box(0, 0, 3, 29))
@@ -197,6 +195,21 @@ def test_directions_cover_the_right_frames(setup, monkeypatch):
   assert stepped == [3, 2, 1, 0]
   np.testing.assert_array_equal(backward[4], forward[4])  # Kept from the forward pass.
   np.testing.assert_array_equal(fresh.labels, backward)
+
+
+def test_a_video_of_one_frame(setup):
+  """No neighbouring pair of frames: the frame of interaction is segmented as in a longer
+  video (its result depends on its own marked cells alone)."""
+  model, variables = setup
+  frames = make_frames(3)
+  labels = []
+  for length in (1, 2):
+    session = interactive.InteractiveSession(model, variables, frames[:length], object_ids=[1])
+    session.add_scribble(0, 1, box(8, 6, 20, 16))
+    session.add_background_scribble(0, box(0, 0, 2, 29))
+    labels.append(session.propagate(0, "both")[0])
+  assert set(np.unique(labels[0])) == {0, 1}
+  np.testing.assert_array_equal(labels[0], labels[1])
 
 
 def test_points_and_mask_on_the_same_cells_agree(setup):
@@ -303,7 +316,8 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(3, "both")
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
-  assert traces["cached_step"] == traces["chained_step"] == traces["distances"] == 1
+  # One step for the frames of interaction (local maps from cells) and the chains.
+  assert traces["cached_step"] == traces["distances"] == 1
   assert traces["previous_state"] == 0  # The cached path starts from `marked_state` (NumPy).
   assert traces["head_feature_part"] == 1
   # Pairs (t, t - 1) for t = 1..4, once each (frames of interaction: `local_maps_from_cells`).
@@ -321,7 +335,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(1, "forward")
   # The full-frame strokes relabel marked cells: every frame is matched against all 360+
   # cells (the 512 bucket) once; propagate(1) then adds no cell (the 32 bucket, compiled).
-  assert traces["cached_step"] == traces["chained_step"] == traces["reference_rows"] == 1
+  assert traces["cached_step"] == traces["reference_rows"] == 1
   assert traces["distances"] == traces["head_feature_part"] == 0
   jax.effects_barrier()
   assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
@@ -353,6 +367,26 @@ def numpy_local_maps(current, previous, labels, num_slots, window):
           slot = labels[y + dy, x + dx]
           result[y, x, slot] = min(result[y, x, slot], np.tanh(squared[y, x, o] / 2))
   return result
+
+
+def test_marked_state_is_the_one_hot_of_the_marked_cells():
+  """`marked_state` (NumPy) against loops, and against `previous_state` without the embedding."""
+  rng = np.random.default_rng(0)
+  labels = rng.choice(np.array([0, 1, 2, IGNORE_LABEL], np.int32), size=(6, 7))
+  state = interactive.marked_state(labels, num_slots=3)
+  assert sorted(state) == ["previous_labels", "previous_probs"]
+  probs = np.zeros((6, 7, 4), np.float32)
+  for y in range(6):
+    for x in range(7):
+      if labels[y, x] != IGNORE_LABEL:
+        probs[y, x, labels[y, x]] = 1.0
+  np.testing.assert_array_equal(state["previous_probs"], probs)
+  assert state["previous_probs"].dtype == np.float32
+  np.testing.assert_array_equal(state["previous_labels"], labels)
+  embeddings = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+  full = interactive.previous_state(embeddings, 1, labels, num_slots=3)
+  for key, value in state.items():
+    np.testing.assert_array_equal(value, full[key])
 
 
 def test_local_maps_from_stored_distances_match_loops():
