@@ -85,11 +85,19 @@ def _median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
   return 1000 * float(np.median(times))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_embed(model: Any) -> Callable[..., Any]:
+  """`model.embed` jitted once per model, so the rows of one backbone and dtype share its
+  compilation (the backbone's: the slowest piece to compile; on the H200 run of 2026-11-26
+  the rows of Xception-65 ran out of their time limit compiling)."""
+  return jax.jit(functools.partial(model.apply, method="embed"))
+
+
 def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: int,
                 repeats: int) -> dict[str, float]:
   """ms per frame of embed, matching and head, each jitted alone at the padded frame size."""
   frame = jnp.asarray(synthetic_video(1, height, width, 0)[0].__next__())[None]
-  embed = jax.jit(functools.partial(model.apply, method="embed"))
+  embed = _jitted_embed(model)
   features, embeddings = embed(variables, frame)
   h, w = features.shape[1:3]
   labels = jnp.asarray(np.random.default_rng(0).integers(0, num_slots, (h, w)), jnp.int32)
