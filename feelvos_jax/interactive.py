@@ -886,8 +886,15 @@ class InteractiveSession:
     num_slots = objects_per_chunk * num_chunks
     num_objects = np.int32(len(present))
     valid_size = np.array([self.height, self.width], np.int32)
+    chains = []
+    if direction in ("forward", "both"):
+      chains.append(range(from_frame + 1, self.num_frames))
+    if direction in ("backward", "both"):
+      chains.append(range(from_frame - 1, -1, -1))
     if self._cache_distances:
-      run = self._cached_run(tuple(present), slots, num_slots, num_objects, valid_size)
+      first_next = next((chain[0] for chain in chains if len(chain)), None)
+      run = self._cached_run(tuple(present), slots, num_slots, num_objects, valid_size,
+                             first_next)
       state = marked_state(slots[from_frame], num_slots=num_slots)
     else:
       index, labels = self._reference_index(slots, slots != IGNORE_LABEL)
@@ -902,11 +909,6 @@ class InteractiveSession:
 
     after_interaction, first = run(state, from_frame, from_frame)
     results = {from_frame: first}
-    chains = []
-    if direction in ("forward", "both"):
-      chains.append(range(from_frame + 1, self.num_frames))
-    if direction in ("backward", "both"):
-      chains.append(range(from_frame - 1, -1, -1))
     for chain in chains:
       state, previous = after_interaction, from_frame
       for frame in chain:
@@ -934,9 +936,11 @@ class InteractiveSession:
     return index, labels
 
   def _cached_run(self, present: tuple[int, ...], slots: np.ndarray, num_slots: int,
-                  num_objects: np.int32, valid_size: np.ndarray) -> Callable[..., Any]:
+                  num_objects: np.int32, valid_size: np.ndarray,
+                  first_next: Optional[int]) -> Callable[..., Any]:
     """run(state, frame, previous) -> (state, labels) by `cached_step`, storing each frame's
-    global-matching minima under a new version of the references.
+    global-matching minima under a new version of the references. `first_next` is the frame
+    the chains step to right after the frame of interaction (None: no chain).
 
     A frame whose stored minima were taken with the same objects taking part, over
     references that every present reference extends (cells only added, none relabelled),
@@ -955,14 +959,21 @@ class InteractiveSession:
     def local_maps(frame, previous):
       """`cached_step`'s local-matching operands (cell_maps, distances, backward, from_cells)
       of `frame` against `previous`: for the frame of interaction with at most
-      MAX_CELL_MATCHING marked cells `local_maps_from_cells` (and `_unused_distances`), else
-      the stored `pair_distances`."""
+      MAX_CELL_MATCHING marked cells `local_maps_from_cells`, else the stored
+      `pair_distances`. The step reads no distances beside cell maps, but needs an operand of
+      their shape: the pair the chain reads next (stored for it now), or zeros without a
+      chain."""
       if frame == previous:
         own = marked[frame]
         if np.count_nonzero(own) <= MAX_CELL_MATCHING:
           cell_maps = _compiled_cell_maps(window, dilation, 1 + num_slots)(
               self._embeddings, np.int32(frame), *self._reference_index(slots[frame], own))
-          return cell_maps, self._unused_distances(frame), np.bool_(False), np.bool_(True)
+          if first_next is None:
+            side = 2 * window + 1
+            unused = jnp.zeros((side * side,) + slots.shape[1:], jnp.float32)
+          else:
+            unused = self._distances(first_next, frame)[0]
+          return cell_maps, unused, np.bool_(False), np.bool_(True)
       return (no_maps,) + self._distances(frame, previous) + (np.bool_(False),)
 
     extended: dict[int, bool] = {}
@@ -1034,15 +1045,3 @@ class InteractiveSession:
         self._distance_cache_used += distances.nbytes
     return distances, np.bool_(backward)
 
-  def _unused_distances(self, frame: int) -> jax.Array:
-    """An [O, h, w] operand for a step whose local maps come from cells (it is not read): the
-    stored `pair_distances` of a neighbouring pair, which a chain from `frame` reads next
-    (computed now if need be), or zeros for a video of one frame."""
-    if self.num_frames == 1:
-      side = 2 * self.model.window + 1
-      return jnp.zeros((side * side,) + self._references.shape[1:], jnp.float32)
-    for key in ((frame + 1, frame), (frame, frame - 1)):
-      if key in self._distance_cache:
-        return self._distance_cache[key]
-    return self._distances(*((frame + 1, frame) if frame + 1 < self.num_frames
-                             else (frame, frame - 1)))[0]
