@@ -37,12 +37,6 @@ from feelvos_jax import models
 _CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
 
 
-def _device_bytes_in_use() -> int:
-  """Bytes in use on the first device, 0 where the backend reports no memory stats (CPU)."""
-  stats = jax.local_devices()[0].memory_stats()
-  return int(stats.get("bytes_in_use", 0)) if stats else 0
-
-
 def synthetic_video(num_frames: int, height: int, width: int, num_objects: int,
                     seed: int = 0) -> tuple[Iterator[np.ndarray], np.ndarray]:
   """(a generator of [H, W, 3] uint8 frames, the frame-0 label map [H, W] with 1..N boxes)."""
@@ -67,22 +61,12 @@ def _run(propagator: inference.VideoPropagator, num_frames: int, height: int, wi
   frames, labels = synthetic_video(num_frames, height, width, num_objects)
   process = psutil.Process()
   start_rss = process.memory_info().rss
-  peak_rss, peak_device = start_rss, _device_bytes_in_use()
+  peak_rss, peak_device = start_rss, machine.device_bytes("bytes_in_use")
   start = time.perf_counter()
   for _ in propagator.propagate(frames, {0: labels}, [0] * num_objects):
     peak_rss = max(peak_rss, process.memory_info().rss)
-    peak_device = max(peak_device, _device_bytes_in_use())
+    peak_device = max(peak_device, machine.device_bytes("bytes_in_use"))
   return time.perf_counter() - start, start_rss, peak_rss, peak_device
-
-
-def _median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
-  jax.block_until_ready(function(*args))  # Compile.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(function(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,9 +99,10 @@ def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: 
   head = jax.jit(functools.partial(
       model.apply, method=lambda module, f, maps: module.segmentation_head(f, maps)))
   return {
-      "embed": _median_ms(embed, variables, frame, repeats=repeats),
-      "matching": _median_ms(match, embeddings[0], embeddings[0], labels, repeats=repeats),
-      "head": _median_ms(head, variables, features, object_maps, repeats=repeats),
+      "embed": machine.median_ms(embed, variables, frame, repeats=repeats),
+      "matching": machine.median_ms(match, embeddings[0], embeddings[0], labels,
+                                    repeats=repeats),
+      "head": machine.median_ms(head, variables, features, object_maps, repeats=repeats),
   }
 
 

@@ -87,6 +87,13 @@ def report(title: str, lines_or_text: str | Sequence[str], command: str, *, writ
   else:
     print(section_text(title, lines_or_text, command))
 
+def device_bytes(stat: str) -> int:
+  """The first device's memory statistic `stat` ("bytes_in_use", "peak_bytes_in_use"), 0 where
+  the backend reports none (CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats.get(stat, 0)) if stats else 0
+
+
 def median_ms(function: Callable[..., Any], *args: Any, repeats: int) -> float:
   """Median wall milliseconds of `repeats` calls of `function(*args)` after one untimed
   (compiling) call; each call waits for its result (`jax.block_until_ready`)."""

@@ -4,9 +4,10 @@
 
 Reads (does not rerun: the sources take minutes to hours on a CPU) the latest CPU section and
 the latest GPU section (one naming a `gpu backend`) of each of `benchmarks.matching`,
-`benchmarks.inference`, `benchmarks.train_step` and `benchmarks.interactive` in BENCHMARKS.md, and appends one "Benchmark summary" section: per
-figure, its target and whether it is met, with the date of the section it comes from. Rerun
-the source benchmarks first (their commands are in their sections) for fresh figures.
+`benchmarks.inference`, `benchmarks.train_step` and `benchmarks.interactive` in BENCHMARKS.md,
+and appends one "Benchmark summary" section: per figure, its target and whether it is met, with
+the date of the section it comes from. Rerun the source benchmarks first (their commands are
+in their sections) for fresh figures.
 - Matching: the rows of the target tables of the latest matching section (issue 6: global
   matching at 480p within 2x of the matmul rate; >= 3x faster than naive jnp and at least as
   fast as PyTorch in every benchmarked case).

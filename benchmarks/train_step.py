@@ -75,12 +75,6 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _peak_device_gib() -> float:
-  """The first device's peak bytes in use so far, in GiB; 0 where it reports none (CPU)."""
-  stats = jax.local_devices()[0].memory_stats()
-  return int(stats.get("peak_bytes_in_use", 0)) / 2**30 if stats else 0.0
-
-
 @contextlib.contextmanager
 def _depthwise_form(form: str):
   """Runs the block with every depthwise conv in `form`: "platform" (as shipped:
@@ -141,7 +135,7 @@ def main() -> None:
         pipeline = f"{input_batches_per_second(config, args.input_batches):.1f} batches/s"
       crop = "x".join(str(size) for size in config.dataset.crop_size)
       rows.append((name, config.model.dtype, form, crop, config.batch_size, result, pipeline,
-                   _peak_rss_gib(), _peak_device_gib()))
+                   _peak_rss_gib(), machine.device_bytes("peak_bytes_in_use") / 2**30))
       print(rows[-1], flush=True)
 
   command = f"cd /work/main && {sys.executable} -m benchmarks.train_step " + " ".join(

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from feelvos_jax.models.layers import PointwiseConv, depthwise_conv_same
+from feelvos_jax.models.layers import PointwiseConv, depthwise_conv_same, pointwise_conv_matmul
 
 Initializer = Callable[..., jax.Array]
 
@@ -112,8 +112,8 @@ class SeparableConvReLU(nn.Module):
       if gates is not None:
         hidden = hidden * gates[:, None, None, group].astype(self.dtype)
       hidden = nn.relu(hidden + depthwise_bias[group].astype(self.dtype))
-      output = output + jnp.einsum("bhwc,cf->bhwf", hidden,
-                                   pointwise_kernel[0, 0, group].astype(self.dtype))
+      output = output + pointwise_conv_matmul(
+          hidden, pointwise_kernel[:, :, group].astype(self.dtype))
       if first_only:
         return output
     return nn.relu(output)
