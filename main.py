@@ -13,9 +13,9 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from feelvos_jax import export
-from feelvos_jax import inference
-from feelvos_jax import train
+from feelvos_jax.evaluation import split_evaluation
+from feelvos_jax.inference import export
+from feelvos_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -29,7 +29,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Index of this process.")
 
-_DELEGATES = {"evaluate": inference.run_evaluation, "export": export.export}
+_DELEGATES = {"evaluate": split_evaluation.run_evaluation, "export": export.export}
 """--mode=evaluate/export: `function(config, workdir)`."""
 
 

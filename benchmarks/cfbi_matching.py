@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from benchmarks import machine
-from feelvos_jax import cfbi
 from feelvos_jax import matching
+from feelvos_jax.matching import cfbi
 
 
 def _inputs(height: int, width: int, channels: int, num_objects: int, seed: int = 0):

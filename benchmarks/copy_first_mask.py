@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from datasets import registry
 from feelvos_jax import evaluation
-from feelvos_jax import input_pipeline
+from feelvos_jax.data import input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file.")
 

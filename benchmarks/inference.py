@@ -5,7 +5,7 @@
 Random weights (speed does not depend on them) and a synthetic streamed video (a textured
 pattern moving over the frames, one box per object given in frame 0). For each backbone and
 object count it reports:
-- frames/s of `inference.VideoPropagator.propagate` over `--frames` frames after a warm-up
+- frames/s of `video_propagation.VideoPropagator.propagate` over `--frames` frames after a warm-up
   video (compilation excluded), end to end: host padding, the jitted step, labels to the host;
 - ms per frame of three separately jitted pieces: `embed` (backbone, ASPP, decoder, embedding
   head), matching (global against the reference frame and local against the previous frame,
@@ -30,9 +30,9 @@ import psutil
 from benchmarks import machine
 from configs import davis
 from configs import synthetic
-from feelvos_jax import inference
 from feelvos_jax import matching
 from feelvos_jax import models
+from feelvos_jax.inference import video_propagation
 
 _CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
 
@@ -54,7 +54,7 @@ def synthetic_video(num_frames: int, height: int, width: int, num_objects: int,
   return frames(), labels
 
 
-def _run(propagator: inference.VideoPropagator, num_frames: int, height: int, width: int,
+def _run(propagator: video_propagation.VideoPropagator, num_frames: int, height: int, width: int,
          num_objects: int) -> tuple[float, int, int, int]:
   """(seconds, RSS bytes at the start, peak RSS bytes, most device bytes in use) of propagating
   one streamed video, memory sampled after every frame."""
@@ -114,7 +114,7 @@ def _setup(backbone: str, seed: int = 0, dtype: str = "") -> tuple[Any, Any, Any
     config.model.dtype = dtype
   model = models.build_model(config.model)
   variables = jax.jit(model.init)({"params": jax.random.PRNGKey(seed)},
-                                  *inference.example_inputs(model))
+                                  *models.example_inputs(model))
   return config, model, variables
 
 
@@ -142,7 +142,7 @@ def main() -> None:
                                  if args.memory_size else (args.height, args.width))
   dtypes = args.dtypes.split(",")
   config, model, variables = _setup(args.memory_backbone, dtype=dtypes[0])
-  propagator = inference.VideoPropagator(model, variables,
+  propagator = video_propagation.VideoPropagator(model, variables,
                                          object_buckets=config.inference.object_buckets)
   _run(propagator, 3, memory_height, memory_width, args.memory_objects)
   memory_rows = []
@@ -160,7 +160,7 @@ def main() -> None:
   rows = []
   for (backbone, (height, width)), dtype in itertools.product(sizes.items(), dtypes):
     config, model, variables = _setup(backbone, dtype=dtype)
-    propagator = inference.VideoPropagator(model, variables,
+    propagator = video_propagation.VideoPropagator(model, variables,
                                            object_buckets=config.inference.object_buckets)
     for num_objects in (int(n) for n in args.objects.split(",")):
       plan = propagator.plan(height, width, num_objects)

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from benchmarks import machine
 from configs import synthetic
 from datasets import registry
-from feelvos_jax import input_pipeline
+from feelvos_jax.data import input_pipeline
 
 _COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline"
 

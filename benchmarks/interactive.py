@@ -33,7 +33,7 @@ import psutil
 
 from benchmarks import inference as inference_benchmark
 from benchmarks import machine
-from feelvos_jax import interactive
+from feelvos_jax.inference import interactive
 
 # The model set-up (configs, random weights) of the inference benchmark.
 _setup = inference_benchmark._setup  # pylint: disable=protected-access

@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks import machine
 from feelvos_jax import matching
+from feelvos_jax.matching import global_maps
 
 _COMMAND = f"cd /work/main && {sys.executable} -m benchmarks.matching"
 
@@ -119,8 +120,8 @@ def previous_global(query, reference, labels, rng, num_objects, max_pixels, chun
   the block layout: a sort to subsample, then a second sort to lay the kept pixels out."""
   # pylint: disable=protected-access
   channels = query.shape[-1]
-  kept = matching._reference_pixel_labels(labels, num_objects, max_pixels, rng)
-  minima = matching._min_squared_distance(
+  kept = global_maps._reference_pixel_labels(labels, num_objects, max_pixels, rng)
+  minima = global_maps._min_squared_distance(
       query.reshape(-1, channels), reference.reshape(-1, channels), kept, num_objects,
       max_pixels, chunk_size, jnp.float32)
   return matching.distance_from_squared(minima).reshape(query.shape[:2] + (num_objects,))

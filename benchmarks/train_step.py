@@ -26,10 +26,10 @@ from benchmarks import machine
 from configs import common
 from configs import synthetic
 from feelvos_jax import models
-from feelvos_jax import sharding
-from feelvos_jax import train
 from feelvos_jax.models import heads
 from feelvos_jax.models import layers
+from feelvos_jax.training import sharding
+from feelvos_jax.training import train
 
 
 def time_train_step(config, steps: int) -> dict[str, float]:
@@ -57,7 +57,7 @@ def time_train_step(config, steps: int) -> dict[str, float]:
 def input_batches_per_second(config, count: int) -> float:
   """Steady-state training batches/s of config's input pipeline on one host."""
   from datasets import registry  # pylint: disable=g-import-not-at-top (imports TF)
-  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   videos = registry.load_builder(config.dataset).as_dataset(
       split=config.dataset.train_split, decoders=input_pipeline.LAZY_FRAME_DECODERS)
   batches = input_pipeline.create_train_dataset(

@@ -7,10 +7,10 @@ For each variant, configs/synthetic.py with that one change (`VARIANTS`):
 - trains `--steps` steps with `train.train_and_evaluate` (no in-training evaluation) into a
   temporary workdir, timing the whole run (input pipeline, compilation and steps);
 - scores validation J&F on `config.num_eval_videos` videos of `config.dataset.eval_split` with
-  `inference.evaluate_videos` (the official semi-supervised protocol), which also compiles the
+  `split_evaluation.evaluate_videos` (the official semi-supervised protocol), which also compiles the
   propagation steps;
 - measures CPU inference frames/s: a second, timed pass of the same videos through the same
-  `inference.VideoPropagator` (compiled already), end to end (padding, jitted steps, labels to
+  `video_propagation.VideoPropagator` (compiled already), end to end (padding, jitted steps, labels to
   the host), frames of all videos / seconds.
 Prints the table and appends it to BENCHMARKS.md (`--no_write` to skip).
 """
@@ -26,10 +26,11 @@ import ml_collections
 from benchmarks import machine
 from configs import synthetic
 from datasets import registry
-from feelvos_jax import inference
-from feelvos_jax import input_pipeline
 from feelvos_jax import models
-from feelvos_jax import train
+from feelvos_jax.data import input_pipeline
+from feelvos_jax.evaluation import split_evaluation
+from feelvos_jax.inference import video_propagation
+from feelvos_jax.training import train
 
 MULTI_LOCAL_WINDOWS = (1, 2, 4, 7)
 """Radii of the multi_local variant: nested windows up to the synthetic config's window 7 (at
@@ -81,14 +82,14 @@ def run_variant(name: str, steps: int, videos: list[dict[str, Any]]) -> dict[str
     train_seconds = time.perf_counter() - start
   model = models.build_model(config.model)
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-  propagator = inference.VideoPropagator(model, variables,
+  propagator = video_propagation.VideoPropagator(model, variables,
                                          object_buckets=config.inference.object_buckets)
-  table, _, _ = inference.evaluate_videos(propagator, videos)
+  table, _, _ = split_evaluation.evaluate_videos(propagator, videos)
   if table is None:
     raise ValueError(f"no validation video of {config.dataset.name} has ground truth to score")
   start = time.perf_counter()
   for video in videos:
-    inference.predict_video(propagator, video)
+    split_evaluation.predict_video(propagator, video)
   inference_seconds = time.perf_counter() - start
   frames = sum(len(video["frames"]) for video in videos)
   return {"variant": name, "change": VARIANTS[name], "train_s": train_seconds,

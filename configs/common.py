@@ -58,7 +58,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.head_num_layers = 4  # Depthwise-separable layers in the head (paper: 4).
   config.model.freeze_backbone_batch_norm = True  # Backbone BN uses running stats in training (paper).
   config.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
-  config.model.pretrained = ""  # Backbone weights file (see feelvos_jax/weights.py); "" for none.
+  config.model.pretrained = ""  # Backbone weights file (feelvos_jax/training/weights.py); "" for none.
   config.model.head = "feelvos"  # "feelvos" (dynamic segmentation head) or "nearest_neighbor" (PML).
   config.model.nearest_neighbors = 5  # PML: reference pixels voting for each pixel's label (k of k-NN).
   # CFBI options (Yang et al., ECCV 2020) for the FEELVOS head; each off by default.
@@ -93,11 +93,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.matching = ml_collections.ConfigDict()
   config.matching.shard_axis = ""  # "": unsharded; "query" or "reference": shard_map global matching.
 
-  # --- Inference (feelvos_jax/inference.py) ---
+  # --- Inference (feelvos_jax/inference/video_propagation.py) ---
   config.inference = ml_collections.ConfigDict()
   config.inference.object_buckets = (1, 3, 10)  # Object slots per compiled step: smallest that fits, else chunks of the largest; () = (model.max_objects,).
 
-  # --- Export (main.py --mode=export, feelvos_jax/export.py) ---
+  # --- Export (main.py --mode=export, feelvos_jax/inference/export.py) ---
   config.export = ml_collections.ConfigDict()
   config.export.buckets = ((480, 864, 3), (480, 864, 10))  # (height, width, objects) shapes exported; sizes multiples of model.output_stride.
   config.export.max_reference_frames = 1  # Steps exported for 1..this many frames where objects first appear (DAVIS: 1).

@@ -1,4 +1,4 @@
-"""Tests of the CFBI options (feelvos_jax/cfbi.py and their wiring into FEELVOS).
+"""Tests of the CFBI options (feelvos_jax/matching/cfbi.py and their wiring into FEELVOS).
 
 Each function against NumPy loops written from its formula (tiny random inputs); the model's
 head inputs with the options on against the same loops; each option off leaves the model as it
@@ -15,13 +15,13 @@ import pytest
 from configs import common
 from configs import synthetic
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import cfbi
-from feelvos_jax import inference
 from feelvos_jax import matching
 from feelvos_jax import models
-from feelvos_jax import optimizers
-from feelvos_jax import train
+from feelvos_jax.inference import video_propagation
+from feelvos_jax.matching import cfbi
 from feelvos_jax.models import heads
+from feelvos_jax.training import optimizers
+from feelvos_jax.training import train
 
 FRAME = 32
 SIDE = FRAME // 4
@@ -365,7 +365,7 @@ def test_all_options_train_one_step_and_propagate():
   frames = rng.integers(0, 256, (3, FRAME, FRAME, 3)).astype(np.uint8)
   first = np.zeros((FRAME, FRAME), np.int32)
   first[4:14, 4:14], first[18:28, 16:30] = 1, 2
-  labels = list(inference.propagate_video(model, variables, frames, {0: first}, [0, 0]))
+  labels = list(video_propagation.propagate_video(model, variables, frames, {0: first}, [0, 0]))
   assert len(labels) == 3 and labels[1].shape == (FRAME, FRAME)
   assert set(np.unique(labels[2])) <= {0, 1, 2}
 
@@ -377,7 +377,7 @@ def test_options_with_sharded_global_matching_equal_unsharded(shard_mode):
   params = random_variables(param_shapes(model), np.random.default_rng(10))
   params["matching_foreground_bias"] = np.float32(0.5)
   inputs = segment_inputs(seed=11)
-  sharded = inference.sharded_matching_model(model, shard_mode)
+  sharded = video_propagation.sharded_matching_model(model, shard_mode)
   logits = [jax.jit(lambda p, m=m: m.apply({"params": p}, *inputs, method="segment"))(params)
             for m in (model, sharded)]
   np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ from configs import synthetic
 from datasets import features
 from datasets import palette
 from datasets import registry
-from feelvos_jax import data_check
+from feelvos_jax.tools import data_check
 
 _CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
 

@@ -11,15 +11,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from scipy import ndimage
 from skimage import morphology
 
 from datasets import fake_layouts
 from feelvos_jax import evaluation
-from feelvos_jax import writers
 from feelvos_jax.evaluation import statistics
+from feelvos_jax.evaluation import writers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

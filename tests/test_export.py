@@ -1,4 +1,4 @@
-"""Inference bundles (feelvos_jax/export.py): export a checkpoint, load it, same masks."""
+"""Inference bundles (feelvos_jax/inference/export.py): export a checkpoint, load it, same masks."""
 import logging
 import os
 
@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from feelvos_jax import checkpointing
-from feelvos_jax import export as export_lib
-from feelvos_jax import optimizers
-from feelvos_jax import train
+from feelvos_jax.inference import export as export_lib
+from feelvos_jax.training import checkpointing
+from feelvos_jax.training import optimizers
+from feelvos_jax.training import train
 from tests import test_inference
 
 

@@ -1,4 +1,4 @@
-"""Video propagation (feelvos_jax/propagation.py, inference.py): tiny backbone, 32x32 videos.
+"""Video propagation (feelvos_jax/inference/propagation.py, video_propagation.py): tiny backbone, 32x32 videos.
 
 Every test shares two propagators (object buckets (5,) and (2,)), so each step shape compiles
 once per session.
@@ -13,17 +13,18 @@ import pytest
 
 from configs import synthetic
 from datasets import fake_layouts
-from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import augmentation
-from feelvos_jax import checkpointing
 from feelvos_jax import evaluation
-from feelvos_jax import inference
-from feelvos_jax import losses
+from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
-from feelvos_jax import propagation
-from feelvos_jax import optimizers
-from feelvos_jax import train
-from feelvos_jax import writers
+from feelvos_jax.data import augmentation
+from feelvos_jax.evaluation import split_evaluation
+from feelvos_jax.evaluation import writers
+from feelvos_jax.inference import propagation
+from feelvos_jax.inference import video_propagation
+from feelvos_jax.models import upsampling
+from feelvos_jax.training import checkpointing
+from feelvos_jax.training import optimizers
+from feelvos_jax.training import train
 from tests import tracing
 
 SIZE = 32
@@ -61,8 +62,8 @@ def shared_setup():
   config = small_config()
   model = models.build_model(config.model)
   variables = init_variables(model)
-  return (config, model, variables, inference.VideoPropagator(model, variables),
-          inference.VideoPropagator(model, variables, object_buckets=(2,)))
+  return (config, model, variables, video_propagation.VideoPropagator(model, variables),
+          video_propagation.VideoPropagator(model, variables, object_buckets=(2,)))
 
 
 @pytest.fixture(name="setup")
@@ -130,7 +131,7 @@ def test_first_steps_match_direct_model_calls(setup):
     features, embedding = embed(padded[t])
     logits = segment(variables, features, embedding, reference, given[None, ::4, ::4],
                      previous, previous_labels[None], previous_probs[None], jnp.array([2]))
-    upsampled = np.asarray(losses.upsample_logits(logits, (SIZE, SIZE)))[0]
+    upsampled = np.asarray(upsampling.upsample_logits(logits, (SIZE, SIZE)))[0]
     expected = np.argmax(upsampled, axis=-1)
     np.testing.assert_array_equal(got[t], expected[:30, :29], err_msg=f"frame {t}")
     valid = np.zeros((SIZE, SIZE), bool)
@@ -218,9 +219,9 @@ def test_sharded_matching_gives_the_unsharded_masks(setup, shard_axis):
   """config.matching.shard_axis splits global matching over the 8 fake devices: same masks."""
   _, model, variables, whole, _ = setup
   assert jax.device_count() == 8
-  sharded_model = inference.sharded_matching_model(model, shard_axis)
+  sharded_model = video_propagation.sharded_matching_model(model, shard_axis)
   assert sharded_model.matching_mesh.shape == {"matching": 8}
-  sharded = inference.VideoPropagator(sharded_model, variables)
+  sharded = video_propagation.VideoPropagator(sharded_model, variables)
   frames, labels, first_frame = make_video(3, 3, seed=11)
   expected = run(whole, frames, labels, first_frame)
   np.testing.assert_array_equal(run(sharded, frames, labels, first_frame), expected)
@@ -229,7 +230,7 @@ def test_sharded_matching_gives_the_unsharded_masks(setup, shard_axis):
 
 def test_unknown_shard_axis_is_refused(setup):
   with pytest.raises(ValueError, match="config.matching.shard_axis"):
-    inference.sharded_matching_model(setup[1], "pixels")
+    video_propagation.sharded_matching_model(setup[1], "pixels")
 
 
 def test_object_order_does_not_matter(setup):
@@ -324,7 +325,7 @@ def test_propagate_write_evaluate_round_trip(setup, tmp_path):
     writers.write_davis_predictions(os.fspath(predictions), video["name"],
                                     video["frame_names"], prediction)
 
-  global_table, rows, count = inference.evaluate_videos(propagator, videos, write=write)
+  global_table, rows, count = split_evaluation.evaluate_videos(propagator, videos, write=write)
   assert count == 2 and len(rows) == 4
   from_files, file_rows = evaluation.evaluate_predictions(os.fspath(predictions),
                                                           os.fspath(root), "val")
@@ -332,7 +333,7 @@ def test_propagate_write_evaluate_round_trip(setup, tmp_path):
   assert [r["Sequence"] for r in file_rows] == [r["Sequence"] for r in rows]
   assert global_table["J&F-Mean"] > 0.0
   assert set(global_table) == set(evaluation.GLOBAL_COLUMNS)
-  metrics = inference.evaluate_dataset(setup[1], setup[2], videos, config)
+  metrics = split_evaluation.evaluate_dataset(setup[1], setup[2], videos, config)
   assert metrics == pytest.approx(dict(global_table, num_videos=2.0))
 
 
@@ -347,15 +348,15 @@ def test_restore_variables_from_a_training_checkpoint(setup, tmp_path):
   checkpointer = checkpointing.Checkpointer(os.fspath(tmp_path), keep=2)
   checkpointer.save(3, state, config)
   checkpointer.close()
-  restored, step = inference.restore_variables(config, os.fspath(tmp_path), model)
+  restored, step = checkpointing.restore_variables(config, os.fspath(tmp_path), model)
   assert step == 3
   jax.tree.map(np.testing.assert_array_equal, restored, variables)
   wider = small_config()
   wider.model.embedding_dim = 16
   with pytest.raises(ValueError, match="does not fit config.model"):
-    inference.restore_variables(wider, os.fspath(tmp_path), models.build_model(wider.model))
+    checkpointing.restore_variables(wider, os.fspath(tmp_path), models.build_model(wider.model))
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    inference.restore_variables(config, os.fspath(tmp_path / "empty"), model)
+    checkpointing.restore_variables(config, os.fspath(tmp_path / "empty"), model)
 
 
 def test_run_evaluation_on_the_synthetic_set(setup, tmp_path, capsys):
@@ -375,7 +376,7 @@ def test_run_evaluation_on_the_synthetic_set(setup, tmp_path, capsys):
   checkpointer.save(5, state, config)
   checkpointer.close()
 
-  table = inference.run_evaluation(config, os.fspath(workdir))
+  table = split_evaluation.run_evaluation(config, os.fspath(workdir))
   printed = capsys.readouterr().out
   assert "Checkpoint step 5: 8 videos of split 'validation'" in printed
   assert "J&F-Mean" in printed and set(table) == set(evaluation.GLOBAL_COLUMNS)

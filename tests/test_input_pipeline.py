@@ -1,4 +1,4 @@
-"""Tests of feelvos_jax/input_pipeline.py on small in-memory fake videos.
+"""Tests of feelvos_jax/data/input_pipeline.py on small in-memory fake videos.
 
 In the fake videos each object is a rectangle of one colour that encodes its dataset id, on a
 background pattern whose blue channel encodes the frame index, so that labels and pixels can be
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from configs import common
-from feelvos_jax import augmentation
-from feelvos_jax import input_pipeline
+from feelvos_jax.data import augmentation
+from feelvos_jax.data import input_pipeline
 
 IGNORE = 255
 BACKGROUND_BLUE = 10  # Background blue: BACKGROUND_BLUE + 10 * frame index (< 100 up to 9 frames).

@@ -1,4 +1,4 @@
-"""Interactive segmentation (feelvos_jax/interactive.py): tiny backbone, 30x29 videos of 5 frames.
+"""Interactive segmentation (feelvos_jax/inference/interactive.py): tiny backbone, 30x29 videos of 5 frames.
 
 Every test but the compile-count one shares one model, so the steps compile once per session.
 """
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import inference
-from feelvos_jax import interactive
-from feelvos_jax import losses
+from feelvos_jax.models import upsampling
+
+pass
 from feelvos_jax import models
-from feelvos_jax import propagation
+from feelvos_jax.inference import interactive
+from feelvos_jax.inference import propagation
 from feelvos_jax.models import feelvos
 from tests import test_inference
 from tests import tracing
@@ -35,7 +36,7 @@ def random_variables(model, seed=0):
   from `jax.eval_shape`, values from NumPy: kernels N(0, 2 / fan_in), biases N(0, 0.1^2),
   batch-norm scales 1 and running statistics mean 0, variance 1."""
   shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)},
-                          *inference.example_inputs(model))
+                          *models.example_inputs(model))
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
@@ -139,7 +140,7 @@ def test_matches_direct_segment_calls(setup):
     logits = segment(variables, features[t:t + 1], embeddings[t:t + 1], reference_embedding,
                      reference_labels, previous_embedding[None], previous_labels[None],
                      previous_probs[None], jnp.array([2]))
-    upsampled = np.asarray(losses.upsample_logits(logits, (PADDED, PADDED)))[0]
+    upsampled = np.asarray(upsampling.upsample_logits(logits, (PADDED, PADDED)))[0]
     labels = np.where(valid, np.argmax(upsampled, axis=-1), IGNORE_LABEL)
     probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
     return labels, (embeddings[t], labels[::4, ::4], probs)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import losses
+from feelvos_jax.models import upsampling
+from feelvos_jax.training import losses
 
 
 def _random_case(rng, batch=3, height=7, width=9, num_slots=4, padded_from=3):
@@ -115,7 +116,7 @@ def test_gradient_is_finite_with_padded_slots():
 def test_upsample_logits_matches_numpy_and_keeps_padding(size):
   """Grids shorter than 4h x 4w and exactly 4h x 4w (the last rows and columns hold the edge)."""
   logits, _ = _random_case(np.random.default_rng(4), height=3, width=4)
-  upsampled = np.asarray(losses.upsample_logits(jnp.asarray(logits), size))
+  upsampled = np.asarray(upsampling.upsample_logits(jnp.asarray(logits), size))
   assert upsampled.shape == (logits.shape[0],) + size + (logits.shape[-1],)
   np.testing.assert_allclose(upsampled[..., :3], _reference_upsample(logits[..., :3], *size),
                              rtol=1e-5, atol=1e-6)
@@ -125,7 +126,7 @@ def test_upsample_logits_matches_numpy_and_keeps_padding(size):
 
 def test_upsample_logits_rejects_a_larger_grid():
   with pytest.raises(ValueError, match=r"size \(13, 16\) must be within 4 x"):
-    losses.upsample_logits(jnp.zeros((1, 3, 4, 2)), (13, 16))
+    upsampling.upsample_logits(jnp.zeros((1, 3, 4, 2)), (13, 16))
 
 
 @pytest.mark.parametrize("upsample", [True, False])

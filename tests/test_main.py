@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from datasets import registry
-from feelvos_jax import checkpointing
+from feelvos_jax.training import checkpointing
 from tests import test_train
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,8 @@ _TWO_PROCESS_DRIVER = textwrap.dedent("""\
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                                process_id=process_id)
     import numpy as np
-    from feelvos_jax import input_pipeline, train
+    from feelvos_jax.data import input_pipeline
+    from feelvos_jax.training import train
     from tests import test_train
     train._load_videos = lambda dataset_config, split, decoders=None: test_train.fake_videos()
     original = input_pipeline.create_train_dataset

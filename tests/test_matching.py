@@ -8,6 +8,7 @@ import pytest
 
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import matching
+from feelvos_jax.matching import global_maps
 
 
 # ------------------------------------------------------------------ NumPy references
@@ -187,8 +188,8 @@ def test_wide_and_scanned_block_minima_match_numpy(num_objects, num_pixels):
   reference = rng.normal(size=(num_pixels, 6)).astype(np.float32)
   labels = rng.integers(-1, num_objects, num_pixels).astype(np.int32)
   labels[labels == num_objects - 1] = -1 if num_objects == 4 else num_objects - 1
-  block, num_blocks = matching._block_geometry(num_pixels, num_objects, None)
-  slots, block_object = matching._block_layout(jnp.asarray(labels), num_objects, block,
+  block, num_blocks = global_maps._block_geometry(num_pixels, num_objects, None)
+  slots, block_object = global_maps._block_layout(jnp.asarray(labels), num_objects, block,
                                                num_blocks)
   padded = np.concatenate([reference, np.zeros((1, 6), np.float32)])[np.asarray(slots)]
   padded_sq = np.concatenate([np.sum(reference ** 2, 1), [np.inf]]).astype(np.float32)[
@@ -199,7 +200,7 @@ def test_wide_and_scanned_block_minima_match_numpy(num_objects, num_pixels):
       if labels[r] >= 0:
         value = np.sum(reference[r] ** 2) - 2 * query[q] @ reference[r]
         expected[q, labels[r]] = min(expected[q, labels[r]], value)
-  for form in (matching._chunk_min_squared, matching._chunk_min_squared_wide):
+  for form in (global_maps._chunk_min_squared, global_maps._chunk_min_squared_wide):
     got = form(jnp.asarray(query), jnp.asarray(padded), jnp.asarray(padded_sq), block_object,
                num_objects=num_objects)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

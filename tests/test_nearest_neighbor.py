@@ -12,8 +12,9 @@ import pytest
 
 from configs import common
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import inference
 from feelvos_jax import matching
+from feelvos_jax import models
+from feelvos_jax.inference import video_propagation
 from feelvos_jax.models import build_model
 from feelvos_jax.models import nearest_neighbor
 
@@ -159,7 +160,7 @@ def test_one_neighbor_equals_the_global_matching_minimum(previous_frame_referenc
 
 def test_embed_shares_the_feelvos_variable_names():
   model = build_model(model_config())
-  inputs = inference.example_inputs(model)  # 64 x 64 frames.
+  inputs = models.example_inputs(model)  # 64 x 64 frames.
   variables = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)}, *inputs)
   assert set(variables["params"]) == {"backbone", "deeplab", "embedding"}
   features, embeddings = jax.eval_shape(
@@ -180,7 +181,7 @@ def test_bad_config_is_refused(overrides, message):
 
 
 def test_sharded_matching_is_refused_naming_the_config_key():
-  model = inference.sharded_matching_model(build_model(model_config()), "query")
+  model = video_propagation.sharded_matching_model(build_model(model_config()), "query")
   with pytest.raises(ValueError, match="config.matching.shard_axis='query'"):
     segment(model, *random_inputs(3))
 

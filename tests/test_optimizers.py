@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import common
-from feelvos_jax import optimizers
+from feelvos_jax.training import optimizers
 
 
 def _optimizer_config(**overrides):

@@ -14,11 +14,11 @@ import tensorflow as tf
 
 from configs import synthetic
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import checkpointing
-from feelvos_jax import input_pipeline
 from feelvos_jax import models
-from feelvos_jax import sharding
-from feelvos_jax import train
+from feelvos_jax.data import input_pipeline
+from feelvos_jax.training import checkpointing
+from feelvos_jax.training import sharding
+from feelvos_jax.training import train
 
 
 def tiny_config():
@@ -288,14 +288,14 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, in_memory_videos,
 
 def test_evaluation_hook_feeds_checkpoints_keeping_latest_and_best(tmp_path, monkeypatch,
                                                                    in_memory_videos):
-  from feelvos_jax import inference  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.evaluation import split_evaluation  # pylint: disable=g-import-not-at-top
   scores, calls = iter([0.9, 0.5]), []
 
   def fake_evaluate_dataset(model, variables, videos, config):
     calls.append(([video["name"] for video in videos], sorted(variables), config.num_eval_videos))
     return {"J&F-Mean": next(scores), "J-Mean": 0.25}
 
-  monkeypatch.setattr(inference, "evaluate_dataset", fake_evaluate_dataset)
+  monkeypatch.setattr(split_evaluation, "evaluate_dataset", fake_evaluate_dataset)
   config = tiny_config()
   config.eval_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 2, 1, 1
   config.num_eval_videos = 2
@@ -343,7 +343,7 @@ def nearest_neighbor_config():
 @pytest.mark.slow
 def test_nearest_neighbor_trains_with_the_triplet_loss_and_propagates(tmp_path, monkeypatch,
                                                                       in_memory_videos):
-  from feelvos_jax import inference  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.inference import video_propagation  # pylint: disable=g-import-not-at-top
   written = []
   write = train._write_train_metrics
   monkeypatch.setattr(train, "_write_train_metrics", lambda writer, step, fetched, *args: (
@@ -357,8 +357,8 @@ def test_nearest_neighbor_trains_with_the_triplet_loss_and_propagates(tmp_path, 
   assert all(np.isfinite(m["loss"]) and 0 <= m["active_triplets"] <= 1 for m in written)
 
   model = models.build_model(config.model)
-  first, _ = inference.restore_variables(config, str(tmp_path), model, step=1)
-  variables, step = inference.restore_variables(config, str(tmp_path), model)
+  first, _ = checkpointing.restore_variables(config, str(tmp_path), model, step=1)
+  variables, step = checkpointing.restore_variables(config, str(tmp_path), model)
   assert step == 2 and "segmentation_head" not in variables["params"]
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), variables["params"],
                          first["params"])
@@ -366,7 +366,7 @@ def test_nearest_neighbor_trains_with_the_triplet_loss_and_propagates(tmp_path, 
   video = next(iter(fake_videos(num_videos=1, num_frames=3).as_numpy_iterator()))["video"]
   segmentations = video["segmentations"][..., 0].astype(np.int32)
   given = np.select([segmentations == 3, segmentations == 7], [1, 2], segmentations)
-  masks = np.stack(list(inference.propagate_video(
+  masks = np.stack(list(video_propagation.propagate_video(
       model, variables, video["frames"], {0: given[0]}, [0, 0], [3, 7])))
   assert masks.shape == segmentations.shape
   np.testing.assert_array_equal(masks[0], np.where(segmentations[0] == IGNORE_LABEL, 0,

@@ -1,4 +1,4 @@
-"""Tests for feelvos_jax.visualize: overlay numerics, strip layout, GIF/PNG files and the CLI."""
+"""Tests for feelvos_jax.tools.visualize: overlay numerics, strip layout, GIF/PNG files and the CLI."""
 import subprocess
 import sys
 
@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 
 from datasets import palette as palette_lib
-from feelvos_jax import visualize
+from feelvos_jax.tools import visualize
 
 
 def _reference_overlay(frame, labels, palette, alpha):
@@ -92,7 +92,7 @@ def test_cli_without_frames_and_missing_video(tmp_path):
   labels = np.zeros((3, 8, 8), np.int32)
   labels[:, 2:5, 2:5] = 1
   _write_fake_davis(tmp_path, "bear", labels, np.zeros((3, 8, 8, 3), np.uint8))
-  command = [sys.executable, "-m", "feelvos_jax.visualize",
+  command = [sys.executable, "-m", "feelvos_jax.tools.visualize",
              f"--predictions={tmp_path / 'predictions'}", "--video=bear", "--num_frames=2"]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr

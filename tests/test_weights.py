@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from configs import common
-from feelvos_jax import weights
 from feelvos_jax.models import build_model
+from feelvos_jax.training import weights
 
 HEAD_LAYERS = 2
 BN_TF = ("gamma", "beta", "moving_mean", "moving_variance")

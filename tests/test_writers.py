@@ -4,11 +4,11 @@ import os
 import zipfile
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from datasets import palette
-from feelvos_jax import writers
+from feelvos_jax.evaluation import writers
 
 
 def read_png(path):

@@ -1,7 +1,9 @@
 """DAVIS evaluation: J and F per frame, the semi-supervised protocol, the result tables.
 
 Reproduces the official davis2017-evaluation tool (semi-supervised task); see `metrics`,
-`videos` and `davis_files` for the exact semantics. NumPy/SciPy only, no JAX.
+`videos` and `davis_files` for the exact semantics; `writers` writes predictions in the DAVIS and
+YouTube-VOS layouts. What is re-exported here is NumPy/SciPy only, no JAX; `split_evaluation`
+(propagate and score a dataset split with a model) is imported on its own.
 """
 from feelvos_jax.evaluation.davis_files import evaluate_predictions
 from feelvos_jax.evaluation.davis_files import evaluate_sequence
@@ -18,3 +20,8 @@ from feelvos_jax.evaluation.videos import GLOBAL_COLUMNS
 from feelvos_jax.evaluation.videos import PER_SEQUENCE_COLUMNS
 from feelvos_jax.evaluation.videos import summarize
 from feelvos_jax.evaluation.videos import VideoScores
+
+__all__ = ["GLOBAL_COLUMNS", "PER_SEQUENCE_COLUMNS", "VideoScores", "boundary_f_measure",
+           "boundary_map", "davis_object_ids", "evaluate_arrays", "evaluate_predictions",
+           "evaluate_sequence", "evaluate_video", "format_table", "mean_recall_decay",
+           "region_similarity", "summarize", "write_results_csv"]

@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from feelvos_jax import writers
 from feelvos_jax.evaluation import videos
+from feelvos_jax.evaluation import writers
 
 
 def global_csv_name(split: str) -> str:

@@ -11,10 +11,13 @@ instead of the head, same API).
 import functools
 from typing import Callable
 
-import jax.numpy as jnp
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 
+from feelvos_jax import config_checks
+from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax.models.feelvos import FEELVOS
 from feelvos_jax.models.nearest_neighbor import NearestNeighborVOS
 from feelvos_jax.models.resnet import ResNet
@@ -36,28 +39,19 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS | NearestNeighborVOS:
   """The module configured by `config.model` (see configs/common.py): `FEELVOS`, or
   `NearestNeighborVOS` (PML) for `config.model.head = "nearest_neighbor"`."""
-  name = model_config.backbone
-  if name not in BACKBONES:
-    raise ValueError(f"config.model.backbone={name!r} is not a known backbone; "
-                     f"choose one of {sorted(BACKBONES)}")
-  if model_config.output_stride not in (8, 16):
-    raise ValueError(f"config.model.output_stride must be 8 or 16, "
-                     f"got {model_config.output_stride!r}")
-  if model_config.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype={model_config.dtype!r} is not one of {sorted(DTYPES)}")
-  if model_config.head not in ("feelvos", "nearest_neighbor"):
-    raise ValueError(f"config.model.head={model_config.head!r} is not one of 'feelvos', "
-                     f"'nearest_neighbor'")
+  config_checks.one_of(model_config, "model.backbone", sorted(BACKBONES))
+  config_checks.one_of(model_config, "model.output_stride", (8, 16))
+  config_checks.one_of(model_config, "model.dtype", sorted(DTYPES))
+  config_checks.one_of(model_config, "model.head", ("feelvos", "nearest_neighbor"))
+  for key in ("decoder_channels", "embedding_dim", "max_objects"):
+    config_checks.positive_int(model_config, f"model.{key}")
   if model_config.head == "nearest_neighbor":
     return _nearest_neighbor_model(model_config)
-  positive = ("decoder_channels", "embedding_dim", "max_objects", "head_channels",
-              "head_kernel_size", "head_num_layers")
-  for key in positive:
-    if model_config[key] < 1:
-      raise ValueError(f"config.model.{key} must be >= 1, got {model_config[key]!r}")
-  if model_config.window < 0 or model_config.dilation < 1:
-    raise ValueError(f"config.model.window must be >= 0 and config.model.dilation >= 1, got "
-                     f"{model_config.window!r} and {model_config.dilation!r}")
+  for key in ("head_channels", "head_kernel_size", "head_num_layers", "dilation",
+              "global_atrous_rate"):
+    config_checks.positive_int(model_config, f"model.{key}")
+  config_checks.int_at_least(model_config, "model.window", 0)
+  config_checks.int_tuple(model_config, "model.local_windows", low=0)
   return FEELVOS(
       **_embedding_network_options(model_config),
       window=model_config.window,
@@ -73,12 +67,19 @@ def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS | NearestNei
       instance_attention=model_config.instance_attention)
 
 
+def example_inputs(model: nn.Module) -> tuple[jax.Array, ...]:
+  """Small zero inputs in the argument order of `FEELVOS.__call__`, for `model.init`."""
+  size = 4 * max(FEATURE_STRIDE, model.output_stride)
+  h = size // FEATURE_STRIDE
+  embedding = jnp.zeros((1, h, h, model.embedding_dim), jnp.float32)
+  labels = jnp.zeros((1, h, h), jnp.int32)
+  return (jnp.zeros((1, size, size, 3), jnp.float32), embedding, labels, embedding, labels,
+          jnp.zeros((1, h, h, model.num_slots), jnp.float32), jnp.ones((1,), jnp.int32))
+
+
 def _nearest_neighbor_model(model_config: ml_collections.ConfigDict) -> NearestNeighborVOS:
-  """The PML module of `config.model` (backbone, output_stride and dtype already checked)."""
-  for key in ("decoder_channels", "embedding_dim", "max_objects", "nearest_neighbors"):
-    value = model_config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"config.model.{key} must be an int >= 1, got {value!r}")
+  """The PML module of `config.model` (the keys both models read already checked)."""
+  config_checks.positive_int(model_config, "model.nearest_neighbors")
   cfbi_defaults = dict(background_matching=False, matching_bias=False, local_windows=(),
                        global_atrous_rate=1, instance_attention=False)
   for key, default in cfbi_defaults.items():
@@ -105,4 +106,4 @@ def _embedding_network_options(model_config: ml_collections.ConfigDict) -> dict:
       dtype=dtype)
 
 
-__all__ = ["BACKBONES", "FEELVOS", "NearestNeighborVOS", "build_model"]
+__all__ = ["BACKBONES", "FEELVOS", "NearestNeighborVOS", "build_model", "example_inputs"]

@@ -40,14 +40,15 @@ torchvision (stride on the 3x3 conv) so that its weights load.
 """
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from feelvos_jax import cfbi
 from feelvos_jax import matching
+from feelvos_jax.matching import cfbi
 from feelvos_jax.models.embedding_network import EmbeddingNetwork
-from feelvos_jax.models.heads import GatedObjectSegmentationHead, ObjectSegmentationHead
+from feelvos_jax.models.heads import GatedObjectSegmentationHead
+from feelvos_jax.models.heads import ObjectSegmentationHead
 
 
 class FEELVOS(EmbeddingNetwork):

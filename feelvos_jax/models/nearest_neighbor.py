@@ -24,7 +24,7 @@ vote fractions (v_s + c) / sum_s' (v_s' + c) over the present slots; argmax the 
 most votes, ties going to the slot whose nearest voter is nearest (the rank bonuses sum to less
 than one vote and no two sets of ranks have the same bonus). Padded slots (k > num_objects)
 get -inf as in FEELVOS. With k = 1 the label is the slot of the nearest reference pixel, i.e.
-the per-slot minimum of global matching (`matching.global_matching`).
+the per-slot minimum of global matching (`feelvos_jax.matching.global_matching`).
 
 Object chunks in inference (`propagation.segment_logits`, videos with more objects than the
 largest bucket): each chunk votes among the background and its own objects (the others are
@@ -37,7 +37,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from feelvos_jax import matching
+from feelvos_jax.matching import distances
 from feelvos_jax.models.embedding_network import EmbeddingNetwork
 
 VOTE_SMOOTHING = 0.1
@@ -84,16 +84,15 @@ def nearest_neighbor_votes(query: jax.Array, reference: jax.Array, reference_lab
   votes_ok = (labels >= 0) & (labels < num_slots)
   # matching's squared-distance pieces (power-of-two rescaling against overflow, float32
   # matmul), used to the end of this function.
-  # pylint: disable=protected-access
-  exponent = matching._scale_exponent(query, reference)
-  reference, reference_sq = matching._prepare(reference, exponent, jnp.float32)
-  query, _ = matching._prepare(query, exponent, jnp.float32)
+  exponent = distances.scale_exponent(query, reference)
+  reference, reference_sq = distances.rescale(reference, exponent, jnp.float32)
+  query, _ = distances.rescale(query, exponent, jnp.float32)
   # ||x - y||^2 - ||x||^2: the query's own norm does not change its ranking.
   reference_sq = jnp.where(votes_ok, reference_sq, jnp.inf)
   weights = vote_weights(k)
 
   def chunk_votes(rows: jax.Array) -> jax.Array:
-    squared = reference_sq[None, :] - 2.0 * matching._dot(rows, reference, "qc,rc->qr")
+    squared = reference_sq[None, :] - 2.0 * distances.dot(rows, reference, "qc,rc->qr")
     _, nearest = lax.top_k(-squared, k)
     voters = jnp.where(votes_ok[nearest], labels[nearest], -1)
     return jnp.einsum("qnk,n->qk", jax.nn.one_hot(voters, num_slots, dtype=jnp.float32),

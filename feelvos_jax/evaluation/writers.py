@@ -7,8 +7,8 @@ a complete one.
 """
 import os
 import tempfile
-import zipfile
 from typing import BinaryIO, Callable, Optional, Sequence
+import zipfile
 
 import numpy as np
 from PIL import Image

@@ -38,7 +38,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from feelvos_jax import matching
+from feelvos_jax.matching import distances
 
 _TILE_SIZE = 8
 """Side of the query tiles of multi-local matching."""
@@ -165,7 +165,7 @@ def multi_local_matching(query: jax.typing.ArrayLike, previous: jax.typing.Array
                                                                       jnp.integer):
     raise ValueError(f"previous_labels must be an integer [H, W] = {query.shape[:2]} map, got "
                      f"{previous_labels.dtype}{list(previous_labels.shape)}")
-  matching.check_labels(previous_labels, num_objects, "previous_labels")
+  distances.check_labels(previous_labels, num_objects, "previous_labels")
   return _multi_local_matching(query, previous, previous_labels, num_objects=num_objects,
                                windows=tuple(int(r) for r in windows), dilation=int(dilation),
                                squared=squared)
@@ -217,7 +217,7 @@ def _multi_local_matching(query: jax.Array, previous: jax.Array, previous_labels
   minima = jax.vmap(functools.partial(_multi_window_minima, num_objects=num_objects,
                                       radii=radii))(*grids)
   minima = _from_grids(minima, dilation, height, width) * unscale
-  return minima if squared else matching.distance_from_squared(minima)
+  return minima if squared else distances.distance_from_squared(minima)
 
 
 def _multi_window_minima(query: jax.Array, previous: jax.Array, labels: jax.Array, *,

@@ -42,7 +42,7 @@ scribble for any other id is refused.
   probabilities). 'forward' covers from_frame..T-1, 'backward' from_frame..0, 'both' all
   frames (both chains start from the frame of interaction's result).
 - Each frame is global + local matching and the head on the stored features and embeddings,
-  then, as in video inference, the logits upsampled bilinearly (`losses.upsample_logits`) and
+  then, as in video inference, the logits upsampled bilinearly (`upsample_logits`) and
   their argmax: the labels are the model's prediction on every frame, the frame of
   interaction included (marks are not pasted).
 - What does not depend on the references is computed once and kept: besides the embeddings,
@@ -94,10 +94,10 @@ import numpy as np
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import losses
 from feelvos_jax import matching
-from feelvos_jax import propagation
+from feelvos_jax.inference import propagation
 from feelvos_jax.models import heads
+from feelvos_jax.models.upsampling import upsample_logits
 
 MIN_REFERENCE_PIXELS = 32
 """Smallest reference bucket: P is padded to max(this, the next power of two)."""
@@ -228,7 +228,7 @@ def _next_state(state: propagation.State, logits: jax.Array, embedding: Optional
   # first maximum, as jnp.argmax) and the softmax (exp(x - max) / sum) over the slots as
   # elementwise chains: XLA:CPU reduces a minor axis of K values far slower.
   planes = jnp.moveaxis(logits, -1, 0)
-  upsampled = losses.upsample_logits(planes[..., None], (height, width))[..., 0]
+  upsampled = upsample_logits(planes[..., None], (height, width))[..., 0]
   best, labels = upsampled[0], jnp.zeros((height, width), jnp.int32)
   for slot in range(1, planes.shape[0]):
     better = upsampled[slot] > best

@@ -50,7 +50,7 @@ import tensorflow_datasets as tfds
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import augmentation
+from feelvos_jax.data import augmentation
 
 MAX_ATTEMPTS = 10
 """Reference-frame candidates drawn per training sample before keeping the last one."""

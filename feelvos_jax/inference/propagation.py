@@ -14,7 +14,7 @@ How a video runs (the semi-supervised protocol, YouTube-VOS style objects includ
 - At every later frame t: embed once, match globally against the reference buffer and locally
   against frame t-1, run the segmentation head per slot, softmax over slots (the stride-4
   probabilities for the next step), upsample the logits bilinearly to the padded frame
-  (`losses.upsample_logits`, logit (i, j) on pixel (4i, 4j)), argmax to labels. Objects whose
+  (`upsample_logits`, logit (i, j) on pixel (4i, 4j)), argmax to labels. Objects whose
   first annotation is frame t are then pasted over the prediction (labels and one-hot
   probabilities), and frame t joins the reference buffer labelled with those objects only.
 - Stride-4 labels for local matching are the argmax labels subsampled by `[::4, ::4]`, with
@@ -48,7 +48,7 @@ import numpy as np
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import losses
+from feelvos_jax.models.upsampling import upsample_logits
 
 PAD_PIXEL = 128
 """Value of padded frame pixels, as the input pipeline pads (`augmentation.PAD_PIXEL`)."""
@@ -168,7 +168,7 @@ def propagation_step(model: nn.Module, variables: Any, state: State, frame: jax.
                           objects_per_chunk=objects_per_chunk)
   probs = jax.nn.softmax(logits, axis=-1)
   height, width = frame.shape[:2]
-  upsampled = losses.upsample_logits(logits[None], (height, width))[0]
+  upsampled = upsample_logits(logits[None], (height, width))[0]
   labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
   labels = jnp.where(paste_labels != IGNORE_LABEL, paste_labels, labels)
   inside = ((jnp.arange(height) < valid_size[0])[:, None]

@@ -44,10 +44,10 @@ Bookkeeping entries are skipped, neither loaded nor reported: TF's `global_step`
 or moving-average slots (`.../Momentum`, `.../Adam*`, `.../ExponentialMovingAverage`), and
 torchvision's `num_batches_tracked`.
 """
+from collections.abc import Callable, Mapping
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax

@@ -26,8 +26,8 @@ import dataclasses
 import functools
 import json
 import shutil
-import uuid
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+import uuid
 
 from absl import logging
 from etils import epath
@@ -38,9 +38,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from feelvos_jax import FEATURE_STRIDE
-from feelvos_jax import inference
 from feelvos_jax import models
-from feelvos_jax import propagation
+from feelvos_jax.inference import propagation
+from feelvos_jax.training import checkpointing
 
 FORMAT = "feelvos_jax.export/1"
 """Bundle format written into manifest.json and checked by `load`."""
@@ -187,7 +187,7 @@ def export(config: ml_collections.ConfigDict, workdir: str,
   if not platforms:
     raise ValueError("config.export.platforms is empty: name at least one, e.g. ('cpu',)")
   model = models.build_model(config.model)
-  variables, step = inference.restore_variables(config, workdir, model)
+  variables, step = checkpointing.restore_variables(config, workdir, model)
   functions = {}
   for bucket in buckets:
     logging.info("Exporting bucket %s (%d slots x %d chunks) for %s", bucket.name,
@@ -290,7 +290,7 @@ class ExportedModel:
   def propagate(self, frames: Iterable[np.ndarray], annotations: Mapping[int, np.ndarray],
                 first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,
                 name: str = "video") -> Iterator[np.ndarray]:
-    """Labels [H, W] int32 of every frame, as `inference.VideoPropagator.propagate`."""
+    """Labels [H, W] int32 of every frame, as `video_propagation.VideoPropagator.propagate`."""
     return propagation.run_video(self.plan, frames, annotations, first_frame, object_ids,
                                  name=name)
 

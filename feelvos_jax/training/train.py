@@ -29,13 +29,13 @@ import optax
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
-from feelvos_jax import checkpointing
-from feelvos_jax import inference
-from feelvos_jax import losses
 from feelvos_jax import models
-from feelvos_jax import optimizers
-from feelvos_jax import sharding
-from feelvos_jax import weights
+from feelvos_jax.evaluation import split_evaluation
+from feelvos_jax.training import checkpointing
+from feelvos_jax.training import losses
+from feelvos_jax.training import optimizers
+from feelvos_jax.training import sharding
+from feelvos_jax.training import weights
 
 TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_labels",
               "previous_labels", "current_labels", "num_objects")
@@ -341,18 +341,18 @@ def _load_videos(dataset_config: ml_collections.ConfigDict, split: str, *,
 
 def _evaluate(model: flax.linen.Module, state: TrainState,
               config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Validation J&F via `feelvos_jax.inference.evaluate_dataset`.
+  """Validation J&F via `feelvos_jax.split_evaluation.evaluate_dataset`.
 
   Every process evaluates the same `config.num_eval_videos` videos of `config.dataset.eval_split`.
   """
-  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
+  from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
   videos = _load_videos(config.dataset, config.dataset.eval_split)
   if config.num_eval_videos >= 0:
     videos = videos.take(config.num_eval_videos)
   videos = input_pipeline.create_eval_videos(config.dataset, videos,
                                              pad_multiple=config.dataset.eval_pad_multiple)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  results = inference.evaluate_dataset(model, variables, videos, config)
+  results = split_evaluation.evaluate_dataset(model, variables, videos, config)
   return {name: float(value) for name, value in results.items() if np.ndim(value) == 0}
 
 
@@ -424,7 +424,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TF)
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  from feelvos_jax import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
+
+  from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
   validate_config(config)
   if config.matching.shard_axis:
     logging.warning("config.matching.shard_axis=%r is for inference: training splits the batch "

@@ -5,6 +5,7 @@ Layout: `<workdir>/checkpoints/<step>/{state,config}`; `config` is the run's Con
 Saves are asynchronous; `close()` waits for them. A workdir whose checkpoint was written by an
 incompatible config is refused before anything is compiled or written.
 """
+import functools
 import json
 import signal
 import threading
@@ -12,10 +13,13 @@ from typing import Any, Mapping, Optional
 
 from absl import logging
 from etils import epath
+import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+
+from feelvos_jax import models
 
 BEST_METRIC = "J&F-Mean"
 """Validation metric (higher is better) that picks the best checkpoint."""
@@ -169,3 +173,62 @@ class PreemptionWatcher:
     if self._previous_handler is not None:
       signal.signal(signal.SIGTERM, self._previous_handler)
       self._previous_handler = None
+
+
+def _variable_shapes(model: nn.Module) -> Any:
+  """ShapeDtypeStructs of the model's {'params', 'batch_stats'} (nothing is computed)."""
+  key = jax.random.PRNGKey(0)
+  return jax.eval_shape(functools.partial(model.init, train=False),
+                        {"params": key, "matching": key}, *models.example_inputs(model))
+
+
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
+                      step: Optional[int] = None) -> tuple[Any, int]:
+  """{'params', 'batch_stats'} of a training checkpoint, without the optimizer state.
+
+  Args:
+    config: the run's config (named in errors).
+    workdir: the training workdir; checkpoints are read from `<workdir>/checkpoints`.
+    model: the module the variables are for; their shapes are checked against it.
+    step: the checkpoint step (default: the latest).
+
+  Returns:
+    (variables on this process's first device, step).
+  """
+  directory = epath.Path(workdir) / "checkpoints"
+  manager = ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                "config": ocp.JsonCheckpointHandler()})
+  try:
+    if step is None:
+      step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {directory} (train first: main.py "
+                              f"--mode=train --workdir={workdir})")
+    saved = manager.item_metadata(step)["state"].tree
+    expected = _variable_shapes(model)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = {}
+    problems = []
+    for collection in ("params", "batch_stats"):
+      saved_leaves = {jax.tree_util.keystr(path): leaf for path, leaf in
+                      jax.tree_util.tree_flatten_with_path(saved.get(collection, {}))[0]}
+      for path, leaf in jax.tree_util.tree_flatten_with_path(expected.get(collection, {}))[0]:
+        name = jax.tree_util.keystr(path)
+        if name not in saved_leaves or tuple(saved_leaves[name].shape) != leaf.shape:
+          found = saved_leaves[name].shape if name in saved_leaves else "missing"
+          problems.append(f"{collection}{name}: checkpoint {found}, model {leaf.shape}")
+      abstract[collection] = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          saved.get(collection, {}))
+    if problems:
+      raise ValueError(
+          f"checkpoint step {step} in {directory} does not fit config.model (backbone "
+          f"{config.model.backbone!r}); differences:\n  " + "\n  ".join(problems[:20]))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
+  finally:
+    manager.close()
+  return {"params": restored.state["params"],
+          "batch_stats": restored.state.get("batch_stats", {})}, int(step)

@@ -1,0 +1,135 @@
+"""Video propagation with a FEELVOS-family model, in process: compile once per shape bucket.
+
+- `VideoPropagator` / `propagate_video`: masks of every frame of a video from the masks given
+  where each object first appears (the algorithm, buckets and chunking: `propagation`).
+- `propagator_from_config`: the propagator a run's config asks for (object buckets, sharded
+  global matching).
+- `to_local_device`: variables gathered onto this process's first device.
+"""
+import functools
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax.inference import propagation
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_functions(model: nn.Module) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """Jitted `start_video` and `propagation_step` of a model, shared by every propagator (the
+  model is hashable, so in-training evaluations reuse the compiled steps)."""
+  start = jax.jit(functools.partial(propagation.start_video, model), static_argnames="num_slots")
+  step = jax.jit(functools.partial(propagation.propagation_step, model,
+                                   objects_per_chunk=model.max_objects))
+  return start, step
+
+
+class VideoPropagator:
+  """Propagates videos with one FEELVOS model, compiling once per shape bucket.
+
+  The object axis of each step is padded to the smallest of `object_buckets` that holds the
+  video's objects (a clone of `model` with that `max_objects`; the weights do not depend on
+  it), or split into chunks of the largest bucket. Frames are padded to a multiple of
+  `pad_multiple` (default: the backbone's output stride).
+  """
+
+  def __init__(self, model: nn.Module, variables: Any, *,
+               object_buckets: Optional[Sequence[int]] = None,
+               pad_multiple: Optional[int] = None):
+    """See the class docstring; `variables` = {'params', 'batch_stats'}."""
+    self.model = model
+    self.variables = jax.device_put(variables)
+    self.object_buckets = propagation.check_object_buckets(
+        object_buckets if object_buckets else (model.max_objects,), "object_buckets")
+    self.pad_multiple = max(FEATURE_STRIDE, model.output_stride if pad_multiple is None
+                            else pad_multiple)
+    if self.pad_multiple % FEATURE_STRIDE:
+      raise ValueError(f"pad_multiple must be a multiple of {FEATURE_STRIDE}, "
+                       f"got {self.pad_multiple}")
+
+  def plan(self, height: int, width: int, num_objects: int) -> propagation.Plan:
+    """The Plan of a video of `height` x `width` frames with `num_objects` objects."""
+    objects_per_chunk, num_chunks = propagation.bucket_slots(num_objects, self.object_buckets)
+    start, step = _compiled_functions(self.model.clone(max_objects=objects_per_chunk))
+    return propagation.Plan(
+        height=propagation.round_up(height, self.pad_multiple),
+        width=propagation.round_up(width, self.pad_multiple),
+        objects_per_chunk=objects_per_chunk, num_chunks=num_chunks,
+        start=functools.partial(start, self.variables,
+                                num_slots=objects_per_chunk * num_chunks),
+        step=functools.partial(step, self.variables))
+
+  def propagate(self, frames: Iterable[np.ndarray], annotations: Mapping[int, np.ndarray],
+                first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,
+                name: str = "video") -> Iterator[np.ndarray]:
+    """Labels [H, W] int32 (in `object_ids`) of every frame, as a generator (see `run_video`)."""
+    return propagation.run_video(self.plan, frames, annotations, first_frame, object_ids,
+                                 name=name)
+
+
+def propagate_video(model: nn.Module, variables: Any, frames: Iterable[np.ndarray],
+                    annotations: Mapping[int, np.ndarray], first_frame: Sequence[int],
+                    object_ids: Optional[Sequence[int]] = None, *,
+                    object_buckets: Optional[Sequence[int]] = None,
+                    pad_multiple: Optional[int] = None,
+                    name: str = "video") -> Iterator[np.ndarray]:
+  """Propagates one video; a generator of [H, W] int32 labels per frame.
+
+  Args:
+    model: the FEELVOS module (`models.build_model(config.model)`).
+    variables: its {'params', 'batch_stats'}.
+    frames: [T, H, W, 3] uint8 array or an iterable of [H, W, 3] uint8 frames (streamed).
+    annotations: frame index -> [H, W] label map (0 background, 1..N, IGNORE_LABEL void) for
+      each frame in `first_frame`.
+    first_frame: [N] frame where object n+1 is first annotated.
+    object_ids: [N] ids written for objects 1..N (default 1..N).
+    object_buckets: object slots per compiled step (default: the model's max_objects).
+    pad_multiple: frames are padded to a multiple of this (default: the output stride).
+    name: video name for error messages.
+
+  For many videos, make one `VideoPropagator` and call its `propagate`: its compiled steps are
+  reused across videos.
+  """
+  propagator = VideoPropagator(model, variables, object_buckets=object_buckets,
+                               pad_multiple=pad_multiple)
+  return propagator.propagate(frames, annotations, first_frame, object_ids, name=name)
+
+
+def sharded_matching_model(model: nn.Module, shard_axis: str) -> nn.Module:
+  """`model` with global matching split over all devices (`config.matching.shard_axis`).
+
+  shard_axis: "query" or "reference" (see `matching.global_matching_sharded`). The variables
+  are unchanged; the masks equal the unsharded model's.
+  """
+  if shard_axis not in ("query", "reference"):
+    raise ValueError(f"config.matching.shard_axis must be '', 'query' or 'reference', "
+                     f"got {shard_axis!r}")
+  mesh = jax.make_mesh((jax.device_count(),), ("matching",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  return model.clone(matching_mesh=mesh, matching_shard_mode=shard_axis)
+
+
+def propagator_from_config(model: nn.Module, variables: Any,
+                config: ml_collections.ConfigDict) -> VideoPropagator:
+  """The VideoPropagator of a run's config: `config.inference.object_buckets`, and global
+  matching sharded over all devices when `config.matching.shard_axis` is set."""
+  if config.matching.shard_axis:
+    model = sharded_matching_model(model, config.matching.shard_axis)
+  return VideoPropagator(model, variables, object_buckets=config.inference.object_buckets)
+
+
+def to_local_device(variables: Any) -> Any:
+  """The variables on this process's first device (gathered if sharded across processes)."""
+  device = jax.local_devices()[0]
+
+  def gather(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return jax.device_put(x, device)
+
+  return jax.tree.map(gather, variables)

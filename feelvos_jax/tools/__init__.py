@@ -1,0 +1,4 @@
+"""Command-line tools, each run as `python -m feelvos_jax.tools.<name>` from the repository root:
+`evaluate` (score DAVIS-format predictions; also `python -m feelvos_jax.evaluate`), `visualize`
+(strips and GIFs of predicted masks), `data_check` (convert a dataset, count it, draw a contact
+sheet). Training, evaluation and export of a run go through `main.py`."""
