@@ -1,6 +1,6 @@
-"""Matching time of CFBI's atrous global matching and multi-local matching (issue 8).
+"""Matching time of CFBI's atrous global matching and multi-local matching.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.cfbi_matching
+    python -m benchmarks.cfbi_matching [--repeats=3] [--no_write] [--results_dir=DIR]
 
 At one size (default 480p at stride 4: 120 x 214 query and reference/previous frames, C = 100,
 3 objects + background, random smooth embeddings and blob labels), the median time of:
@@ -10,16 +10,17 @@ At one size (default 480p at stride 4: 120 x 214 query and reference/previous fr
 - local matching: one `matching.local_matching` window (the paper's k = 15 and the largest
   multi-local radius), `cfbi.multi_local_matching` over all radii in one pass, and one
   `local_matching` call per radius.
-Prints the table and appends it to BENCHMARKS.md (`--no_write` to skip).
+Prints the table and appends one record per row to `benchmarks/results/cfbi_matching.jsonl`
+(`benchmarks.records`; `--no_write` to skip).
 """
 import argparse
 import functools
-import sys
 
 import jax
 import numpy as np
 
 from benchmarks import machine
+from benchmarks import records
 from feelvos_jax import matching
 from feelvos_jax.matching import cfbi
 
@@ -46,8 +47,9 @@ def main() -> None:
   parser.add_argument("--windows", default="2,4,6,8,10,12", help="Multi-local radii.")
   parser.add_argument("--single_window", type=int, default=15, help="The paper's radius.")
   parser.add_argument("--repeats", type=int, default=3, help="Timed calls per row.")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("cfbi_matching", write=not args.no_write, directory=args.results_dir)
   windows = tuple(int(r) for r in args.windows.split(","))
   slots = 1 + args.objects
   query, other, labels = _inputs(args.height, args.width, args.channels, args.objects)
@@ -85,10 +87,13 @@ def main() -> None:
       "| matching | ms |",
       "|---|---|",
   ] + [f"| {name} | {ms:.1f} |" for name, ms in rows]
-  command = (f"cd /work/main && {sys.executable} -m benchmarks.cfbi_matching "
-             f"{' '.join(sys.argv[1:])}")
-  machine.report("CFBI matching: atrous global, multi-local (issue 8)", lines, command,
-                 write=not args.no_write)
+  for name, ms in rows:
+    run.append([name], {"time": records.figure(ms, "ms")}, kind="speed",
+               params={"matching": name, "size": f"{args.height}x{args.width}",
+                       "channels": args.channels, "objects": args.objects,
+                       "repeats": args.repeats})
+  print("\n".join(lines))
+  print(run.summary())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Video propagation speed and memory: frames/s, embed / matching / head split, memory vs length.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.inference
+    python -m benchmarks.inference [--backbones=tiny,xception65] [--objects=1,3,10] \
+        [--frames=20] [--dtypes=float32] [--no_write] [--results_dir=DIR]
 
 Random weights (speed does not depend on them) and a synthetic streamed video (a textured
 pattern moving over the frames, one box per object given in frame 0). For each backbone and
@@ -13,12 +14,13 @@ object count it reports:
 - the peak process RSS and, where the device reports it, the most device memory in use.
 Then the memory of two runs of `--memory_frames` lengths (one backbone/object setting): flat
 in the video's length when inference keeps no per-frame state. tiny uses configs/synthetic.py,
-xception65 configs/davis.py (the paper's model). Appends a dated section to BENCHMARKS.md.
+xception65 configs/davis.py (the paper's model). Prints the tables and appends one record per
+row to `benchmarks/results/inference.jsonl` (`benchmarks.records`; kind "speed", and "memory"
+for the length runs).
 """
 import argparse
 import functools
 import itertools
-import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -28,6 +30,7 @@ import numpy as np
 import psutil
 
 from benchmarks import machine
+from benchmarks import records
 from configs import davis
 from configs import synthetic
 from feelvos_jax import matching
@@ -135,8 +138,9 @@ def main() -> None:
                       "--height x --width).")
   parser.add_argument("--dtypes", default="float32",
                       help="Comma-separated compute dtypes (float32, bfloat16): rows for each.")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("inference", write=not args.no_write, directory=args.results_dir)
 
   memory_height, memory_width = (tuple(int(n) for n in args.memory_size.split("x"))
                                  if args.memory_size else (args.height, args.width))
@@ -152,6 +156,17 @@ def main() -> None:
     memory_rows.append((num_frames, num_frames / seconds, start_rss / 2**20, rss / 2**20,
                         device / 2**20))
     print(memory_rows[-1], flush=True)
+    frame = f"{memory_height}x{memory_width}"
+    run.append(
+        ["video length", args.memory_backbone, config.model.dtype, frame,
+         f"{args.memory_objects} obj", f"{num_frames} frames"],
+        {"throughput": records.figure(num_frames / seconds, "frames/s"),
+         "RSS at start": records.figure(start_rss / 2**20, "MiB"),
+         "peak RSS": records.figure(rss / 2**20, "MiB"),
+         "device memory": records.figure(device / 2**20, "MiB")},
+        kind="memory", params={"backbone": args.memory_backbone, "dtype": config.model.dtype,
+                               "objects": args.memory_objects, "frame": frame,
+                               "frames": num_frames})
 
   sizes = {backbone: (args.height, args.width) for backbone in args.backbones.split(",")}
   for override in filter(None, args.sizes.split(",")):
@@ -173,6 +188,18 @@ def main() -> None:
                    args.frames, args.frames / seconds, pieces["embed"], pieces["matching"],
                    pieces["head"], rss / 2**20, device / 2**20))
       print(rows[-1], flush=True)
+      _, dtype_name, _, frame, slots, _, fps, embed_ms, matching_ms, head_ms, _, _ = rows[-1]
+      run.append(
+          [backbone, dtype_name, frame, f"{num_objects} obj"],
+          {"throughput": records.figure(fps, "frames/s"),
+           "embed": records.figure(embed_ms, "ms/frame"),
+           "matching": records.figure(matching_ms, "ms/frame"),
+           "head": records.figure(head_ms, "ms/frame"),
+           "peak RSS": records.figure(rss / 2**20, "MiB"),
+           "device memory": records.figure(device / 2**20, "MiB")},
+          kind="speed", params={"backbone": backbone, "dtype": dtype_name,
+                                "objects": num_objects, "frame": frame, "slots": slots,
+                                "frames": args.frames})
 
   lines = [
       "- Random weights; tiny = configs/synthetic.py model, xception65 = configs/davis.py "
@@ -201,8 +228,8 @@ def main() -> None:
   ]
   for row in memory_rows:
     lines.append("| {} | {:.2f} | {:.0f} | {:.0f} | {:.0f} |".format(*row))
-  command = f"cd /work/main && {sys.executable} -m benchmarks.inference {' '.join(sys.argv[1:])}"
-  machine.report("Video inference", lines, command, write=not args.no_write)
+  print("\n".join(lines))
+  print(run.summary())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Training input pipeline throughput on the synthetic set (configs/synthetic.py settings).
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline
+    python -m benchmarks.input_pipeline [--num_batches=100] [--no_write] [--results_dir=DIR]
 
 Prepares `config.dataset.name` through `datasets.registry.load_builder` (generated, no download),
 measures the steady-state rate of `create_train_dataset` batches (batch_size_per_host =
 config.batch_size on one host) with videos decoded by TFDS and with frames left encoded
 (`input_pipeline.LAZY_FRAME_DECODERS`), and the time to the first batch when resuming at a late
-step; prints them and appends a dated section to BENCHMARKS.md.
+step; prints them and appends one record per mode to `benchmarks/results/input_pipeline.jsonl`
+(`benchmarks.records`; `python -m benchmarks.report` regenerates BENCHMARKS.md).
 """
 import argparse
 import time
@@ -14,12 +15,10 @@ import time
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from benchmarks import machine
+from benchmarks import records
 from configs import synthetic
 from datasets import registry
 from feelvos_jax.data import input_pipeline
-
-_COMMAND = "cd /work/main && /work/venv/bin/python -m benchmarks.input_pipeline"
 
 
 def _batches_per_second(iterator, warmup: int, count: int) -> tuple[float, float]:
@@ -41,8 +40,9 @@ def main() -> None:
   parser.add_argument("--warmup_batches", type=int, default=10, help="Untimed batches first.")
   parser.add_argument("--resume_step", type=int, default=10_000,
                       help="Step at which the resumed pipeline starts.")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("input_pipeline", write=not args.no_write, directory=args.results_dir)
 
   tf.config.set_visible_devices([], "GPU")
   config = synthetic.get_config()
@@ -65,6 +65,17 @@ def main() -> None:
     results[mode] = (first, rate, resume_first)
 
   crop = "x".join(str(size) for size in config.dataset.crop_size)
+  for mode, (first, rate, resume_first) in results.items():
+    run.append(
+        [mode], {"throughput": records.figure(rate, "batches/s"),
+                 "samples": records.figure(rate * config.batch_size, "samples/s"),
+                 "first batch": records.figure(first, "s"),
+                 "first batch, resumed": records.figure(resume_first, "s")},
+        kind="speed",
+        params={"decoding": mode, "dataset": f"{config.dataset.name} {split} ({num_videos} "
+                f"videos)", "batch": config.batch_size, "crop": crop,
+                "timed batches": args.num_batches, "warm-up batches": args.warmup_batches,
+                "resume step": args.resume_step})
   lines = [
       f"- TensorFlow {tf.__version__}, TFDS {tfds.__version__}",
       f"- Data: `{config.dataset.name}` train ({num_videos} videos), configs/synthetic.py: "
@@ -82,10 +93,10 @@ def main() -> None:
   lines += [
       "  - encoded frames = `builder.as_dataset(split, decoders=input_pipeline."
       "LAZY_FRAME_DECODERS)`: only the 3 frames of a sample are decoded.",
-      "- Tiny-model training steps/s to compare with: `python -m benchmarks.train_step` "
-      "(section \"Train step\").",
+      "- Tiny-model training steps/s to compare with: `python -m benchmarks.train_step`.",
   ]
-  machine.report("Input pipeline", lines, _COMMAND, write=not args.no_write)
+  print("\n".join(lines))
+  print(run.summary())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Interactive segmentation: the first pass (embed every frame + propagate) against a
 re-propagation after a new scribble, which reuses the stored embeddings.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.interactive
+    python -m benchmarks.interactive [--videos=tiny=20x240x432,xception65=6x240x432]
+        [--repeats=3] [--no_write] [--results_dir=DIR]
 
 Random weights (speed does not depend on them) and the synthetic video of
 `benchmarks.inference` (a textured pattern moving over the frames). For each backbone
@@ -19,11 +20,11 @@ Random weights (speed does not depend on them) and the synthetic video of
 - the ratio first pass / re-propagation (the target is >= 5), ms per frame of the step, and
   the memory the session keeps (features + embeddings, `embedding_bytes`).
 tiny uses configs/synthetic.py, xception65 configs/davis.py (the paper's model, output stride
-16). Prints a table and appends a dated section to BENCHMARKS.md with the machine's load.
+16). Prints a table and appends one record per backbone to
+`benchmarks/results/interactive.jsonl` (`benchmarks.records`, with the machine's load).
 """
 import argparse
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ import psutil
 
 from benchmarks import inference as inference_benchmark
 from benchmarks import machine
+from benchmarks import records
 from feelvos_jax.inference import interactive
 
 # The model set-up (configs, random weights) of the inference benchmark.
@@ -126,6 +128,15 @@ def run_backbone(backbone: str, num_frames: int, height: int, width: int, num_ob
   }
 
 
+_FIGURES = (("cold", "cold first pass", "s"), ("embed", "embed", "s"),
+            ("propagate", "propagate", "s"), ("first", "first pass", "s"),
+            ("again", "re-propagation", "s"), ("ratio", "ratio", "x"),
+            ("step_ms", "step", "ms/frame"), ("kept_mib", "kept", "MiB"),
+            ("distances_mib", "distances", "MiB"), ("head_mib", "head cache", "MiB"),
+            ("minima_mib", "minima", "MiB"), ("rss_mib", "RSS", "MiB"))
+"""(key of `run_backbone`'s result, figure name, unit) of each record."""
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--videos", default="tiny=20x240x432,xception65=6x240x432",
@@ -133,10 +144,11 @@ def main() -> None:
   parser.add_argument("--objects", type=int, default=1, help="Objects in the video.")
   parser.add_argument("--repeats", type=int, default=3,
                       help="Re-propagations timed (median), each after new clicks.")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("interactive", write=not args.no_write, directory=args.results_dir)
 
-  load_before = machine.load_average()
+  load_before = run.load_start
   rows = []
   for entry in args.videos.split(","):
     backbone, video = entry.split("=")
@@ -144,6 +156,10 @@ def main() -> None:
     result = run_backbone(backbone, num_frames, height, width, args.objects, args.repeats)
     rows.append((backbone, f"{height}x{width}", num_frames, args.objects, result))
     print(rows[-1], flush=True)
+    run.append([backbone, f"{num_frames}x{height}x{width}", f"{args.objects} obj"],
+               {name: records.figure(result[key], unit) for key, name, unit in _FIGURES},
+               kind="speed", params={"backbone": backbone, "frame": f"{height}x{width}",
+                                     "frames": num_frames, "objects": args.objects})
   load_after = machine.load_average()
 
   lines = [
@@ -160,10 +176,11 @@ def main() -> None:
       "re-propagation per frame; cold first pass = the first pass of the process's first "
       "session on these shapes (compilation included; its re-propagations compile too, "
       "untimed); kept = features + embeddings of the session; distances = its stored "
-      "local-matching distances (`interactive.pair_distances`) and head = its stored feature "
-      "parts of the head's first layer (`interactive.head_feature_part`), both filled by the "
-      "first pass and reused after; minima = its stored per-frame global-matching minima "
-      "(incremental global matching); RSS = process RSS after the row (rows run in order). "
+      "local-matching distances (`matching.incremental.pair_distances`) and head = its "
+      "stored feature parts of the head's first layer (`interactive.steps.head_feature_part`), "
+      "both filled by the first pass and reused after; minima = its stored per-frame "
+      "global-matching minima (incremental global matching); RSS = process RSS after the row "
+      "(rows run in order). "
       "Timings on a shared, loaded machine are noisy.",
       "",
       "| backbone | frame | frames | objects | cold first pass s | embed s | propagate s "
@@ -178,9 +195,8 @@ def main() -> None:
         f"{r['ratio']:.2f} | {r['step_ms']:.0f} | {r['kept_mib']:.0f} | "
         f"{r['distances_mib']:.0f} | {r['head_mib']:.0f} | {r['minima_mib']:.1f} | "
         f"{r['rss_mib']:.0f} |")
-  command = (f"cd /work/main && {sys.executable} -m benchmarks.interactive "
-             f"{' '.join(sys.argv[1:])}").rstrip()
-  machine.report("Interactive segmentation", lines, command, write=not args.no_write)
+  print("\n".join(lines))
+  print(run.summary())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Depthwise and 1x1 convolutions on CPU: XLA's convolution against this project's forms.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.layers [--repeats=3] [--no_write]
+    python -m benchmarks.layers [--repeats=3] [--no_write] [--results_dir=DIR]
 
 `layers.depthwise_conv_native` (`lax.conv_general_dilated`, `feature_group_count` = C, what
 the heads and `nn.Conv` used before) against `layers.depthwise_conv_shifted` (what
@@ -19,11 +19,11 @@ the heads and `nn.Conv` used before) against `layers.depthwise_conv_shifted` (wh
 and `nn.Conv` with a 1x1 kernel (XLA's convolution) against `layers.PointwiseConv` (an einsum,
 what `layers.conv2d_same(features, 1)` builds), the same parameters, forward and forward +
 backward, at the 1x1 convs of the paper's model at 480x854.
-Prints two tables and appends a dated section to BENCHMARKS.md.
+Prints two tables and appends one record per row to `benchmarks/results/layers.jsonl`
+(`benchmarks.records`; tables "depthwise" and "1x1").
 """
 import argparse
 import functools
-import sys
 from unittest import mock
 
 import flax.linen as nn
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import machine
+from benchmarks import records
 from feelvos_jax.models import heads
 from feelvos_jax.models import layers
 
@@ -46,8 +47,27 @@ CONVS = [
 ]
 
 
-def conv_rows(repeats: int) -> list[str]:
-  """Table rows of the single convolutions."""
+def _record_depthwise(run: records.Run | None, what: str, shape: str, kernel: str, dtype: str,
+                      timings: dict[tuple[str, str], float]) -> None:
+  """Appends a depthwise row's record (table "depthwise") when there is a run."""
+  if run is None:
+    return
+  figures = {"native forward": records.figure(timings["native", "forward"], "ms"),
+             "shifted forward": records.figure(timings["shifted", "forward"], "ms"),
+             "forward speed-up": records.figure(
+                 timings["native", "forward"] / timings["shifted", "forward"], "x")}
+  if ("native", "backward") in timings:
+    figures.update({
+        "native forward+backward": records.figure(timings["native", "backward"], "ms"),
+        "shifted forward+backward": records.figure(timings["shifted", "backward"], "ms"),
+        "forward+backward speed-up": records.figure(
+            timings["native", "backward"] / timings["shifted", "backward"], "x")})
+  run.append(["depthwise", what, shape, dtype], figures, kind="speed", table="depthwise",
+             params={"conv": what, "input": shape, "kernel": kernel, "dtype": dtype})
+
+
+def conv_rows(repeats: int, run: records.Run | None = None) -> list[str]:
+  """Table rows of the single convolutions (and their records when `run` is given)."""
   rows = []
   for what, shape, k, stride, rate, dtype, backward in CONVS:
     keys = jax.random.split(jax.random.PRNGKey(0))
@@ -74,6 +94,8 @@ def conv_rows(repeats: int) -> list[str]:
       line += " | | |"
     rows.append(line)
     print(line, flush=True)
+    _record_depthwise(run, what, "x".join(map(str, shape)), f"{k}x{k} s{stride} r{rate}",
+                      jnp.dtype(dtype).name, timings)
   return rows
 
 
@@ -87,8 +109,9 @@ POINTWISE = [
 ]
 
 
-def pointwise_rows(repeats: int) -> list[str]:
-  """Table rows of nn.Conv 1x1 against PointwiseConv."""
+def pointwise_rows(repeats: int, run: records.Run | None = None) -> list[str]:
+  """Table rows of nn.Conv 1x1 against PointwiseConv (and their records when `run` is
+  given)."""
   rows = []
   for what, shape, features, stride in POINTWISE:
     x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
@@ -110,11 +133,25 @@ def pointwise_rows(repeats: int) -> list[str]:
             f"{timings['conv', 'backward'] / timings['einsum', 'backward']:.1f} |")
     rows.append(line)
     print(line, flush=True)
+    if run is not None:
+      shape_text = "x".join(map(str, shape))
+      run.append(
+          ["1x1", what, shape_text],
+          {"conv forward": records.figure(timings["conv", "forward"], "ms"),
+           "einsum forward": records.figure(timings["einsum", "forward"], "ms"),
+           "forward speed-up": records.figure(
+               timings["conv", "forward"] / timings["einsum", "forward"], "x"),
+           "conv forward+backward": records.figure(timings["conv", "backward"], "ms"),
+           "einsum forward+backward": records.figure(timings["einsum", "backward"], "ms"),
+           "forward+backward speed-up": records.figure(
+               timings["conv", "backward"] / timings["einsum", "backward"], "x")},
+          kind="speed", table="1x1",
+          params={"conv": what, "input": shape_text, "output, stride": f"{features} s{stride}"})
   return rows
 
 
 def head_row(repeats: int, frame: str, height: int, width: int, backward: bool,
-             slots: int = 2) -> str:
+             slots: int = 2, run: records.Run | None = None) -> str:
   """Table row of the paper's dynamic segmentation head, native against shifted convs."""
   head = heads.ObjectSegmentationHead(num_layers=4, channels=256, kernel_size=7)
   rng = np.random.default_rng(0)
@@ -145,23 +182,25 @@ def head_row(repeats: int, frame: str, height: int, width: int, backward: bool,
   else:
     row += " | | |"
   print(row, flush=True)
+  _record_depthwise(run, f"dynamic segmentation head (4 x 7x7, 256), {frame} frame, {slots} "
+                    "slots", f"1x{height}x{width}x256", "7x7 s1 r1", "float32", timings)
   return row
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3, help="Timed calls per figure.")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("layers", write=not args.no_write, directory=args.results_dir)
 
-  load_before = machine.load_average()
-  rows = conv_rows(args.repeats) + [
-      head_row(args.repeats, "480x854", 120, 214, backward=False),
-      head_row(args.repeats, "240x427", 60, 107, backward=True)]
-  pointwise = pointwise_rows(args.repeats)
+  rows = conv_rows(args.repeats, run) + [
+      head_row(args.repeats, "480x854", 120, 214, backward=False, run=run),
+      head_row(args.repeats, "240x427", 60, 107, backward=True, run=run)]
+  pointwise = pointwise_rows(args.repeats, run)
   lines = [
-      f"- Load average (1 / 5 / 15 min) at the start: {load_before} (2 cores shared with other "
-      "agents: figures are indicative, the ratios are taken within this run).",
+      f"- Load average (1 / 5 / 15 min) at the start: {run.load_start} (on a shared machine "
+      "figures are indicative; the ratios are taken within this run).",
       "- native = `lax.conv_general_dilated` with feature_group_count = C (before); shifted = "
       "`layers.depthwise_conv_shifted`, k x k shifted slices summed, custom VJP (after; what "
       "`layers.depthwise_conv_same` runs on CPU). Median ms of "
@@ -182,9 +221,8 @@ def main() -> None:
       "conv fwd+bwd ms | einsum fwd+bwd ms | speed-up |",
       "|---|---|---|---|---|---|---|---|---|",
   ] + pointwise
-  command = f"cd /work/main && {sys.executable} -m benchmarks.layers {' '.join(sys.argv[1:])}"
-  machine.report("Depthwise and 1x1 convolutions on CPU", lines, command,
-                 write=not args.no_write)
+  print("\n".join(lines))
+  print(run.summary())
 
 
 if __name__ == "__main__":

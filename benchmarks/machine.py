@@ -1,17 +1,12 @@
-"""What every benchmark section records about the machine it ran on, how it is written, and the
-shared timing helper."""
-import datetime
-import fcntl
+"""What the benchmarks read of the machine they run on (CPU model, load, device memory) and
+the shared timing helper; `benchmarks.records` writes it into every record."""
 import os
-import pathlib
 import platform
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
-
-BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def cpu_model() -> str:
@@ -33,59 +28,6 @@ def load_average() -> str:
   except OSError:
     return "unknown"
 
-
-def section_text(title: str, lines_or_text: str | Sequence[str], command: str) -> str:
-  """A BENCHMARKS.md section: `## title, date`, then machine, versions and command lines, then
-  the body (a string as is; a sequence of strings one per line)."""
-  if not title or "\n" in title:
-    raise ValueError(f"title must be one non-empty line, got {title!r}.")
-  if not command:
-    raise ValueError("command must name how the figures were produced, got an empty string.")
-  body = lines_or_text if isinstance(lines_or_text, str) else "\n".join(lines_or_text)
-  device = jax.devices()[0]
-  header = [
-      f"## {title}, {datetime.date.today().isoformat()}",
-      "",
-      f"- Machine: {cpu_model()}, {os.cpu_count()} CPUs visible, {device.platform} backend "
-      f"({device.device_kind}), Python {platform.python_version()}; load average (1 / 5 / 15 "
-      f"min) when written: {load_average()}",
-      f"- Versions: JAX {jax.__version__}",
-      f"- Command: `{command}`",
-      "",
-  ]
-  return "\n".join(header) + body.rstrip("\n") + "\n"
-
-
-def append_section(title: str, lines_or_text: str | Sequence[str], command: str,
-                   path: str | os.PathLike = BENCHMARKS_FILE) -> str:
-  """Appends `section_text(...)` to `path` (BENCHMARKS.md) and returns the text.
-
-  The section goes in with one write under an exclusive lock, preceded by a blank line, so
-  benchmarks finishing at the same time never interleave their sections.
-  """
-  text = section_text(title, lines_or_text, command)
-  data = ("\n" + text).encode()
-  descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
-    written = 0
-    while written < len(data):
-      written += os.write(descriptor, data[written:])
-    os.fsync(descriptor)
-  finally:
-    os.close(descriptor)  # Closing releases the lock.
-  return text
-
-
-
-def report(title: str, lines_or_text: str | Sequence[str], command: str, *, write: bool,
-           path: str | os.PathLike = BENCHMARKS_FILE) -> None:
-  """Prints a benchmark's section (`section_text`) and, if `write`, appends it to `path`
-  (`append_section`): the one ending every benchmark's `--no_write` choice shares."""
-  if write:
-    print(append_section(title, lines_or_text, command, path=path))
-  else:
-    print(section_text(title, lines_or_text, command))
 
 def device_bytes(stat: str) -> int:
   """The first device's memory statistic `stat` ("bytes_in_use", "peak_bytes_in_use"), 0 where

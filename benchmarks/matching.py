@@ -1,7 +1,7 @@
 """Global and local matching speed at 480p, stride 4 (query 120x214, C=100) on this machine.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.matching [--quick] [--repeats=3]
-        [--ops=global,local] [--objects=1,3,10]
+    python -m benchmarks.matching [--quick] [--repeats=3] [--ops=global,local]
+        [--objects=1,3,10] [--no_write] [--results_dir=DIR]
 
 Times `feelvos_jax.matching` (float32 and bfloat16 matmul inputs) beside other formulations of
 the same math: a jnp per-object masked minimum over a chunked [chunk, R] distance matrix, a jnp
@@ -15,8 +15,10 @@ too large for full size run at a reduced size, which the table says, beside ours
 The implementations of a case are timed interleaved (round-robin, so the load of other jobs
 falls on all alike); reports ms per call (fastest and median wall, median process CPU time),
 achieved GFLOP/s and GB/s and their ratio to the matmul GFLOP/s and memory bandwidth measured
-in the same run, and a table of the issue's targets (met / missed); prints the section and
-appends it to BENCHMARKS.md (`benchmarks.machine.append_section`).
+in the same run, and a table of the targets (met / missed); prints the tables and appends
+records to `benchmarks/results/matching.jsonl` (`benchmarks.records`): one per implementation
+and case, one per case against the baselines (table "against the baselines") and the largest
+difference of each implementation from ours f32 (kind "accuracy").
 """
 import argparse
 import functools
@@ -31,10 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import machine
+from benchmarks import records
 from feelvos_jax import matching
 from feelvos_jax.matching import global_maps
-
-_COMMAND = f"cd /work/main && {sys.executable} -m benchmarks.matching"
 
 try:
   import torch
@@ -332,9 +333,10 @@ _NAIVE, _TORCH = "naive jnp", "PyTorch"
 class _Table:
   """Rows of measurements with their FLOP and byte counts, relative to the machine peaks."""
 
-  def __init__(self, peaks: dict[str, float], full_size: str):
+  def __init__(self, peaks: dict[str, float], full_size: str, run: records.Run | None = None):
     self.peaks = peaks
     self.full_size = full_size
+    self.run = run
     self.rows: list[list[str]] = []
     # (op, case, size) -> implementation -> (timing, x matmul, x matmul (CPU)).
     self.cases: dict[tuple[str, str, str], dict[str, tuple[Timing, float, float]]] = {}
@@ -354,9 +356,65 @@ class _Table:
         op, case, size, impl, f"{timing.wall_min:.3g}", f"{timing.wall_median:.3g}",
         f"{timing.cpu_median:.3g}", f"{gflops:.1f}", f"{of_matmul:.2f}", f"{of_matmul_cpu:.2f}",
         f"{gbs:.2f}", f"{gbs / bandwidth:.3f}"] + relative)
+    figures = {"wall, min": (timing.wall_min, "ms"), "wall, median": (timing.wall_median, "ms"),
+               "CPU, median": (timing.cpu_median, "ms"), "compute": (gflops, "GFLOP/s"),
+               "of matmul rate": (of_matmul, "x"),
+               "of matmul rate per CPU-second": (of_matmul_cpu, "x"),
+               "bandwidth": (gbs, "GB/s"), "of memory bandwidth": (gbs / bandwidth, "x")}
+    if ours:
+      figures["time / ours f32, min"] = (timing.wall_min / ours[0].wall_min, "x")
+      figures["time / ours f32, median"] = (timing.wall_median / ours[0].wall_median, "x")
+    self._record(op, case, size, impl, figures)
 
   def skip(self, op: str, case: str, size: str, impl: str, reason: str) -> None:
     self.rows.append([op, case, size, impl, "skipped: " + reason] + [""] * 9)
+    self._record(op, case, size, impl, {}, note="skipped: " + reason)
+
+  def params(self, op: str, case: str, size: str) -> dict[str, Any]:
+    """A case's setting: op ("global", "local"), objects, reference / window and size."""
+    kind, objects = op.split(", ")
+    return {"op": kind, "objects": int(objects.split()[0]), "reference": case, "size": size}
+
+  def _record(self, op: str, case: str, size: str, impl: str,
+              figures: dict[str, tuple[float, str]], note: str = "") -> None:
+    if self.run is not None:
+      params = self.params(op, case, size)
+      self.run.append([params["op"], f"{params['objects']} obj", case, size, impl],
+                      {name: records.figure(*value) for name, value in figures.items()},
+                      kind="speed", params=dict(params, implementation=impl), note=note)
+
+  def comparison(self, op: str, case: str, size: str
+                 ) -> tuple[dict[str, Any], dict[str, float]] | None:
+    """(params, figures) of ours f32 against the fastest naive jnp and PyTorch versions of a
+    case: time ratios (fastest calls, medians, CPU time) and ours f32's share of the matmul
+    rate; None without an ours f32 timing."""
+    measured = self.cases.get((op, case, size), {})
+    if "ours f32" not in measured:
+      return None
+    ours, of_matmul, _ = measured["ours f32"]
+    params = dict(self.params(op, case, size),
+                  **{"size role": "full" if size == self.full_size else "reduced"})
+    figures = {"ours f32 wall, min": ours.wall_min, "ours f32 of matmul rate": of_matmul}
+    for label in (_NAIVE, _TORCH):
+      others = {impl: v[0] for impl, v in measured.items() if impl.startswith(label)}
+      if not others:
+        continue
+      impl, other = min(others.items(), key=lambda kv: kv[1].wall_min)
+      params[f"fastest {label}"] = impl
+      figures[f"speed-up over fastest {label}, min"] = other.wall_min / ours.wall_min
+      figures[f"speed-up over fastest {label}, median"] = other.wall_median / ours.wall_median
+      figures[f"speed-up over fastest {label}, CPU"] = other.cpu_median / ours.cpu_median
+    return params, figures
+
+  def record_comparison(self, op: str, case: str, size: str) -> None:
+    found = self.comparison(op, case, size)
+    if self.run is not None and found is not None:
+      params, figures = found
+      self.run.append(
+          [params["op"], f"{params['objects']} obj", case, size, "against baselines"],
+          {name: records.figure(value, "ms" if name.endswith("wall, min") else "x")
+           for name, value in figures.items()},
+          kind="speed", params=params, table="against the baselines")
 
   def markdown(self) -> str:
     header = ["op", "reference / window", "size", "implementation", "wall ms (min)",
@@ -367,26 +425,28 @@ class _Table:
     return "\n".join(lines)
 
   def targets(self) -> list[list[str]]:
-    """[case, target, figure, met] rows for the issue's targets, per measured case."""
+    """[case, target, figure, met] rows for the targets, per measured case (the report,
+    `benchmarks.report.TARGETS`, judges the recorded figures the same way)."""
     rows = []
-    for (op, case, size), measured in self.cases.items():
-      if "ours f32" not in measured:
+    for op, case, size in self.cases:
+      found = self.comparison(op, case, size)
+      if found is None:
         continue
-      ours, of_matmul, _ = measured["ours f32"]
+      params, figures = found
       name = f"{op}, {case}, {size}" + ("" if size == self.full_size else " (reduced size)")
       if op.startswith("global") and case == "all ref px" and size == self.full_size:
+        of_matmul = figures["ours f32 of matmul rate"]
         rows.append([name, "within 2x of the f32 matmul rate (>= 0.50x)",
-                     f"{of_matmul:.2f}x ({ours.wall_min:.3g} ms)",
+                     f"{of_matmul:.2f}x ({figures['ours f32 wall, min']:.3g} ms)",
                      "met" if of_matmul >= 0.5 else "missed"])
       for label, needed in ((_NAIVE, 3.0), (_TORCH, 1.0)):
-        others = {impl: v[0] for impl, v in measured.items() if impl.startswith(label)}
-        if not others:
+        key = f"speed-up over fastest {label}"
+        if f"{key}, min" not in figures:
           continue
-        impl, other = min(others.items(), key=lambda kv: kv[1].wall_min)
-        ratio = other.wall_min / ours.wall_min
+        ratio = figures[f"{key}, min"]
         rows.append([name, f">= {needed:g}x faster than the fastest {label}",
-                     f"{ratio:.2f}x vs {impl} (medians {other.wall_median / ours.wall_median:.2f}x"
-                     f", CPU time {other.cpu_median / ours.cpu_median:.2f}x)",
+                     f"{ratio:.2f}x vs {params[f'fastest {label}']} (medians "
+                     f"{figures[f'{key}, median']:.2f}x, CPU time {figures[f'{key}, CPU']:.2f}x)",
                      "met" if ratio >= needed else "missed"])
     return rows
 
@@ -410,6 +470,7 @@ def _measure(table: _Table, errors: dict[str, float], impls, repeats: int,
     else:
       table.add(*row, name, timings[name], flops, nbytes)
     print(" | ".join(table.rows[-1]), file=sys.stderr, flush=True)
+  table.record_comparison(*row)
   _record_errors(errors, row[0], results)
 
 
@@ -533,10 +594,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--bandwidth_mb", type=int, default=512, help="Bandwidth array size.")
   parser.add_argument("--quick", action="store_true",
                       help="Smoke run: defaults become 30x54 frames, 1 and 3 objects, window "
-                           "4, 1 repeat; does not write BENCHMARKS.md unless --write.")
-  parser.add_argument("--write", action="store_true", help="Append to BENCHMARKS.md (default "
-                      "unless --quick).")
-  parser.add_argument("--no_write", action="store_true", help="Print only.")
+                           "4, 1 repeat; appends no record unless --write.")
+  parser.add_argument("--write", action="store_true", help="Append records (default unless "
+                      "--quick).")
+  records.add_arguments(parser)
   if parser.parse_known_args(argv)[0].quick:  # Smaller defaults; explicit flags still win.
     parser.set_defaults(height=30, width=54, objects=[1, 3], window=4, small_height=12,
                         small_width=20, repeats=1, matmul_size=1024, bandwidth_mb=64,
@@ -546,10 +607,11 @@ def main(argv: list[str] | None = None) -> None:
   if unknown:
     parser.error(f"--ops takes global and/or local, got {sorted(unknown)}.")
   write = (args.write or not args.quick) and not args.no_write
+  run = records.Run("matching", argv, write=write, directory=args.results_dir)
 
-  load_start = machine.load_average()
+  load_start = run.load_start
   peaks = _machine_peaks(args.matmul_size, args.bandwidth_mb, args.repeats)
-  table = _Table(peaks, f"{args.height}x{args.width}")
+  table = _Table(peaks, f"{args.height}x{args.width}", run)
   sizes = [(args.height, args.width)]
   if args.small_height and args.small_width:
     sizes.append((args.small_height, args.small_width))
@@ -575,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
       f"- Inputs: query/reference {args.height}x{args.width}x{args.channels} (480p at stride 4 "
       f"is 120x214), objects = ellipses on background, query = reference moved (2, 3) px + "
       f"noise; global chunk_size {args.chunk_size}; "
-      + (f"reduced size {sizes[1][0]}x{sizes[1][1]} (not a size the issue asks for: there for "
+      + (f"reduced size {sizes[1][0]}x{sizes[1][1]} (not a target size: there for "
          f"the naive [Q,R,C] and NumPy versions, ours rerun there)." if len(sizes) > 1
          else "no reduced size."),
       f"- Machine peaks (start / end of run, fastest call): f32 matmul {args.matmul_size}^3 "
@@ -592,15 +654,28 @@ def main(argv: list[str] | None = None) -> None:
       "",
       table.markdown(),
       "",
-      f"Targets (issue 6), from the rows above: {met} of {len(targets)} met.",
+      f"Targets, from the rows above: {met} of {len(targets)} met.",
       "",
       "| case | target | figure | met |",
       "|---|---|---|---|",
   ] + ["| " + " | ".join(row) + " |" for row in targets] + [""] + [
       f"- max |{name} - ours f32| over all cases: {err:.1e}"
       for name, err in errors.items() if not name.endswith("ours f32")]
-  command = " ".join([_COMMAND] + (argv if argv is not None else sys.argv[1:]))
-  machine.report("Matching (global/local)", body, command, write=write)
+  over = (f"{_and([str(n) for n in args.objects])} objects at "
+          f"{_and([f'{h}x{w}' for h, w in sizes])}")
+  for name, err in errors.items():
+    op, impl = name.split(": ", 1)
+    if impl != "ours f32":
+      run.append([op, "max difference", impl], {"max abs difference": records.figure(err)},
+                 kind="accuracy", table="agreement with ours f32",
+                 params={"op": op, "implementation": impl, "over": over})
+  print("\n".join(body))
+  print(run.summary())
+
+
+def _and(items: list[str]) -> str:
+  """'a', 'a and b', 'a, b and c'."""
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 if __name__ == "__main__":

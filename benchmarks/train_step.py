@@ -1,8 +1,7 @@
 """Compiled FEELVOS train-step time per backbone, and the synthetic demo's step beside its input.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.train_step \\
-        [--backbones=tiny,resnet50,xception65] [--crop=465] [--batch=1] [--steps=5] \\
-        [--depthwise=platform|both]
+    python -m benchmarks.train_step [--backbones=tiny,resnet50,xception65] [--crop=465] \\
+        [--batch=1] [--steps=5] [--depthwise=platform|both] [--no_write] [--results_dir=DIR]
 
 For each backbone: the paper's config (configs/common.py) with that backbone, crops of
 --crop x --crop and --batch samples per device (each sample is 3 frames), on random inputs.
@@ -10,19 +9,19 @@ Reports the compile time and the median wall time of --steps compiled steps (aft
 untimed step). Then configs/synthetic.py as it trains (tiny backbone, its crop and batch) with
 the rate of its input pipeline (synthetic_vos/small, frames decoded lazily) beside it. With
 --depthwise=both every row is also timed with XLA's grouped depthwise convolution forced, in
-the same process (the A/B of `layers.depthwise_conv_same`). Prints a table and appends a dated
-section to BENCHMARKS.md.
+the same process (the A/B of `layers.depthwise_conv_same`). Prints a table and appends one
+record per row to `benchmarks/results/train_step.jsonl` (`benchmarks.records`).
 """
 import argparse
 import contextlib
 import resource
 import statistics
-import sys
 import time
 
 import jax
 
 from benchmarks import machine
+from benchmarks import records
 from configs import common
 from configs import synthetic
 from feelvos_jax import models
@@ -30,6 +29,7 @@ from feelvos_jax.models import heads
 from feelvos_jax.models import layers
 from feelvos_jax.training import sharding
 from feelvos_jax.training import train
+from tests import testing
 
 
 def time_train_step(config, steps: int) -> dict[str, float]:
@@ -37,7 +37,7 @@ def time_train_step(config, steps: int) -> dict[str, float]:
   mesh = sharding.create_mesh(config.mesh)
   model = models.build_model(config.model)
   state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
-  batch = sharding.global_batch(train.random_batch(config), mesh)
+  batch = sharding.global_batch(testing.random_batch(config), mesh)
   start = time.perf_counter()
   step_fn = train.compile_train_step(config, state, mesh).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -110,8 +110,9 @@ def main() -> None:
   parser.add_argument("--dtypes", default="float32",
                       help="Comma-separated compute dtypes of the paper-config rows (float32, "
                            "bfloat16).")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("train_step", write=not args.no_write, directory=args.results_dir)
   forms = ("platform",) if args.depthwise == "platform" else ("platform", "native")
 
   configs = []
@@ -137,10 +138,8 @@ def main() -> None:
       rows.append((name, config.model.dtype, form, crop, config.batch_size, result, pipeline,
                    _peak_rss_gib(), machine.device_bytes("peak_bytes_in_use") / 2**30))
       print(rows[-1], flush=True)
+      _record(run, *rows[-1])
 
-  command = f"cd /work/main && {sys.executable} -m benchmarks.train_step " + " ".join(
-      f"--{name}={getattr(args, name)}"
-      for name in ("backbones", "crop", "batch", "steps", "depthwise", "dtypes"))
   lines = [
       f"- {jax.device_count()} JAX device(s) ({jax.devices()[0].platform}). Median wall time of "
       "compiled steps (one untimed step first); batch = samples of 3 frames; peak RSS of the "
@@ -157,7 +156,26 @@ def main() -> None:
                  f"{result['compile_s']:.1f} | {result['step_s']:.4g} | "
                  f"{result['steps_per_s']:.3g} | {result['examples_per_s']:.3g} | {pipeline} | "
                  f"{rss:.1f} | {device:.1f} |")
-  machine.report("Train step", lines, command, write=not args.no_write)
+  print("\n".join(lines))
+  print(run.summary())
+
+
+def _record(run: records.Run, name: str, dtype: str, form: str, crop: str, batch: int,
+            result: dict[str, float], pipeline: str, rss_gib: float,
+            device_gib: float) -> None:
+  """Appends one row's record (case: backend / model / dtype / depthwise / crop / batch)."""
+  figures = {"compile": records.figure(result["compile_s"], "s"),
+             "step": records.figure(result["step_s"], "s"),
+             "step rate": records.figure(result["steps_per_s"], "steps/s"),
+             "throughput": records.figure(result["examples_per_s"], "examples/s")}
+  if pipeline:
+    figures["input pipeline"] = records.figure(float(pipeline.split()[0]), "batches/s")
+  figures["peak RSS"] = records.figure(rss_gib, "GiB")
+  if jax.default_backend() != "cpu":  # The CPU backend reports no device memory.
+    figures["peak device memory"] = records.figure(device_gib, "GiB")
+  run.append([name, dtype, form, crop, f"batch {batch}"], figures, kind="speed",
+             params={"model": name, "dtype": dtype, "depthwise": form, "crop": crop,
+                     "batch": batch})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""FEELVOS, PML and FEELVOS + each CFBI option side by side on synthetic_vos/small (issue 8).
+"""FEELVOS, PML and FEELVOS + each CFBI option side by side on synthetic_vos/small.
 
-    cd /work/main && /work/venv/bin/python -m benchmarks.variants --steps=600 \
+    python -m benchmarks.variants --steps=600 \
         --variants=feelvos,pml,background_matching,matching_bias,multi_local,atrous,instance_attention
 
 For each variant, configs/synthetic.py with that one change (`VARIANTS`):
@@ -12,10 +12,10 @@ For each variant, configs/synthetic.py with that one change (`VARIANTS`):
 - measures CPU inference frames/s: a second, timed pass of the same videos through the same
   `video_propagation.VideoPropagator` (compiled already), end to end (padding, jitted steps, labels to
   the host), frames of all videos / seconds.
-Prints the table and appends it to BENCHMARKS.md (`--no_write` to skip).
+Prints the table and appends one record per variant to `benchmarks/results/variants.jsonl`
+(`benchmarks.records`, kind "accuracy"; `--no_write` to skip).
 """
 import argparse
-import sys
 import tempfile
 import time
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from benchmarks import machine
+from benchmarks import records
 from configs import synthetic
 from datasets import registry
 from feelvos_jax import models
@@ -97,6 +97,11 @@ def run_variant(name: str, steps: int, videos: list[dict[str, Any]]) -> dict[str
           "f": float(table["F-Mean"]), "frames": frames, "fps": frames / inference_seconds}
 
 
+def change_text(name: str) -> str:
+  """Variant `name`'s config.model change as text, e.g. 'global_atrous_rate=2'."""
+  return ", ".join(f"{key}={value}" for key, value in VARIANTS[name].items()) or "(none)"
+
+
 def table_lines(rows: list[dict[str, Any]], steps: int, num_videos: int) -> list[str]:
   """The markdown table and its notes."""
   lines = [
@@ -112,8 +117,7 @@ def table_lines(rows: list[dict[str, Any]], steps: int, num_videos: int) -> list
       "|---|---|---|---|---|---|---|",
   ]
   for row in rows:
-    change = ", ".join(f"{key}={value}" for key, value in row["change"].items()) or "(none)"
-    lines.append(f"| {row['variant']} | {change} | {row['jf']:.3f} | {row['j']:.3f} | "
+    lines.append(f"| {row['variant']} | {change_text(row['variant'])} | {row['jf']:.3f} | {row['j']:.3f} | "
                  f"{row['f']:.3f} | {row['fps']:.2f} | {row['train_s']:.0f} |")
   return lines
 
@@ -123,8 +127,9 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=600, help="Training steps per variant.")
   parser.add_argument("--variants", default=",".join(VARIANTS),
                       help=f"Comma-separated, from {','.join(VARIANTS)}.")
-  parser.add_argument("--no_write", action="store_true", help="Print only, skip BENCHMARKS.md.")
+  records.add_arguments(parser)
   args = parser.parse_args()
+  run = records.Run("variants", write=not args.no_write, directory=args.results_dir)
   names = [name for name in args.variants.split(",") if name]
   for name in names:
     variant_config(name, args.steps)  # Rejects unknown names before any training.
@@ -134,10 +139,16 @@ def main() -> None:
   for name in names:
     rows.append(run_variant(name, args.steps, videos))
     print(rows[-1], flush=True)
-  lines = table_lines(rows, args.steps, len(videos))
-  command = f"cd /work/main && {sys.executable} -m benchmarks.variants {' '.join(sys.argv[1:])}"
-  machine.report("Model variants: FEELVOS, PML, CFBI options (issue 8)", lines, command,
-                 write=not args.no_write)
+    row = rows[-1]
+    run.append(
+        [name, f"{args.steps} steps"],
+        {"J&F": records.figure(row["jf"]), "J": records.figure(row["j"]),
+         "F": records.figure(row["f"]), "throughput": records.figure(row["fps"], "frames/s"),
+         "train": records.figure(row["train_s"], "s")},
+        kind="accuracy", params={"variant": name, "config.model change": change_text(name),
+                                 "steps": args.steps, "validation videos": len(videos)})
+  print("\n".join(table_lines(rows, args.steps, len(videos))))
+  print(run.summary())
 
 
 if __name__ == "__main__":

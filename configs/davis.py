@@ -3,6 +3,7 @@ from configs import common
 
 
 def get_config():
+  """The base config with `dataset.name = "davis2017/480p"`."""
   config = common.get_base_config()
   config.dataset.name = "davis2017/480p"
   return config

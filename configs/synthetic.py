@@ -3,6 +3,7 @@ from configs import common
 
 
 def get_config():
+  """The tiny backbone on `synthetic_vos/small`: small crops and batches, 600 steps."""
   config = common.get_base_config()
   config.batch_size = 8
   config.num_train_steps = 600  # Validation J&F 0.85 at 600 steps, ~17 CPU-minutes (BENCHMARKS.md).

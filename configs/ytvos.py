@@ -3,6 +3,7 @@ from configs import common
 
 
 def get_config():
+  """The base config for YouTube-VOS 2019: annotated every 5th frame, at most 6 objects."""
   config = common.get_base_config()
   config.dataset.name = "youtube_vos/2019"
   config.dataset.max_frame_gap = 5  # YouTube-VOS is annotated every 5th frame.

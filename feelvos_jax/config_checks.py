@@ -1,7 +1,8 @@
 """Checks of config values: one ValueError wording for every module, naming the full key.
 
 Each check returns the value (as a Python int, float or tuple) or raises
-`ValueError("config.model.max_objects must be an int >= 1, got 0")`. Ints and floats reject
+`ValueError("config.model.max_objects must be an int >= 1, got 0")` (for a choice:
+`"config.model.head='knn' is not one of ('feelvos', 'nearest_neighbor')"`). Ints and floats reject
 bool (`True` is not a count), floats reject NaN and inf. Pure Python and NumPy: importing this
 module imports neither JAX nor TensorFlow.
 
@@ -90,7 +91,7 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
   """`value`; ValueError naming `name` and the choices unless it is one of `choices`."""
   if not any(value == choice and isinstance(value, bool) == isinstance(choice, bool)
              for choice in choices):  # True == 1, but a flag is not a count.
-    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    raise ValueError(f"{name}={value!r} is not one of {tuple(choices)}")
   return value
 
 

@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 fake CPU devices for sharding tests, TF kept off accelerators.
+"""Test-wide setup: 8 fake CPU devices for sharding tests, TF kept off accelerators, and one
+persistent JAX compilation cache for the session.
 
 `XLA_FLAGS` must be set before jax is first imported, which is why this lives in conftest.
 """
@@ -10,6 +11,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -23,3 +25,27 @@ def _tensorflow_off_accelerators():
     return
   tf.config.set_visible_devices([], "GPU")
   yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _persistent_compilation_cache(tmp_path_factory):
+  """Every compilation of the session, however small, goes through one persistent cache: a
+  program that several tests (or several processes) compile identically compiles once.
+
+  The settings are also exported as environment variables (JAX_COMPILATION_CACHE_DIR,
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES), which
+  the subprocesses that tests start (main.py runs, notebook kernels) inherit. The cache lives
+  under pytest's temporary directory, so each session starts cold, unless the environment
+  already names a JAX_COMPILATION_CACHE_DIR: then that folder is used and kept. Yields the
+  cache folder.
+  """
+  directory = (os.environ.get("JAX_COMPILATION_CACHE_DIR")
+               or str(tmp_path_factory.mktemp("jax_compilation_cache")))
+  settings = {"jax_compilation_cache_dir": directory,
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": -1}  # -1: no size limit.
+  with pytest.MonkeyPatch.context() as patch:
+    for name, value in settings.items():
+      jax.config.update(name, value)
+      patch.setenv(name.upper(), str(value))
+    yield directory

@@ -10,11 +10,11 @@ import tensorflow_datasets as tfds
 from datasets import fake_layouts
 from datasets import palette
 from datasets.davis2017 import davis2017_dataset_builder
-from tests import builder_checks
+from tests import testing
 
 
 def _build(manual_dir, data_dir, config="480p"):
-  return builder_checks.build(davis2017_dataset_builder.Builder, manual_dir, data_dir, config)
+  return testing.build(davis2017_dataset_builder.Builder, manual_dir, data_dir, config)
 
 
 def test_davis_palette_is_the_voc_colour_map():
@@ -53,8 +53,8 @@ def test_both_configs_decode_to_the_written_ground_truth(tmp_path):
   builder = tfds.builder("davis2017/480p", data_dir=str(tmp_path / "data"))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(tmp_path / "manual"), try_download_gcs=False))  # The folder holding DAVIS/.
-  builder_checks.assert_matches(builder, truth_480p)
-  builder_checks.assert_matches(_build(davis, tmp_path / "data", "full_resolution"), truth_full)
+  testing.assert_matches(builder, truth_480p)
+  testing.assert_matches(_build(davis, tmp_path / "data", "full_resolution"), truth_full)
 
 
 @pytest.fixture
@@ -164,9 +164,9 @@ def test_greyscale_and_cmyk_jpegs_decode_to_rgb(davis, tmp_path):
   with Image.open(folder / "00002.jpg") as image:
     assert image.mode == "CMYK"
     expected_cmyk = np.array(image.convert("RGB"), dtype=float)
-  examples = builder_checks.examples(_build(root, tmp_path / "data"), "train")
+  examples = testing.examples(_build(root, tmp_path / "data"), "train")
   decoded = examples["train_a"]["video"]["frames"]
   assert decoded.shape == frames.shape
   expected_grey = np.repeat(np.array(grey, dtype=float)[..., None], 3, axis=-1)
-  assert np.abs(decoded[1] - expected_grey).mean() < builder_checks.MAX_MEAN_JPEG_ERROR
-  assert np.abs(decoded[2] - expected_cmyk).mean() < builder_checks.MAX_MEAN_JPEG_ERROR
+  assert np.abs(decoded[1] - expected_grey).mean() < testing.MAX_MEAN_JPEG_ERROR
+  assert np.abs(decoded[2] - expected_cmyk).mean() < testing.MAX_MEAN_JPEG_ERROR

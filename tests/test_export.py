@@ -11,11 +11,11 @@ from feelvos_jax.inference import export as export_lib
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import optimizers
 from feelvos_jax.training import train
-from tests import test_inference
+from tests import testing
 
 
 def export_config():
-  config = test_inference.small_config()
+  config = testing.small_config()
   config.export.buckets = ((32, 32, 5), (48, 32, 2))
   config.export.max_reference_frames = 2
   config.export.platforms = ("cpu",)
@@ -26,7 +26,7 @@ def export_config():
 def bundle(tmp_path_factory):
   """(workdir, bundle path, the loaded bundle) from a saved training checkpoint."""
   config = export_config()
-  _, model, variables, _, _ = test_inference.shared_setup()
+  _, model, variables, _, _ = testing.shared_setup()
   tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,
                                    config.num_train_steps)[0]
   state = train.TrainState(step=jnp.array(7), params=variables["params"],
@@ -58,12 +58,12 @@ def test_bundle_layout(bundle):
 
 def test_exported_and_in_process_masks_are_identical(bundle):
   _, _, loaded = bundle
-  in_process = test_inference.shared_setup()[3]
+  in_process = testing.shared_setup()[3]
   # 5 objects, one appearing at frame 2 (two reference frames), 30x29 padded to 32x32.
-  frames, labels, first_frame = test_inference.make_video(5, 5, height=30, width=29, seed=4,
-                                                          appear=[0, 0, 0, 0, 2])
-  expected = test_inference.run(in_process, frames, labels, first_frame)
-  got = test_inference.run(loaded, frames, labels, first_frame)
+  frames, labels, first_frame = testing.make_video(5, 5, height=30, width=29, seed=4,
+                                                   appear=[0, 0, 0, 0, 2])
+  expected = testing.run(in_process, frames, labels, first_frame)
+  got = testing.run(loaded, frames, labels, first_frame)
   np.testing.assert_array_equal(got, expected)
   assert len(np.unique(got[1:])) > 2
 
@@ -74,9 +74,9 @@ def test_bucket_choice_and_limits(bundle):
   assert loaded.bucket_for(20, 20, 3).name == "32x32x5"
   with pytest.raises(ValueError, match="no exported bucket holds a 32x32 video with 6 objects"):
     loaded.bucket_for(32, 32, 6)
-  frames, labels, first_frame = test_inference.make_video(4, 3, seed=5, appear=[0, 1, 2])
+  frames, labels, first_frame = testing.make_video(4, 3, seed=5, appear=[0, 1, 2])
   with pytest.raises(ValueError, match="config.export.max_reference_frames"):
-    test_inference.run(loaded, frames, labels, first_frame)
+    testing.run(loaded, frames, labels, first_frame)
 
 
 def test_a_bucket_larger_than_the_padded_frame_is_logged(bundle, caplog):
@@ -110,7 +110,7 @@ def test_export_replaces_a_bundle_atomically(bundle, tmp_path):
     ("buckets", ((30, 32, 2),), "multiples of the output stride 16"),
     ("buckets", ((32, 32),), r"\(height, width, objects\)"),
     ("buckets", (), "empty"),
-    ("max_reference_frames", 0, "max_reference_frames must be >= 1"),
+    ("max_reference_frames", 0, "config.export.max_reference_frames must be an int >= 1"),
 ])
 def test_bad_export_config(key, value, message):
   config = export_config()

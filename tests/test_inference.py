@@ -1,7 +1,7 @@
-"""Video propagation (feelvos_jax/inference/propagation.py, video_propagation.py): tiny backbone, 32x32 videos.
+"""Video propagation (feelvos_jax/inference/propagation.py, video_propagation.py).
 
-Every test shares two propagators (object buckets (5,) and (2,)), so each step shape compiles
-once per session.
+Tiny backbone, 32x32 videos. Every test shares the two propagators of `testing.shared_setup`
+(object buckets (5,) and (2,)), so each step shape compiles once per session.
 """
 import functools
 import os
@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import synthetic
 from datasets import fake_layouts
 from feelvos_jax import evaluation
 from feelvos_jax import IGNORE_LABEL
@@ -25,74 +24,12 @@ from feelvos_jax.models import upsampling
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import optimizers
 from feelvos_jax.training import train
-from tests import tracing
-
-SIZE = 32
-
-
-def small_config():
-  """The synthetic config with narrow layers: seconds to compile on a CPU."""
-  config = synthetic.get_config()
-  config.model.decoder_channels = 8
-  config.model.embedding_dim = 8
-  config.model.max_objects = 5
-  config.model.window = 3
-  config.model.head_channels = 8
-  config.model.head_kernel_size = 3
-  config.model.head_num_layers = 2
-  config.inference.object_buckets = (5,)
-  return config
-
-
-def init_variables(model, seed=0):
-  h = SIZE // 4
-  embedding = jnp.zeros((1, h, h, model.embedding_dim))
-  labels = jnp.zeros((1, h, h), jnp.int32)
-  return jax.jit(model.init)({"params": jax.random.PRNGKey(seed)}, jnp.zeros((1, SIZE, SIZE, 3)),
-                    embedding, labels, embedding, labels, jnp.zeros((1, h, h, model.num_slots)),
-                    jnp.ones((1,), jnp.int32))
-
-
-@functools.cache
-def shared_setup():
-  """(config, model, variables, propagator with buckets (5,), propagator with buckets (2,)).
-
-  Cached for the session, so that test_export reuses the compiled steps.
-  """
-  config = small_config()
-  model = models.build_model(config.model)
-  variables = init_variables(model)
-  return (config, model, variables, video_propagation.VideoPropagator(model, variables),
-          video_propagation.VideoPropagator(model, variables, object_buckets=(2,)))
+from tests import testing
 
 
 @pytest.fixture(name="setup")
 def setup_fixture():
-  return shared_setup()
-
-
-def make_video(num_frames, num_objects, height=SIZE, width=SIZE, seed=0, appear=None):
-  """Random frames and a label map per frame with one box per object (objects from `appear`)."""
-  rng = np.random.default_rng(seed)
-  frames = rng.integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
-  labels = np.zeros((num_frames, height, width), np.int32)
-  appear = appear or [0] * num_objects
-  for index in range(num_objects):
-    top, left = rng.integers(0, height - 8), rng.integers(0, width - 8)
-    box_h, box_w = rng.integers(5, 9, size=2)
-    for t in range(appear[index], num_frames):
-      labels[t, top:top + box_h, left:left + box_w] = index + 1
-    frames[appear[index]:, top:top + box_h, left:left + box_w] = 40 * (index + 1)
-  return frames, labels, list(appear)
-
-
-def annotations_of(labels, first_frame):
-  return {t: labels[t] for t in set(first_frame)}
-
-
-def run(propagator, frames, labels, first_frame, object_ids=None):
-  return np.stack(list(propagator.propagate(frames, annotations_of(labels, first_frame),
-                                            first_frame, object_ids)))
+  return testing.shared_setup()
 
 
 def test_chunk_labels_matches_loops():
@@ -113,16 +50,16 @@ def test_chunk_labels_matches_loops():
 def test_first_steps_match_direct_model_calls(setup):
   """Frames 1 and 2 of a padded 30x29 video, recomputed from `embed`/`segment` by hand."""
   _, model, variables, propagator, _ = setup
-  frames, labels, first_frame = make_video(3, 2, height=30, width=29, seed=1)
-  got = run(propagator, frames, labels, first_frame)
+  frames, labels, first_frame = testing.make_video(3, 2, height=30, width=29, seed=1)
+  got = testing.run(propagator, frames, labels, first_frame)
 
   model5 = model.clone(max_objects=5)
-  padded = np.full((3, SIZE, SIZE, 3), propagation.PAD_PIXEL, np.uint8)
+  padded = np.full((3, testing.SIZE, testing.SIZE, 3), propagation.PAD_PIXEL, np.uint8)
   padded[:, :30, :29] = frames
   embed = jax.jit(lambda frame: model5.apply(variables, frame[None], method="embed"))
   segment = jax.jit(functools.partial(model5.apply, method="segment"))
   _, reference = embed(padded[0])
-  given = np.full((SIZE, SIZE), IGNORE_LABEL, np.int32)
+  given = np.full((testing.SIZE, testing.SIZE), IGNORE_LABEL, np.int32)
   given[:30, :29] = labels[0]
   previous_labels = given[::4, ::4]
   previous_probs = np.eye(6)[np.minimum(previous_labels, 5)] * (previous_labels != 255)[..., None]
@@ -131,10 +68,10 @@ def test_first_steps_match_direct_model_calls(setup):
     features, embedding = embed(padded[t])
     logits = segment(variables, features, embedding, reference, given[None, ::4, ::4],
                      previous, previous_labels[None], previous_probs[None], jnp.array([2]))
-    upsampled = np.asarray(upsampling.upsample_logits(logits, (SIZE, SIZE)))[0]
+    upsampled = np.asarray(upsampling.upsample_logits(logits, (testing.SIZE, testing.SIZE)))[0]
     expected = np.argmax(upsampled, axis=-1)
     np.testing.assert_array_equal(got[t], expected[:30, :29], err_msg=f"frame {t}")
-    valid = np.zeros((SIZE, SIZE), bool)
+    valid = np.zeros((testing.SIZE, testing.SIZE), bool)
     valid[:30, :29] = True
     previous_labels = np.where(valid, expected, IGNORE_LABEL)[::4, ::4]
     previous_probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
@@ -144,7 +81,7 @@ def test_first_steps_match_direct_model_calls(setup):
 
 def test_shapes_ids_and_late_object(setup):
   _, _, _, propagator, _ = setup
-  frames, labels, first_frame = make_video(5, 3, seed=2, appear=[0, 0, 2])
+  frames, labels, first_frame = testing.make_video(5, 3, seed=2, appear=[0, 0, 2])
   labels[0, :2, :2] = IGNORE_LABEL  # Void in the given mask is predicted background.
   object_ids = [7, 3, 12]
   states = []
@@ -160,15 +97,15 @@ def test_shapes_ids_and_late_object(setup):
                           plan.start, step)
 
   got = np.stack(list(propagation.run_video(recording_plan, frames,
-                                          annotations_of(labels, first_frame), first_frame,
-                                          object_ids)))
-  assert got.shape == (5, SIZE, SIZE) and got.dtype == np.int32
+                                            testing.annotations_of(labels, first_frame),
+                                            first_frame, object_ids)))
+  assert got.shape == (5, testing.SIZE, testing.SIZE) and got.dtype == np.int32
   assert set(np.unique(got)) <= {0, 3, 7, 12}
   lookup = np.array([0, 7, 3, 12])
   np.testing.assert_array_equal(got[0], np.where(labels[0] == 255, 0, lookup[labels[0] % 255]))
   assert not (got[:2] == 12).any()  # Object 3 is absent before frame 2 ...
   np.testing.assert_array_equal(got[2] == 12, labels[2] == 3)  # ... given exactly at frame 2 ...
-  h = SIZE // 4
+  h = testing.SIZE // 4
   assert [s["reference_labels"] for s in states] == [(h, h), (h, h), (2 * h, h), (2 * h, h)]
   # ... and referenced from then on (embeddings at stride 4, labels in the stacked buffer).
   assert states[2]["reference_embedding"] == (2 * h, h, 8)
@@ -187,29 +124,30 @@ def test_reference_buffer_labels_only_new_objects():
 
 def test_compiles_once_per_bucket(setup):
   _, _, _, propagator, _ = setup
-  frames, labels, first_frame = make_video(4, 3, seed=3, appear=[0, 0, 2])
-  run(propagator, frames, labels, first_frame)
-  with tracing.count_traces() as traces:
+  frames, labels, first_frame = testing.make_video(4, 3, seed=3, appear=[0, 0, 2])
+  testing.run(propagator, frames, labels, first_frame)
+  with testing.count_traces() as traces:
     # Same bucket: another video, another size padded to 32x32, other objects, R = 1 and 2.
-    frames, labels, first_frame = make_video(6, 2, height=29, width=31, seed=4, appear=[0, 3])
-    run(propagator, frames, labels, first_frame)
-    frames, labels, first_frame = make_video(3, 4, seed=5)
-    run(propagator, frames, labels, first_frame)
+    frames, labels, first_frame = testing.make_video(6, 2, height=29, width=31, seed=4,
+                                                     appear=[0, 3])
+    testing.run(propagator, frames, labels, first_frame)
+    frames, labels, first_frame = testing.make_video(3, 4, seed=5)
+    testing.run(propagator, frames, labels, first_frame)
   assert traces["start_video"] == traces["propagation_step"] == 0
-  with tracing.count_traces() as traces:
+  with testing.count_traces() as traces:
     # Another padded size is another bucket: one trace of each function, for all its frames.
-    frames, labels, first_frame = make_video(5, 1, height=SIZE + 4, seed=6)
-    run(propagator, frames, labels, first_frame)
+    frames, labels, first_frame = testing.make_video(5, 1, height=testing.SIZE + 4, seed=6)
+    testing.run(propagator, frames, labels, first_frame)
   assert traces["start_video"] == traces["propagation_step"] == 1
 
 
 def test_chunked_objects_equal_unchunked(setup):
   _, _, _, whole, chunked = setup
-  frames, labels, first_frame = make_video(4, 5, seed=7)
-  expected = run(whole, frames, labels, first_frame)
-  plan = chunked.plan(SIZE, SIZE, 5)
+  frames, labels, first_frame = testing.make_video(4, 5, seed=7)
+  expected = testing.run(whole, frames, labels, first_frame)
+  plan = chunked.plan(testing.SIZE, testing.SIZE, 5)
   assert (plan.objects_per_chunk, plan.num_chunks) == (2, 3)
-  got = run(chunked, frames, labels, first_frame)
+  got = testing.run(chunked, frames, labels, first_frame)
   np.testing.assert_array_equal(got, expected)
   assert len(np.unique(expected[1:])) > 2  # Several objects are predicted, not just one.
 
@@ -222,9 +160,9 @@ def test_sharded_matching_gives_the_unsharded_masks(setup, shard_axis):
   sharded_model = video_propagation.sharded_matching_model(model, shard_axis)
   assert sharded_model.matching_mesh.shape == {"matching": 8}
   sharded = video_propagation.VideoPropagator(sharded_model, variables)
-  frames, labels, first_frame = make_video(3, 3, seed=11)
-  expected = run(whole, frames, labels, first_frame)
-  np.testing.assert_array_equal(run(sharded, frames, labels, first_frame), expected)
+  frames, labels, first_frame = testing.make_video(3, 3, seed=11)
+  expected = testing.run(whole, frames, labels, first_frame)
+  np.testing.assert_array_equal(testing.run(sharded, frames, labels, first_frame), expected)
   assert len(np.unique(expected[1:])) > 2
 
 
@@ -236,11 +174,11 @@ def test_unknown_shard_axis_is_refused(setup):
 def test_object_order_does_not_matter(setup):
   """Slots share one head: relabelling the objects relabels the prediction."""
   _, _, _, propagator, _ = setup
-  frames, labels, first_frame = make_video(4, 3, seed=8)
-  expected = run(propagator, frames, labels, first_frame, object_ids=[4, 5, 6])
+  frames, labels, first_frame = testing.make_video(4, 3, seed=8)
+  expected = testing.run(propagator, frames, labels, first_frame, object_ids=[4, 5, 6])
   permutation = np.array([0, 3, 1, 2])  # Input label 1 -> 3, 2 -> 1, 3 -> 2.
   permuted = np.where(labels == 255, 255, permutation[labels % 255])
-  got = run(propagator, frames, permuted, first_frame, object_ids=[5, 6, 4])
+  got = testing.run(propagator, frames, permuted, first_frame, object_ids=[5, 6, 4])
   # Slots run in another order, so float rounding may differ: a near-tie pixel may flip.
   assert np.mean(got != expected) < 1e-3
   assert len(np.unique(expected[1:])) > 2
@@ -248,8 +186,8 @@ def test_object_order_does_not_matter(setup):
 
 def test_streams_frames_without_keeping_them(setup):
   _, _, _, propagator, _ = setup
-  frames, labels, first_frame = make_video(6, 2, seed=9)
-  expected = run(propagator, frames, labels, first_frame)
+  frames, labels, first_frame = testing.make_video(6, 2, seed=9)
+  expected = testing.run(propagator, frames, labels, first_frame)
   pulled = []
 
   def frame_stream():
@@ -257,7 +195,7 @@ def test_streams_frames_without_keeping_them(setup):
       pulled.append(t)
       yield frame
 
-  outputs = propagator.propagate(frame_stream(), annotations_of(labels, first_frame),
+  outputs = propagator.propagate(frame_stream(), testing.annotations_of(labels, first_frame),
                                  first_frame)
   for t, output in enumerate(outputs):
     assert len(pulled) <= t + 2  # Frame t is handed out while frame t + 1 is computed.
@@ -267,8 +205,8 @@ def test_streams_frames_without_keeping_them(setup):
 
 def test_frames_before_the_first_annotation_are_background(setup):
   _, _, _, propagator, _ = setup
-  frames, labels, first_frame = make_video(4, 2, seed=10, appear=[1, 1])
-  got = run(propagator, frames, labels, first_frame)
+  frames, labels, first_frame = testing.make_video(4, 2, seed=10, appear=[1, 1])
+  got = testing.run(propagator, frames, labels, first_frame)
   assert not got[0].any()
   np.testing.assert_array_equal(got[1], labels[1])
 
@@ -289,8 +227,8 @@ def test_frames_before_the_first_annotation_are_background(setup):
 ])
 def test_bad_input_raises(setup, change, message):
   _, _, _, propagator, _ = setup
-  frames, labels, first_frame = make_video(3, 2, seed=11)
-  video = change({"frames": frames, "annotations": annotations_of(labels, first_frame),
+  frames, labels, first_frame = testing.make_video(3, 2, seed=11)
+  video = change({"frames": frames, "annotations": testing.annotations_of(labels, first_frame),
                   "first_frame": first_frame, "object_ids": None})
   with pytest.raises(ValueError, match=message):
     list(propagator.propagate(video["frames"], video["annotations"], video["first_frame"],
@@ -351,7 +289,7 @@ def test_restore_variables_from_a_training_checkpoint(setup, tmp_path):
   restored, step = checkpointing.restore_variables(config, os.fspath(tmp_path), model)
   assert step == 3
   jax.tree.map(np.testing.assert_array_equal, restored, variables)
-  wider = small_config()
+  wider = testing.small_config()
   wider.model.embedding_dim = 16
   with pytest.raises(ValueError, match="does not fit config.model"):
     checkpointing.restore_variables(wider, os.fspath(tmp_path), models.build_model(wider.model))
@@ -362,7 +300,7 @@ def test_restore_variables_from_a_training_checkpoint(setup, tmp_path):
 def test_run_evaluation_on_the_synthetic_set(setup, tmp_path, capsys):
   """main.py --mode=evaluate: checkpoint -> propagate the split -> PNGs, tables and CSVs."""
   config, model, variables, _, _ = setup
-  config = small_config()
+  config = testing.small_config()
   config.dataset.name = "synthetic_vos/tiny_procedural"
   config.dataset.data_dir = os.fspath(tmp_path / "tfds")
   tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,

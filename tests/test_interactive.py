@@ -1,4 +1,5 @@
-"""Interactive segmentation (feelvos_jax/inference/interactive.py): tiny backbone, 30x29 videos of 5 frames.
+"""Interactive segmentation (feelvos_jax/inference/interactive/, matching/incremental.py): tiny
+backbone, 30x29 videos of 5 frames.
 
 Every test but the compile-count one shares one model, so the steps compile once per session.
 """
@@ -12,13 +13,15 @@ import pytest
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax.models import upsampling
 
-pass
 from feelvos_jax import models
 from feelvos_jax.inference import interactive
+from feelvos_jax.inference.interactive import routes
+from feelvos_jax.inference.interactive import scribbles
+from feelvos_jax.inference.interactive import steps
+from feelvos_jax.matching import incremental
 from feelvos_jax.inference import propagation
 from feelvos_jax.models import feelvos
-from tests import test_inference
-from tests import tracing
+from tests import testing
 
 NUM_FRAMES, HEIGHT, WIDTH = 5, 30, 29
 PADDED = 32  # The tiny backbone's output stride 16 pads 30x29 to 32x32.
@@ -26,8 +29,8 @@ PADDED = 32  # The tiny backbone's output stride 16 pads 30x29 to 32x32.
 
 @functools.cache
 def shared_setup():
-  """(model, variables): the narrow synthetic model of test_inference, random weights."""
-  model = models.build_model(test_inference.small_config().model)
+  """(model, variables): the narrow model of `testing.small_config`, random weights."""
+  model = models.build_model(testing.small_config().model)
   return model, random_variables(model)
 
 
@@ -87,12 +90,84 @@ def test_mask_cells_match_loops():
   rng = np.random.default_rng(0)
   for shape, density in [((30, 29), 0.02), ((32, 32), 0.1), ((5, 9), 0.3)]:
     mask = rng.random(shape) < density
-    np.testing.assert_array_equal(interactive.mask_cells(mask), cells_by_loops(mask))
+    np.testing.assert_array_equal(scribbles.mask_cells(mask), cells_by_loops(mask))
+
+
+def test_marked_cells_of_points_and_masks():
+  """Scribble parsing without a model: points floor to their cell, masks mark every cell
+  holding a True pixel; bad scribbles raise naming where they were given."""
+  cells = scribbles.marked_cells([(1, 2), (13, 14.9), (29.9, 28.5)], (HEIGHT, WIDTH), "here")
+  assert cells.shape == (8, 8)
+  assert np.argwhere(cells).tolist() == [[0, 0], [3, 3], [7, 7]]
+  mask = box(5, 3, 9, 13) | box(29, 28, 30, 29)
+  np.testing.assert_array_equal(scribbles.marked_cells(mask, (HEIGHT, WIDTH), "here"),
+                                cells_by_loops(mask))
+  for scribble, message in [([(30, 3)], r"here: point\(s\) \[\[30, 3\]\] \(y, x\) outside"),
+                            ([(3, float("nan"))], "outside the 30x29 frame"),
+                            ([], "empty scribble"), (np.zeros((HEIGHT, WIDTH), bool), "empty"),
+                            (np.ones((PADDED, PADDED), bool), r"shape \(32, 32\)"),
+                            ([(1, 2, 3)], "bool mask or a list of"), ([(1,), (2, 3)], "here")]:
+    with pytest.raises(ValueError, match=message):
+      scribbles.marked_cells(scribble, (HEIGHT, WIDTH), "here")
 
 
 def test_reference_bucket():
-  assert [interactive.reference_bucket(n) for n in (0, 1, 32, 33, 257, 600, 1024)] == [
+  assert [scribbles.reference_bucket(n) for n in (0, 1, 32, 33, 257, 600, 1024)] == [
       32, 32, 32, 64, 512, 1024, 1024]
+
+
+def direct_embed(model, variables, frames):
+  """(features, embeddings) of the padded frames from one jitted `embed` call."""
+  padded = np.full((len(frames), PADDED, PADDED, 3), propagation.PAD_PIXEL, np.uint8)
+  padded[:, :HEIGHT, :WIDTH] = frames
+  return jax.jit(functools.partial(model.apply, method="embed"))(variables, padded)
+
+
+def direct_labels(model, variables, features, embeddings, marks, from_frame, chains, *,
+                  num_objects, stacked=True):
+  """{frame: [PADDED, PADDED] slot labels} recomputed from the model's own `segment` on the
+  features and embeddings [T, h, w, C], as a propagation from `from_frame` along `chains` gives
+  them.
+
+  The reference: the frames holding marks (`marks` [T, h, w] slots, IGNORE_LABEL unmarked)
+  stacked along the height as in video inference, or (not `stacked`) their marked cells alone
+  as one row in frame order, as the session gathers them. The frame of interaction's previous
+  frame is itself with its marks as labels and their one-hot as probabilities; a later frame's
+  is the frame before it with its labels and softmax probabilities.
+  """
+  marked = marks != IGNORE_LABEL
+  if stacked:
+    rows = [t for t in range(len(marks)) if marked[t].any()]
+    reference_embedding = jnp.concatenate([embeddings[t] for t in rows])[None]
+    reference_labels = np.concatenate([marks[t] for t in rows])[None]
+  else:
+    reference_embedding = embeddings[marked][None, None]
+    reference_labels = marks[marked][None, None]
+  segment = jax.jit(functools.partial(model.apply, method="segment"))
+  valid = np.zeros((PADDED, PADDED), bool)
+  valid[:HEIGHT, :WIDTH] = True
+
+  def segment_frame(t, previous):
+    previous_embedding, previous_labels, previous_probs = previous
+    logits = segment(variables, features[t:t + 1], embeddings[t:t + 1], reference_embedding,
+                     reference_labels, previous_embedding[None], previous_labels[None],
+                     previous_probs[None], jnp.array([num_objects]))
+    upsampled = np.asarray(upsampling.upsample_logits(logits, (PADDED, PADDED)))[0]
+    labels = np.where(valid, np.argmax(upsampled, axis=-1), IGNORE_LABEL)
+    probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
+    return labels, (embeddings[t], labels[::4, ::4], probs)
+
+  slots = model.num_slots
+  one_hot = (np.eye(slots)[np.minimum(marks[from_frame], slots - 1)]
+             * marked[from_frame][..., None])
+  expected = {}
+  expected[from_frame], after = segment_frame(from_frame, (embeddings[from_frame],
+                                                           marks[from_frame], one_hot))
+  for chain in chains:
+    previous = after
+    for t in chain:
+      expected[t], previous = segment_frame(t, previous)
+  return expected
 
 
 def test_matches_direct_segment_calls(setup):
@@ -122,36 +197,11 @@ def test_matches_direct_segment_calls(setup):
   stored = np.where(marks == IGNORE_LABEL, IGNORE_LABEL, np.array([0, 4, 9])[marks % 255])
   np.testing.assert_array_equal(session.references, stored)
 
-  model5 = model.clone(max_objects=5)
-  padded = np.full((NUM_FRAMES, PADDED, PADDED, 3), propagation.PAD_PIXEL, np.uint8)
-  padded[:, :HEIGHT, :WIDTH] = frames
-  features, embeddings = jax.jit(functools.partial(model5.apply, method="embed"))(
-      variables, padded)
+  features, embeddings = direct_embed(model, variables, frames)
   np.testing.assert_allclose(session.embeddings, embeddings, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(session.features, features, rtol=1e-5, atol=1e-5)
-  reference_embedding = jnp.concatenate([embeddings[0], embeddings[2], embeddings[3]])[None]
-  reference_labels = np.concatenate([marks[0], marks[2], marks[3]])[None]
-  segment = jax.jit(functools.partial(model5.apply, method="segment"))
-  valid = np.zeros((PADDED, PADDED), bool)
-  valid[:HEIGHT, :WIDTH] = True
-
-  def segment_frame(t, previous):
-    previous_embedding, previous_labels, previous_probs = previous
-    logits = segment(variables, features[t:t + 1], embeddings[t:t + 1], reference_embedding,
-                     reference_labels, previous_embedding[None], previous_labels[None],
-                     previous_probs[None], jnp.array([2]))
-    upsampled = np.asarray(upsampling.upsample_logits(logits, (PADDED, PADDED)))[0]
-    labels = np.where(valid, np.argmax(upsampled, axis=-1), IGNORE_LABEL)
-    probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
-    return labels, (embeddings[t], labels[::4, ::4], probs)
-
-  one_hot = np.eye(6)[np.minimum(marks[2], 5)] * (marks[2] != IGNORE_LABEL)[..., None]
-  expected = {}
-  expected[2], after_2 = segment_frame(2, (embeddings[2], marks[2], one_hot))
-  for chain in ([3, 4], [1, 0]):
-    previous = after_2
-    for t in chain:
-      expected[t], previous = segment_frame(t, previous)
+  expected = direct_labels(model, variables, features, embeddings, marks, 2, ([3, 4], [1, 0]),
+                           num_objects=2)
   lookup = np.array([0, 4, 9])
   for t in range(NUM_FRAMES):
     np.testing.assert_array_equal(got[t], lookup[expected[t][:HEIGHT, :WIDTH]],
@@ -164,7 +214,7 @@ def test_matches_direct_segment_calls(setup):
 def test_directions_cover_the_right_frames(setup, monkeypatch):
   model, variables = setup
   stepped = []
-  original = interactive._compiled_cached_step
+  original = steps.compiled_incremental_step
 
   def recording(step_model):
     step = original(step_model)
@@ -174,7 +224,7 @@ def test_directions_cover_the_right_frames(setup, monkeypatch):
       return step(variables, state, features, embeddings, frame, *rest)
     return record
 
-  monkeypatch.setattr(interactive, "_compiled_cached_step", recording)
+  monkeypatch.setattr(steps, "compiled_incremental_step", recording)
   session = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
   session.add_scribble(2, 1, box(9, 9, 18, 18))
   session.add_background_scribble(2, box(0, 0, 3, 29))
@@ -300,7 +350,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     return original_embed(self, frames, train)
 
   monkeypatch.setattr(feelvos.FEELVOS, "embed", counting_embed)
-  with tracing.count_traces() as traces:
+  with testing.count_traces() as traces:
     session = interactive.InteractiveSession(model, variables, make_frames(4, height=36),
                                              object_ids=[1, 2], embed_batch_size=2)
     jax.effects_barrier()
@@ -308,7 +358,7 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
   assert traces["embed_frames"] == 1
   assert session.embedding_bytes == 6 * 12 * 8 * (8 + 8) * 4  # Tp x h x w x (D + E) x 4.
 
-  with tracing.count_traces() as traces:
+  with testing.count_traces() as traces:
     session.add_scribble(0, 1, box(8, 6, 20, 16, height=36))
     session.add_scribble(0, 2, [(25, 3)])
     session.add_background_scribble(0, box(0, 0, 2, 29, height=36))
@@ -318,17 +368,20 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.add_background_scribble(4, [(1, 1)])
     session.propagate(4, "backward")
   # One step for the frames of interaction (local maps from cells) and the chains.
-  assert traces["cached_step"] == traces["distances"] == 1
-  assert traces["previous_state"] == 0  # The cached path starts from `marked_state` (NumPy).
+  assert traces["incremental_step"] == traces["frame_pair_distances"] == 1
+  assert traces["start_state"] == 0  # The incremental route starts from `marked_state` (NumPy).
   assert traces["head_feature_part"] == 1
-  # Pairs (t, t - 1) for t = 1..4, once each (frames of interaction: `local_maps_from_cells`).
-  assert sorted(session._distance_cache) == [(1, 0), (2, 1), (3, 2), (4, 3)]
-  assert sorted(session._head_cache) == [0, 1, 2, 3, 4]  # One feature part per frame.
+  # Pairs (t, t - 1) for t = 1..4, once each (frames of interaction: `local_maps_from_cells`),
+  # then read by every later step: 1 + 5 + 5 hits over the three propagations.
+  assert sorted(session._distances.keys()) == [(1, 0), (2, 1), (3, 2), (4, 3)]
+  distances = session._distances
+  assert (distances.misses, distances.hits, distances.refused) == (4, 11, 0)
+  assert sorted(session._feature_parts.keys()) == [0, 1, 2, 3, 4]  # One per frame.
   assert session.feature_part_bytes == 5 * 12 * 8 * 8 * 4  # T x h x w x head_channels x 4.
-  assert sorted(session._minima) == [0, 1, 2, 3, 4]
-  slots = session._minima[0][1].shape[-1]
+  assert sorted(session._minima.keys()) == [0, 1, 2, 3, 4]
+  slots = dict(session._minima.items())[0][1].shape[-1]
   assert session.minima_bytes == 5 * 12 * 8 * slots * 4  # T x h x w x K x 4.
-  with tracing.count_traces() as traces:
+  with testing.count_traces() as traces:
     for t in range(NUM_FRAMES):  # 5 x 9 x 8 cells: 360 reference pixels, the next bucket.
       session.add_background_scribble(t, np.ones((36, WIDTH), bool))
     session.add_scribble(2, 1, [(10, 10)])
@@ -336,8 +389,8 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
     session.propagate(1, "forward")
   # The full-frame strokes relabel marked cells: every frame is matched against all 360+
   # cells (the 512 bucket) once; propagate(1) then adds no cell (the 32 bucket, compiled).
-  assert traces["cached_step"] == traces["reference_rows"] == 1
-  assert traces["distances"] == traces["head_feature_part"] == 0
+  assert traces["incremental_step"] == traces["reference_rows"] == 1
+  assert traces["frame_pair_distances"] == traces["head_feature_part"] == 0
   jax.effects_barrier()
   assert embedded == [2, 2, 2] and traces["embed_frames"] == 0
 
@@ -371,10 +424,11 @@ def numpy_local_maps(current, previous, labels, num_slots, window):
 
 
 def test_marked_state_is_the_one_hot_of_the_marked_cells():
-  """`marked_state` (NumPy) against loops, and against `previous_state` without the embedding."""
+  """`marked_state` (NumPy) against loops and the one-hot of video propagation's start; the
+  generic route's `start_state` adds the frame's embedding and the marked cells' row."""
   rng = np.random.default_rng(0)
   labels = rng.choice(np.array([0, 1, 2, IGNORE_LABEL], np.int32), size=(6, 7))
-  state = interactive.marked_state(labels, num_slots=3)
+  state = steps.marked_state(labels, num_slots=3)
   assert sorted(state) == ["previous_labels", "previous_probs"]
   probs = np.zeros((6, 7, 4), np.float32)
   for y in range(6):
@@ -384,10 +438,19 @@ def test_marked_state_is_the_one_hot_of_the_marked_cells():
   np.testing.assert_array_equal(state["previous_probs"], probs)
   assert state["previous_probs"].dtype == np.float32
   np.testing.assert_array_equal(state["previous_labels"], labels)
+  np.testing.assert_array_equal(state["previous_probs"],
+                                jax.nn.one_hot(labels, 4, dtype=jnp.float32))
   embeddings = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
-  full = interactive.previous_state(embeddings, 1, labels, num_slots=3)
-  for key, value in state.items():
-    np.testing.assert_array_equal(value, full[key])
+  slots = np.stack([np.full_like(labels, IGNORE_LABEL), labels])
+  full = steps.start_state(embeddings, *scribbles.reference_index(slots, slots != IGNORE_LABEL),
+                           np.int32(1), state)
+  np.testing.assert_array_equal(full["previous_embedding"], embeddings[1])
+  marked = labels != IGNORE_LABEL
+  count = np.count_nonzero(marked)
+  np.testing.assert_array_equal(full["reference_embedding"][0, :count], embeddings[1][marked])
+  np.testing.assert_array_equal(full["reference_labels"][0, :count], labels[marked])
+  assert full["reference_labels"].shape == (1, 32)
+  assert (full["reference_labels"][0, count:] == IGNORE_LABEL).all()
 
 
 def test_local_maps_from_stored_distances_match_loops():
@@ -396,11 +459,11 @@ def test_local_maps_from_stored_distances_match_loops():
   first, second = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
   labels = rng.integers(0, 4, (2, 5, 6)).astype(np.int32)
   labels[0, 0, 0] = labels[1, 2, 3] = IGNORE_LABEL
-  distances = jax.jit(functools.partial(interactive.pair_distances, window=2, dilation=1))(
+  distances = jax.jit(functools.partial(incremental.pair_distances, window=2, dilation=1))(
       second, first)
   np.testing.assert_allclose(distances, numpy_pair_distances(second, first, 2).transpose(2, 0, 1),
                              rtol=1e-5)
-  maps = jax.jit(functools.partial(interactive.local_maps_from_distances, window=2,
+  maps = jax.jit(functools.partial(incremental.local_maps_from_distances, window=2,
                                    dilation=1, num_slots=3))
   # Frame `second` against its previous frame `first`, and `first` against `second`.
   np.testing.assert_allclose(maps(distances, labels[0], False),
@@ -420,10 +483,10 @@ def test_local_maps_from_cells_equal_those_from_stored_distances(dilation):
   labels[cells] = rng.integers(0, 3, 9)
   index = np.concatenate([cells, [0, 0, 0]]).astype(np.int32)
   cell_labels = np.concatenate([labels[cells], [IGNORE_LABEL] * 3]).astype(np.int32)
-  got = jax.jit(functools.partial(interactive.local_maps_from_cells, window=2,
+  got = jax.jit(functools.partial(incremental.local_maps_from_cells, window=2,
                                   dilation=dilation, num_slots=3))(embedding, index, cell_labels)
-  distances = interactive.pair_distances(embedding, embedding, window=2, dilation=dilation)
-  stored = interactive.local_maps_from_distances(distances, labels.reshape(6, 7), False,
+  distances = incremental.pair_distances(embedding, embedding, window=2, dilation=dilation)
+  stored = incremental.local_maps_from_distances(distances, labels.reshape(6, 7), False,
                                                  window=2, dilation=dilation, num_slots=3)
   np.testing.assert_allclose(got, stored, atol=1e-6)
   if dilation == 1:
@@ -463,20 +526,23 @@ def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monke
   _, uncached, nothing_kept = _corrected_session(model, variables, frames,
                                                  distance_cache_bytes=0, head_cache_bytes=0,
                                                  minima_cache_bytes=0)
-  assert not (nothing_kept._distance_cache or nothing_kept._head_cache or nothing_kept._minima)
+  caches = (nothing_kept._distances, nothing_kept._feature_parts, nothing_kept._minima)
+  assert not any(len(cache) for cache in caches) and all(cache.refused for cache in caches)
   assert nothing_kept.distance_bytes == nothing_kept.feature_part_bytes == 0
   assert nothing_kept.minima_bytes == 0
   np.testing.assert_array_equal(uncached, again)
-  assert (3, 3) not in session._distance_cache  # Frames of interaction: from their cells ...
-  monkeypatch.setattr(interactive, "MAX_CELL_MATCHING", 0)  # ... or from stored self-pairs.
+  assert (3, 3) not in session._distances  # Frames of interaction: from their cells ...
+  monkeypatch.setattr(routes, "MAX_CELL_MATCHING", 0)  # ... or from stored self-pairs.
   _, self_pairs, with_self_pairs = _corrected_session(model, variables, frames)
-  assert {(0, 0), (3, 3)} <= set(with_self_pairs._distance_cache)
+  assert {(0, 0), (3, 3)} <= set(with_self_pairs._distances.keys())
   np.testing.assert_array_equal(self_pairs, again)
-  monkeypatch.setattr(interactive, "caches_distances", lambda model: False)
+  monkeypatch.setattr(feelvos.FEELVOS, "supports_incremental_matching",
+                      property(lambda self: False))
   # Two chunks of one object via `segment`, global matching in chunks of 16 of the 64 query
   # pixels (the cached step matches all 64 at once, `global_chunk_size`).
-  _, generic, _ = _corrected_session(model.clone(matching_chunk_size=16), variables, frames,
-                                     object_buckets=(1,))
+  _, generic, generic_session = _corrected_session(model.clone(matching_chunk_size=16),
+                                                   variables, frames, object_buckets=(1,))
+  assert isinstance(generic_session._route, routes.GenericRoute)
   np.testing.assert_array_equal(generic, again)
   assert len(np.unique(again)) == 3
 
@@ -488,13 +554,13 @@ def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, mo
   model, variables = setup
   frames = make_frames(6)
   matched = []
-  original = interactive._reference_rows
+  original = steps.compiled_reference_rows
 
   def recording(embeddings, index, labels):
     matched.append(int((labels != IGNORE_LABEL).sum()))
     return original(embeddings, index, labels)
 
-  monkeypatch.setattr(interactive, "_reference_rows", recording)
+  monkeypatch.setattr(steps, "compiled_reference_rows", recording)
   rounds = [
       (0, lambda s: (s.add_scribble(0, 1, box(8, 6, 20, 16)),
                      s.add_background_scribble(0, box(0, 0, 2, 29))), "forward"),
@@ -516,9 +582,10 @@ def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, mo
     for _, earlier, _ in rounds[:done + 1]:
       earlier(fresh)
     expected = fresh.propagate(frame, direction)
-    for t in sorted(fresh._minima):  # The frames this propagation covers.
+    minima, fresh_minima = dict(session._minima.items()), dict(fresh._minima.items())
+    for t in sorted(fresh_minima):  # The frames this propagation covers.
       np.testing.assert_array_equal(got[t], expected[t], err_msg=f"round {done}, frame {t}")
-      np.testing.assert_allclose(session._minima[t][1], fresh._minima[t][1], rtol=1e-6)
+      np.testing.assert_allclose(minima[t][1], fresh_minima[t][1], rtol=1e-6)
   # Frame 0: the box's 3 x 3 cells and the 8 cells of the top rows; then 3 clicks.
   assert counts[0] == [17]
   assert counts[1] == [3]  # Every frame extends round 0's minima: the clicks alone.
@@ -533,18 +600,63 @@ def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, mo
 
 def test_global_chunk_size():
   model, _ = shared_setup()
-  assert interactive.global_chunk_size(model.clone(matching_chunk_size=1000), 256) == 2**16
-  assert interactive.global_chunk_size(model.clone(matching_chunk_size=1000), 2**20) == 1000
-  assert interactive.global_chunk_size(model.clone(matching_chunk_size=None), 256) is None
+  assert steps.global_chunk_size(model.clone(matching_chunk_size=1000), 256) == 2**16
+  assert steps.global_chunk_size(model.clone(matching_chunk_size=1000), 2**20) == 1000
+  assert steps.global_chunk_size(model.clone(matching_chunk_size=None), 256) is None
 
 
-def test_cfbi_options_use_the_generic_step(setup):
-  model, _ = setup
-  assert interactive.caches_distances(model)
-  for option in (dict(background_matching=True), dict(matching_bias=True),
-                 dict(local_windows=(1, 2)), dict(global_atrous_rate=2),
-                 dict(instance_attention=True)):
-    assert not interactive.caches_distances(model.clone(**option)), option
+VARIANTS = {
+    "feelvos": {}, "pml": dict(head="nearest_neighbor"),
+    "background_matching": dict(background_matching=True),
+    "matching_bias": dict(matching_bias=True), "local_windows": dict(local_windows=(1, 2)),
+    "global_atrous_rate": dict(global_atrous_rate=2),
+    "instance_attention": dict(instance_attention=True),
+}
+"""`config.model` overrides of each model variant."""
+
+
+def variant_model(name):
+  config = testing.small_config()
+  config.model.update(VARIANTS[name])
+  return models.build_model(config.model)
+
+
+@functools.cache
+def variant_setup(name):
+  """(model, variables) of a variant, random weights (`shared_setup`'s for plain FEELVOS)."""
+  if name == "feelvos":
+    return shared_setup()
+  model = variant_model(name)
+  return model, random_variables(model)
+
+
+def test_only_plain_feelvos_supports_incremental_matching():
+  """The capability that picks a session's route: PML, every CFBI option and sharded matching
+  take the generic step."""
+  model = variant_model("feelvos")
+  assert model.supports_incremental_matching
+  assert not model.clone(matching_shard_mode="query").supports_incremental_matching
+  for name in sorted(set(VARIANTS) - {"feelvos"}):
+    assert not variant_model(name).supports_incremental_matching, name
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_a_session_of_every_model_variant(name):
+  """Strokes on frame 0 propagated forward, then clicks on frame 3 propagated both ways: every
+  frame's labels are those of the model's own `segment` steps on the session's embeddings and
+  marked cells, stacked along the height as in video inference (with `global_atrous_rate`,
+  which grids the reference, on the session's row of marked cells instead)."""
+  model, variables = variant_setup(name)
+  _, again, session = _corrected_session(model, variables, make_frames(5))
+  route = routes.IncrementalRoute if name == "feelvos" else routes.GenericRoute
+  assert isinstance(session._route, route)
+  marks = session.references.astype(np.int32)  # Objects 1 and 2 take slots 1 and 2.
+  expected = direct_labels(model, variables, session.features, session.embeddings, marks, 3,
+                           ([4], [2, 1, 0]), num_objects=2,
+                           stacked=name != "global_atrous_rate")
+  for t in range(NUM_FRAMES):
+    np.testing.assert_array_equal(again[t], expected[t][:HEIGHT, :WIDTH], err_msg=f"frame {t}")
+  assert {0, 1} <= set(np.unique(again))
 
 
 def numpy_feature_part(features, head_params):
@@ -573,13 +685,13 @@ def test_head_feature_part_matches_loops_and_keeps_the_logits(setup):
   rng = np.random.default_rng(3)
   features = rng.normal(size=(2, 6, 7, model.decoder_channels)).astype(np.float32)
   head_variables = {"params": variables["params"]["segmentation_head"]}
-  part = jax.jit(functools.partial(interactive.head_feature_part, model))(
+  part = jax.jit(functools.partial(steps.head_feature_part, model))(
       head_variables, features, np.int32(1))
   assert part.shape == (1, 6, 7, model.head_channels)
   np.testing.assert_allclose(part[0], numpy_feature_part(features[1], head_variables["params"]),
                              rtol=1e-4, atol=1e-4)
-  maps = rng.random((1, 6, 7, 3, interactive.HEAD_MAPS)).astype(np.float32)
-  head = interactive.segmentation_head(model)
+  maps = rng.random((1, 6, 7, 3, steps.HEAD_MAPS)).astype(np.float32)
+  head = steps.segmentation_head(model)
   given = jax.jit(jax.vmap(
       lambda slot_maps: head.apply(head_variables, features[1:], slot_maps, feature_part=part),
       in_axes=3, out_axes=3))(maps)
@@ -588,6 +700,7 @@ def test_head_feature_part_matches_loops_and_keeps_the_logits(setup):
           features[1:], maps)
   assert given.shape == (1, 6, 7, 3)
   np.testing.assert_array_equal(given, full)
-  with pytest.raises(ValueError, match="feature_part / feature_part_only do not combine with guidance"):
+  with pytest.raises(ValueError,
+                     match="feature_part / feature_part_only do not combine with guidance"):
     head.apply(head_variables, features[1:], maps[..., 0, :], guidance=np.ones((1, 4)),
                feature_part=part)

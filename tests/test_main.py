@@ -1,7 +1,7 @@
 """main.py end to end in subprocesses: command-line overrides, bad overrides, two processes.
 
 The runs use the synthetic `tiny` dataset (generated once per module into a temporary TFDS
-data dir) or the in-memory videos of test_train, the tiny backbone and 32x32 crops.
+data dir) or the in-memory videos of tests/testing.py, the tiny backbone and 32x32 crops.
 """
 import os
 import socket
@@ -14,7 +14,7 @@ import pytest
 
 from datasets import registry
 from feelvos_jax.training import checkpointing
-from tests import test_train
+from tests import testing
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OVERRIDES = [
@@ -46,7 +46,7 @@ def _run_main(args, num_devices=1, timeout=600):
 def tiny_data_dir(tmp_path_factory):
   """A TFDS data dir holding synthetic_vos/tiny, generated once."""
   data_dir = tmp_path_factory.mktemp("tfds")
-  config = test_train.tiny_config().dataset
+  config = testing.tiny_config().dataset
   config.name, config.data_dir = "synthetic_vos/tiny", str(data_dir)
   registry.load_builder(config)
   return str(data_dir)
@@ -87,8 +87,8 @@ _TWO_PROCESS_DRIVER = textwrap.dedent("""\
     import numpy as np
     from feelvos_jax.data import input_pipeline
     from feelvos_jax.training import train
-    from tests import test_train
-    train._load_videos = lambda dataset_config, split, decoders=None: test_train.fake_videos()
+    from tests import testing
+    train._load_videos = lambda dataset_config, split, decoders=None: testing.fake_videos()
     original = input_pipeline.create_train_dataset
     def terminate_process_0_during_step_2(*args, **kwargs):
       for index, batch in enumerate(original(*args, **kwargs)):
@@ -96,7 +96,7 @@ _TWO_PROCESS_DRIVER = textwrap.dedent("""\
           os.kill(os.getpid(), signal.SIGTERM)
         yield batch
     input_pipeline.create_train_dataset = terminate_process_0_during_step_2
-    config = test_train.tiny_config()
+    config = testing.tiny_config()
     config.batch_size, config.num_train_steps = 2, 20
     state = train.train_and_evaluate(config, workdir, evaluate=False)
     flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in

@@ -45,7 +45,9 @@ def test_committed_without_outputs(path):
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
   """Environment of the notebook kernels: a `python3` kernelspec running sys.executable, one
-  CPU device, a temporary TFDS data dir and compilation cache shared by the notebooks."""
+  CPU device and a temporary TFDS data dir. The kernels inherit the session's compilation cache
+  (tests/conftest.py): both notebooks' SMOKE runs compile identical steps, which the second
+  reads from it."""
   jupyter_path = tmp_path_factory.mktemp("jupyter")
   spec_dir = jupyter_path / "kernels" / "python3"
   spec_dir.mkdir(parents=True)
@@ -61,10 +63,6 @@ def kernel_env(tmp_path_factory):
   env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
                               if not flag.startswith("--xla_force_host_platform_device_count"))
   env["JAX_PLATFORMS"] = "cpu"
-  # Both notebooks' SMOKE runs compile identical steps: the second reads them from this cache.
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("JUPYTER_PATH", env["JUPYTER_PATH"])  # Read here by the kernelspec lookup.

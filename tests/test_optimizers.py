@@ -87,7 +87,7 @@ def test_per_tensor_clip_leaves_small_gradients_and_rejects_unknown_modes():
   clipped, _ = optimizers.clip_each_by_norm(5.0).update(grads, optax.EmptyState())
   np.testing.assert_allclose(clipped["big"], np.full(4, 2.5), rtol=1e-6)
   np.testing.assert_array_equal(clipped["small"], grads["small"])
-  with pytest.raises(ValueError, match="grad_clip_mode must be one of"):
+  with pytest.raises(ValueError, match="config.optimizer.grad_clip_mode=.layer. is not one of"):
     optimizers.create_optimizer(_optimizer_config(grad_clip_mode="layer"), 0.1, 10)
 
 

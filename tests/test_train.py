@@ -1,7 +1,8 @@
 """The train step and loop on 8 fake CPU devices, with the tiny backbone and in-memory videos.
 
-Every end-to-end run shares one config (`tiny_config`), so the train step compiles once per
-session: the runs after the first load it from a session-local persistent compilation cache.
+Every end-to-end run shares one config (`testing.tiny_config`), so the train step compiles once
+per session: the runs after the first load it from the session's persistent compilation cache
+(tests/conftest.py).
 """
 import os
 import shutil
@@ -10,84 +11,20 @@ import signal
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from configs import synthetic
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
 from feelvos_jax.data import input_pipeline
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import sharding
 from feelvos_jax.training import train
-
-
-def tiny_config():
-  """A few-second config: 32x32 crops, 2 objects, narrow heads, 4 steps, checkpoint every 2."""
-  config = synthetic.get_config()
-  config.batch_size = 8
-  config.num_train_steps = 4
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 2
-  config.eval_every_steps = 0
-  config.keep_checkpoints = 3
-  config.optimizer.warmup_steps = 1
-  config.loss.hard_mining_ramp_steps = 2
-  config.model.decoder_channels = 8
-  config.model.embedding_dim = 4
-  config.model.max_objects = 2
-  config.model.window = 2
-  config.model.max_reference_pixels = 16
-  config.model.head_channels = 8
-  config.model.head_kernel_size = 3
-  config.model.head_num_layers = 1
-  config.dataset.crop_size = (32, 32)
-  config.dataset.min_scale = 1.0
-  config.dataset.max_scale = 1.2
-  config.dataset.min_object_pixels = 1
-  config.dataset.max_frame_gap = 1
-  config.dataset.prefetch = 0
-  return config
-
-
-def fake_videos(num_videos=3, num_frames=4, height=36, width=40, seed=0):
-  """Decoded videos (datasets/features.py spec): two moving squares (ids 3, 7) on noise."""
-  rng = np.random.default_rng(seed)
-  frames = rng.integers(0, 256, (num_videos, num_frames, height, width, 3), dtype=np.uint8)
-  segmentations = np.zeros((num_videos, num_frames, height, width, 1), np.uint8)
-  for v in range(num_videos):
-    for t in range(num_frames):
-      segmentations[v, t, 4 + t + v:18 + t + v, 4:18] = 3
-      segmentations[v, t, 18:32, 20 + t:34 + t] = 7
-      segmentations[v, t, 0, :] = IGNORE_LABEL
-  frames[segmentations[..., 0] == 3] = (220, 40, 40)
-  frames[segmentations[..., 0] == 7] = (40, 40, 220)
-  return tf.data.Dataset.from_tensor_slices({
-      "video": {"name": [f"video{v}" for v in range(num_videos)],
-                "frames": frames, "segmentations": segmentations,
-                "frame_names": [[f"{t:05d}" for t in range(num_frames)]] * num_videos},
-      "objects": {"ids": np.tile(np.array([[3, 7]], np.int32), (num_videos, 1)),
-                  "first_frame": np.zeros((num_videos, 2), np.int32)},
-  })
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Identical train steps compile once: later runs read the session's persistent cache."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  previous = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
+from tests import testing
 
 
 @pytest.fixture
 def in_memory_videos(monkeypatch):
   monkeypatch.setattr(train, "_load_videos",
-                      lambda dataset_config, split, decoders=None: fake_videos())
+                      lambda dataset_config, split, decoders=None: testing.fake_videos())
 
 
 def transform_batches(monkeypatch, transform):
@@ -133,8 +70,9 @@ def test_object_iou_matches_numpy():
 
 @pytest.fixture(scope="module")
 def initial_state():
-  """The initial state of `tiny_config` on all 8 devices (the same compile as the runs below)."""
-  config = tiny_config()
+  """The initial state of `testing.tiny_config` on all 8 devices (the runs below compile the
+  same initialiser)."""
+  config = testing.tiny_config()
   mesh = sharding.create_mesh(config.mesh)
   model = models.build_model(config.model)
   return train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
@@ -155,18 +93,18 @@ def _one_step(config, state, batch, devices):
 
 @pytest.fixture(scope="module")
 def single_device_step(initial_state):
-  config = tiny_config()
-  state, metrics = _one_step(config, initial_state, train.random_batch(config),
+  config = testing.tiny_config()
+  state, metrics = _one_step(config, initial_state, testing.random_batch(config),
                              jax.devices()[:1])
   return numpy_state(state), metrics
 
 
 @pytest.mark.parametrize("fsdp", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_step):
-  config = tiny_config()
+  config = testing.tiny_config()
   config.mesh.fsdp = fsdp
   assert len(jax.devices()) == 8
-  state, metrics = _one_step(config, initial_state, train.random_batch(config), jax.devices())
+  state, metrics = _one_step(config, initial_state, testing.random_batch(config), jax.devices())
   expected_state, expected_metrics = single_device_step
   for name, value in expected_metrics.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
@@ -178,18 +116,18 @@ def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_s
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory):
-  """(workdir, final state as numpy) of `tiny_config` trained without interruption."""
+  """(workdir, final state as numpy) of `testing.tiny_config` trained without interruption."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(train, "_load_videos",
-                  lambda dataset_config, split, decoders=None: fake_videos())
-    state = train.train_and_evaluate(tiny_config(), str(workdir), evaluate=False)
+                  lambda dataset_config, split, decoders=None: testing.fake_videos())
+    state = train.train_and_evaluate(testing.tiny_config(), str(workdir), evaluate=False)
   return workdir, numpy_state(state)
 
 
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, in_memory_videos,
                                                  uninterrupted_run):
-  config = tiny_config()
+  config = testing.tiny_config()
   _, expected = uninterrupted_run
 
   def crash_at_third_batch(index, batch):
@@ -210,7 +148,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, in_memor
 
 
 def test_sigterm_saves_and_returns(tmp_path, monkeypatch, in_memory_videos):
-  config = tiny_config()
+  config = testing.tiny_config()
 
   def terminate_during_second_step(index, batch):
     if index == 1:
@@ -231,7 +169,7 @@ def test_sigterm_saves_and_returns(tmp_path, monkeypatch, in_memory_videos):
 
 def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
                                                                    in_memory_videos):
-  config = tiny_config()
+  config = testing.tiny_config()
 
   def impossible_labels_at_third_step(index, batch):
     if index == 2:  # Objects labelled in padded slots: their logit is -inf, the loss inf.
@@ -248,7 +186,7 @@ def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, mon
 
 
 def test_batch_size_not_divisible_fails_before_anything(tmp_path, in_memory_videos):
-  config = tiny_config()
+  config = testing.tiny_config()
   config.batch_size = 12
   with pytest.raises(ValueError, match=r"config.batch_size=12 .*device count \(8\)"):
     train.train_and_evaluate(config, str(tmp_path), evaluate=False)
@@ -256,7 +194,7 @@ def test_batch_size_not_divisible_fails_before_anything(tmp_path, in_memory_vide
 
 
 def test_missing_pretrained_file_fails_before_anything(tmp_path, in_memory_videos):
-  config = tiny_config()
+  config = testing.tiny_config()
   config.model.pretrained = str(tmp_path / "missing.npz")
   with pytest.raises(ValueError, match="config.model.pretrained=.*missing.npz"):
     train.train_and_evaluate(config, str(tmp_path / "workdir"), evaluate=False)
@@ -264,7 +202,7 @@ def test_missing_pretrained_file_fails_before_anything(tmp_path, in_memory_video
 
 
 def test_unknown_backbone_fails_before_anything(tmp_path, in_memory_videos):
-  config = tiny_config()
+  config = testing.tiny_config()
   config.model.backbone = "vgg16"
   with pytest.raises(ValueError, match="config.model.backbone='vgg16'"):
     train.train_and_evaluate(config, str(tmp_path), evaluate=False)
@@ -277,7 +215,7 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, in_memory_videos,
   shutil.copytree(uninterrupted_run[0], workdir)
   before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
   assert any(path.name == "checkpoints" for path in before)
-  config = tiny_config()
+  config = testing.tiny_config()
   config.model.embedding_dim = 6
   config.num_train_steps = 8
   with pytest.raises(ValueError, match=r"(?s)config.model.embedding_dim: checkpoint 4, config 6"
@@ -296,7 +234,7 @@ def test_evaluation_hook_feeds_checkpoints_keeping_latest_and_best(tmp_path, mon
     return {"J&F-Mean": next(scores), "J-Mean": 0.25}
 
   monkeypatch.setattr(split_evaluation, "evaluate_dataset", fake_evaluate_dataset)
-  config = tiny_config()
+  config = testing.tiny_config()
   config.eval_every_steps, config.checkpoint_every_steps, config.keep_checkpoints = 2, 1, 1
   config.num_eval_videos = 2
   train.train_and_evaluate(config, str(tmp_path), evaluate=True)
@@ -331,8 +269,8 @@ def test_load_pretrained_replaces_variables_in_their_shardings(tmp_path):
 
 
 def nearest_neighbor_config():
-  """`tiny_config` in PML mode: triplet loss, 2 steps."""
-  config = tiny_config()
+  """`testing.tiny_config` in PML mode: triplet loss, 2 steps."""
+  config = testing.tiny_config()
   config.model.head = "nearest_neighbor"
   config.model.nearest_neighbors = 3
   config.loss.triplet_anchors_per_object = 8
@@ -363,7 +301,7 @@ def test_nearest_neighbor_trains_with_the_triplet_loss_and_propagates(tmp_path, 
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), variables["params"],
                          first["params"])
   assert all(jax.tree.leaves(changed["embedding"]))  # The triplet loss reached the embedding.
-  video = next(iter(fake_videos(num_videos=1, num_frames=3).as_numpy_iterator()))["video"]
+  video = next(iter(testing.fake_videos(num_videos=1, num_frames=3).as_numpy_iterator()))["video"]
   segmentations = video["segmentations"][..., 0].astype(np.int32)
   given = np.select([segmentations == 3, segmentations == 7], [1, 2], segmentations)
   masks = np.stack(list(video_propagation.propagate_video(

@@ -12,11 +12,11 @@ import tensorflow_datasets as tfds
 from datasets import fake_layouts
 from datasets import palette
 from datasets.youtube_vos import youtube_vos_dataset_builder
-from tests import builder_checks
+from tests import testing
 
 
 def _build(manual_dir, data_dir, config="2019"):
-  return builder_checks.build(youtube_vos_dataset_builder.Builder, manual_dir, data_dir, config)
+  return testing.build(youtube_vos_dataset_builder.Builder, manual_dir, data_dir, config)
 
 
 def test_both_releases_decode_to_the_written_ground_truth(tmp_path, caplog):
@@ -35,11 +35,11 @@ def test_both_releases_decode_to_the_written_ground_truth(tmp_path, caplog):
   builder = tfds.builder("youtube_vos/2018", data_dir=str(tmp_path / "data"))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(tmp_path / "manual"), try_download_gcs=False))  # Holds youtube_vos_2018/.
-  builder_checks.assert_matches(builder, truth_2018)
+  testing.assert_matches(builder, truth_2018)
   assert "2 videos; 16 of 22 frames have no annotation PNG" in caplog.text  # train
   assert "2 videos; 18 of 22 frames have no annotation PNG" in caplog.text  # validation
-  builder_checks.assert_matches(_build(tmp_path / "release_2019", tmp_path / "data", "2019"),
-                                truth_2019)
+  testing.assert_matches(_build(tmp_path / "release_2019", tmp_path / "data", "2019"),
+                         truth_2019)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_meta_object_without_any_mask_is_skipped_with_a_warning(release, tmp_pat
   _edit_meta(root / "train" / "meta.json", lambda meta: meta["videos"]["train_a"]["objects"]
              .update({"7": {"category": "fake", "frames": ["00000"]}}))
   caplog.set_level(logging.INFO)
-  examples = builder_checks.examples(_build(root, tmp_path / "data"), "train")
+  examples = testing.examples(_build(root, tmp_path / "data"), "train")
   assert examples["train_a"]["objects"]["ids"].tolist() == truth["train_a"].ids == [1, 2]
   assert re.search(r"video 'train_a': object 7 of .*meta\.json appears in no annotation PNG",
                    caplog.text)

@@ -60,6 +60,7 @@ class SyntheticVosConfig(tfds.core.BuilderConfig):
 
   @property
   def video_params(self) -> generator.VideoParams:
+    """The generator's parameters for the videos of this config."""
     return generator.VideoParams(height=self.height, width=self.width,
                                  num_frames=self.num_frames, max_objects=self.max_objects,
                                  use_photos=self.use_photos)

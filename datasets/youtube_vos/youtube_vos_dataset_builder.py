@@ -45,6 +45,7 @@ class YoutubeVosConfig(tfds.core.BuilderConfig):
 
   @property
   def release_folder(self) -> str:
+    """Folder of this release inside the manual dir, e.g. `youtube_vos_2019`."""
     return f"youtube_vos_{self.release}"
 
 

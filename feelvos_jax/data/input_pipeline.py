@@ -1,12 +1,16 @@
 """tf.data input pipelines: FEELVOS training samples and whole evaluation videos.
 
+API: `create_train_dataset` (batches per host, resumable at any step) on `make_train_samples`
+(one sample per video visit), `create_eval_videos` (whole padded videos), `train_settings`
+(the checked `config.dataset` knobs), `LAZY_FRAME_DECODERS`.
+
 Both pipelines take a `tf.data.Dataset` of decoded videos with the feature spec of
 `datasets/features.py` (what `builder.as_dataset(split)` of every builder in `datasets/` gives):
 `video/frames` [T, H, W, 3] uint8, `video/segmentations` [T, H, W, 1] uint8 (dataset object ids,
 255 where a pixel or a whole frame is unannotated), `video/name`, `video/frame_names` [T],
 `objects/ids` [N], `objects/first_frame` [N]. `video/frames` may instead be the encoded frames
 [T] string (`builder.as_dataset(split, decoders=LAZY_FRAME_DECODERS)`): training then decodes
-only the three frames a sample uses instead of the whole video, several times faster.
+only the three frames a sample uses instead of the whole video.
 
 Training sample (one per visit of a video), as in FEELVOS:
 - Frames. A frame is *annotated* when any of its pixels is not 255. The previous and current frames
@@ -48,6 +52,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax.data import augmentation
@@ -82,36 +87,22 @@ class TrainSettings:
                 random_flip=self.random_flip)
 
 
-def _is_int(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def train_settings(dataset_config: ml_collections.ConfigDict) -> TrainSettings:
   """Validates the training knobs of `config.dataset`; ValueError names the bad key."""
-  crop_size = dataset_config.crop_size
-  if (not isinstance(crop_size, (tuple, list)) or len(crop_size) != 2
-      or not all(_is_int(size) and size >= 1 for size in crop_size)):
-    raise ValueError(f"config.dataset.crop_size must be 2 positive ints (height, width), "
-                     f"got {crop_size!r}")
-  min_scale, max_scale = float(dataset_config.min_scale), float(dataset_config.max_scale)
-  if not 0.0 < min_scale <= max_scale:
+  crop_size = config_checks.int_tuple(dataset_config, "dataset.crop_size", length=2, low=1)
+  min_scale = config_checks.float_in(dataset_config, "dataset.min_scale", 0.0, low_open=True)
+  max_scale = config_checks.float_in(dataset_config, "dataset.max_scale", 0.0, low_open=True)
+  if min_scale > max_scale:
     raise ValueError(f"config.dataset.min_scale and config.dataset.max_scale must satisfy "
-                     f"0 < min_scale <= max_scale, got {min_scale} and {max_scale}")
-  if dataset_config.reference_frame not in REFERENCE_FRAME_MODES:
-    raise ValueError(f"config.dataset.reference_frame must be one of {REFERENCE_FRAME_MODES}, "
-                     f"got {dataset_config.reference_frame!r}")
-  for key, minimum in (("max_frame_gap", 1), ("min_object_pixels", 0), ("shuffle_buffer", 1),
-                       ("prefetch", 0)):
-    value = dataset_config[key]
-    if not _is_int(value) or value < minimum:
-      raise ValueError(f"config.dataset.{key} must be an int >= {minimum}, got {value!r}")
+                     f"min_scale <= max_scale, got {min_scale} and {max_scale}")
+  ints = {key: config_checks.int_at_least(dataset_config, f"dataset.{key}", minimum)
+          for key, minimum in (("max_frame_gap", 1), ("min_object_pixels", 0),
+                               ("shuffle_buffer", 1), ("prefetch", 0))}
   return TrainSettings(
-      crop_size=(int(crop_size[0]), int(crop_size[1])), min_scale=min_scale,
-      max_scale=max_scale, random_flip=bool(dataset_config.random_flip),
-      reference_frame=dataset_config.reference_frame,
-      max_frame_gap=int(dataset_config.max_frame_gap),
-      min_object_pixels=int(dataset_config.min_object_pixels),
-      shuffle_buffer=int(dataset_config.shuffle_buffer), prefetch=int(dataset_config.prefetch))
+      crop_size=crop_size, min_scale=min_scale, max_scale=max_scale,
+      random_flip=bool(dataset_config.random_flip),
+      reference_frame=config_checks.one_of(dataset_config, "dataset.reference_frame",
+                                           REFERENCE_FRAME_MODES), **ints)
 
 
 def _check_videos(videos: tf.data.Dataset) -> None:
@@ -297,15 +288,11 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
   _hide_gpus_from_tensorflow()
   settings = train_settings(dataset_config)
   _check_videos(videos)
-  for arg, value, minimum in (("max_objects", max_objects, 1), ("start_index", start_index, 0),
-                              ("process_count", process_count, 1),
-                              ("max_attempts", max_attempts, 1)):
-    if not _is_int(value) or value < minimum:
-      raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
-  if max_objects >= IGNORE_LABEL:
-    raise ValueError(f"max_objects must be < {IGNORE_LABEL}, got {max_objects}")
-  if not _is_int(process_index) or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}")
+  config_checks.check_int(max_objects, "max_objects", 1, IGNORE_LABEL - 1)
+  config_checks.check_int(start_index, "start_index", 0)
+  config_checks.check_int(process_count, "process_count", 1)
+  config_checks.check_int(max_attempts, "max_attempts", 1)
+  config_checks.check_int(process_index, "process_index", 0, process_count - 1)
 
   host_videos = videos.shard(process_count, process_index)
   num_videos = _count_videos(host_videos)
@@ -373,10 +360,8 @@ def create_train_dataset(dataset_config: ml_collections.ConfigDict, videos: tf.d
     process_index: this host (default `jax.process_index()`).
     process_count: number of hosts (default `jax.process_count()`).
   """
-  if not _is_int(batch_size_per_host) or batch_size_per_host < 1:
-    raise ValueError(f"batch_size_per_host must be an int >= 1, got {batch_size_per_host!r}")
-  if not _is_int(start_step) or start_step < 0:
-    raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+  config_checks.check_int(batch_size_per_host, "batch_size_per_host", 1)
+  config_checks.check_int(start_step, "start_step", 0)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   samples = make_train_samples(
@@ -462,9 +447,7 @@ def create_eval_videos(dataset_config: ml_collections.ConfigDict, videos: tf.dat
   _hide_gpus_from_tensorflow()
   if pad_multiple is None:
     pad_multiple = dataset_config.eval_pad_multiple
-  if not _is_int(pad_multiple) or pad_multiple < 1:
-    raise ValueError(f"pad_multiple (config.dataset.eval_pad_multiple) must be an int >= 1, "
-                     f"got {pad_multiple!r}")
+  config_checks.check_int(pad_multiple, "pad_multiple (config.dataset.eval_pad_multiple)", 1)
   _check_videos(videos)
   prepared = videos.map(lambda video: _prepare_eval_video(video, int(pad_multiple)),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(1)

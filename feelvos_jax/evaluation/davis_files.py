@@ -31,10 +31,12 @@ from feelvos_jax.evaluation import writers
 
 
 def global_csv_name(split: str) -> str:
+  """File name of the global table, as the official tool names it."""
   return f"global_results-{split}.csv"
 
 
 def per_sequence_csv_name(split: str) -> str:
+  """File name of the per-object table, as the official tool names it."""
   return f"per-sequence_results-{split}.csv"
 
 

@@ -21,6 +21,7 @@ from feelvos_jax.evaluation import videos as video_scores
 from feelvos_jax.evaluation import writers
 from feelvos_jax.inference import video_propagation
 from feelvos_jax.training import checkpointing
+from feelvos_jax.training import workdir_lock
 
 
 def predict_video(propagator: Any, video: Mapping[str, Any]) -> np.ndarray:
@@ -118,7 +119,18 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> Optional[
   `<workdir>/predictions/<split>.zip`), prints the global and per-object tables and writes them
   beside the predictions as the official tool's CSVs. Returns the global table (None when the
   split has no ground truth to score, as YouTube-VOS validation).
+
+  The workdir is locked meanwhile (`workdir_lock.hold`: WorkdirLockedError if another run, e.g.
+  a training, holds it); a checkpoint whose files do not match their checksums raises
+  `integrity.IntegrityError` naming them.
   """
+  with workdir_lock.hold(workdir, "evaluate"):
+    return _run_evaluation(config, workdir)
+
+
+def _run_evaluation(config: ml_collections.ConfigDict,
+                    workdir: str) -> Optional[dict[str, float]]:
+  """`run_evaluation` once the workdir is locked."""
   # The dataset code imports TensorFlow; inference itself does not need it.
   from datasets import registry  # pylint: disable=g-import-not-at-top
   from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top

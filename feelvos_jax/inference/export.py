@@ -3,7 +3,8 @@
 `export(config, workdir)` (what `main.py --mode=export` runs) reads the latest checkpoint of
 `<workdir>/checkpoints` and writes (by default to `<workdir>/export`):
 
-  manifest.json   format, checkpoint step, buckets, platforms and the function files
+  manifest.json   format, checkpoint step, buckets, platforms, the function files, the size
+                  and SHA-256 of every other file of the bundle, and its own checksum
   config.json     the run's config
   variables/      {'params', 'batch_stats'} (orbax StandardSave; no optimizer state)
   functions/      `jax.export`-serialized (StableHLO) functions, per bucket (H, W, objects):
@@ -14,16 +15,18 @@
 `load(path)` returns an `ExportedModel` that propagates videos with the deserialized functions
 and the same host loop as in-process inference (`propagation.run_video`), without building the
 Flax model or a training state. A video runs in the smallest bucket whose height, width and
-object count hold it, its frames padded to that bucket's size; object slots per chunk and
-chunks follow `config.inference.object_buckets` as in-process. In-process inference pads
-frames only to a multiple of the output stride: a bucket larger than that sees more padding
-(ASPP's image pooling averages over it, convolutions near the frame's edge read it), so its
-masks differ slightly from in-process ones (`plan` logs a warning); a bucket of the frames'
-padded size gives the in-process masks. The bundle is written into a
-temporary folder and renamed into place: a crash never leaves a half bundle.
+object count hold it, its frames padded to that bucket's size (a bucket larger than the
+frames' padded size may give slightly different masks: docs/inference.md); object slots per
+chunk and chunks follow `config.inference.object_buckets` as in-process. The bundle is written
+into a temporary folder and renamed into place: a crash never leaves a half bundle (a crash
+between moving the previous bundle aside and renaming the new one into place leaves the previous
+one beside it, `.<name>.old-*`, which `load` then reads, with a warning). `load` verifies every
+file against the manifest before reading any: a missing, truncated or changed file raises
+`integrity.IntegrityError` naming it.
 """
 import dataclasses
 import functools
+import hashlib
 import json
 import shutil
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -37,13 +40,19 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import models
 from feelvos_jax.inference import propagation
 from feelvos_jax.training import checkpointing
+from feelvos_jax.training import integrity
+from feelvos_jax.training import workdir_lock
 
-FORMAT = "feelvos_jax.export/1"
-"""Bundle format written into manifest.json and checked by `load`."""
+FORMAT = "feelvos_jax.export/2"
+"""Bundle format written into manifest.json and checked by `load` (2: with checksums; `load`
+refuses other formats, asking for a new export)."""
+
+MANIFEST = "manifest.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +83,8 @@ def export_buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
   multiple = max(FEATURE_STRIDE, config.model.output_stride)
   buckets = []
   for entry in config.export.buckets:
-    if len(entry) != 3 or not all(isinstance(n, int) and n >= 1 for n in entry):
-      raise ValueError(f"config.export.buckets entries must be (height, width, objects) of "
-                       f"positive ints, got {tuple(entry)!r}")
-    height, width, objects = entry
+    height, width, objects = config_checks.check_int_tuple(
+        entry, "config.export.buckets entries (height, width, objects)", length=3, low=1)
     if height % multiple or width % multiple:
       raise ValueError(f"config.export.buckets entry {tuple(entry)}: height and width must be "
                        f"multiples of the output stride {multiple}")
@@ -90,9 +97,7 @@ def export_buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
     raise ValueError("config.export.buckets is empty: nothing to export")
   if len({b.name for b in buckets}) != len(buckets):
     raise ValueError(f"config.export.buckets has duplicates: {list(config.export.buckets)}")
-  if config.export.max_reference_frames < 1:
-    raise ValueError(f"config.export.max_reference_frames must be >= 1, got "
-                     f"{config.export.max_reference_frames}")
+  config_checks.positive_int(config, "export.max_reference_frames")
   return buckets
 
 
@@ -135,9 +140,17 @@ def export_functions(model: Any, variables: Any, bucket: Bucket, max_reference_f
   return serialized
 
 
+def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
+  """SHA-256 of the manifest's canonical JSON without its own "checksum" entry."""
+  content = {key: value for key, value in manifest.items() if key != "checksum"}
+  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def _write_bundle(folder: epath.Path, config: ml_collections.ConfigDict, variables: Any,
                   step: int, buckets: Sequence[Bucket],
                   functions: Mapping[str, bytes]) -> None:
+  """Writes the bundle's files into the new `folder`, manifest.json (with their checksums)
+  last."""
   (folder / "functions").mkdir(parents=True)
   for file_name, data in functions.items():
     (folder / "functions" / file_name).write_bytes(bytes(data))
@@ -155,19 +168,24 @@ def _write_bundle(folder: epath.Path, config: ml_collections.ConfigDict, variabl
       "buckets": [dict(dataclasses.asdict(b),
                        **_function_files(b, config.export.max_reference_frames))
                   for b in buckets],
+      "files": integrity.file_checksums(folder),
   }
-  (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+  manifest["checksum"] = _manifest_checksum(manifest)
+  (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def _replace_folder(source: epath.Path, destination: epath.Path) -> None:
-  """Renames `source` to `destination`, replacing an existing bundle there."""
-  previous = None
+  """Renames `source` to `destination`, replacing an existing bundle there.
+
+  The previous bundle is renamed aside first (`.<name>.old-*`, read by `load` if a crash stops
+  the swap there) and deleted after, with what interrupted exports left beside `destination`.
+  """
   if destination.exists():
-    previous = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex}"
-    destination.rename(previous)
+    destination.rename(destination.parent / f".{destination.name}.old-{uuid.uuid4().hex}")
   source.rename(destination)
-  if previous is not None:
-    shutil.rmtree(previous)
+  for pattern in (f".{destination.name}.old-*", f".{destination.name}.tmp-*"):
+    for leftover in destination.parent.glob(pattern):
+      shutil.rmtree(leftover)
 
 
 def export(config: ml_collections.ConfigDict, workdir: str,
@@ -176,16 +194,28 @@ def export(config: ml_collections.ConfigDict, workdir: str,
 
   Args:
     config: the run's config (its `export` section picks buckets and platforms).
-    workdir: the training workdir.
+    workdir: the training workdir, locked while exporting (`workdir_lock.hold`).
     export_dir: destination folder (default `<workdir>/export`); replaced if it exists.
 
   Returns:
     The bundle's folder.
+
+  Raises:
+    ValueError: a bad `config.export` value (before anything is read or written).
+    workdir_lock.WorkdirLockedError: another run holds the workdir.
+    integrity.IntegrityError: the checkpoint's files do not match their checksums.
   """
   buckets = export_buckets(config)
   platforms = tuple(config.export.platforms)
   if not platforms:
     raise ValueError("config.export.platforms is empty: name at least one, e.g. ('cpu',)")
+  with workdir_lock.hold(workdir, "export"):
+    return _export(config, workdir, export_dir, buckets, platforms)
+
+
+def _export(config: ml_collections.ConfigDict, workdir: str, export_dir: Optional[str],
+            buckets: Sequence[Bucket], platforms: tuple[str, ...]) -> epath.Path:
+  """`export` once its config is checked and the workdir locked."""
   model = models.build_model(config.model)
   variables, step = checkpointing.restore_variables(config, workdir, model)
   functions = {}
@@ -207,20 +237,69 @@ def export(config: ml_collections.ConfigDict, workdir: str,
   return destination
 
 
+def _bundle_folder(path: epath.Path) -> epath.Path:
+  """`path`, or the previous bundle beside it when a crash stopped an export's swap (`path` is
+  missing and exactly one `.<name>.old-*` folder is there)."""
+  if path.exists() or not path.parent.exists():
+    return path
+  previous = list(path.parent.glob(f".{path.name}.old-*"))
+  if len(previous) != 1:
+    return path
+  logging.warning("%s is missing: an export stopped while replacing it. Loading the previous "
+                  "bundle, left at %s; the next export writes a bundle to %s again.", path,
+                  previous[0], path)
+  return previous[0]
+
+
+def _read_manifest(folder: epath.Path) -> dict[str, Any]:
+  """The manifest of the bundle in `folder`, once it and every file it lists are verified.
+
+  Raises:
+    FileNotFoundError: `folder` has no manifest.json.
+    ValueError: the bundle has another format (another version wrote it: export again).
+    integrity.IntegrityError: manifest.json cannot be parsed or was edited, or a file it lists
+      is missing or has another size or SHA-256; the message names the file.
+  """
+  manifest_path = folder / MANIFEST
+  if not manifest_path.exists():
+    raise FileNotFoundError(f"{folder} is not an inference bundle: no {MANIFEST}")
+  try:
+    manifest = integrity.read_json(manifest_path)
+  except integrity.IntegrityError as error:
+    raise integrity.IntegrityError(f"{error}: export the checkpoint again") from error
+  if not isinstance(manifest, dict):
+    raise integrity.IntegrityError(f"{manifest_path} holds a JSON {type(manifest).__name__}, "
+                                   f"not the manifest's object")
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, this version reads "
+                     f"{FORMAT!r}: export the checkpoint again (main.py --mode=export)")
+  if manifest.get("checksum") != _manifest_checksum(manifest):
+    raise integrity.IntegrityError(f"{manifest_path} was changed after it was written (its "
+                                   f"checksum does not match its content): export the "
+                                   f"checkpoint again")
+  found = integrity.problems(folder, manifest["files"], MANIFEST)
+  if found:
+    raise integrity.IntegrityError(f"Inference bundle {folder} is damaged: {'; '.join(found)}. "
+                                   f"Export the checkpoint again.")
+  return manifest
+
+
 class ExportedModel:
   """A bundle loaded for inference: `propagate` runs videos with its serialized functions."""
 
   def __init__(self, path: epath.PathLike):
-    """Reads the bundle at `path` (see the module docstring)."""
-    self.path = epath.Path(path)
-    manifest_path = self.path / "manifest.json"
-    if not manifest_path.exists():
-      raise FileNotFoundError(f"{self.path} is not an inference bundle: no manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-      raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    """Reads the bundle at `path` (see the module docstring) after verifying its files.
+
+    Raises:
+      FileNotFoundError: no bundle at `path`.
+      ValueError: a bundle of another format.
+      integrity.IntegrityError: a file of the bundle is missing, truncated, changed or cannot
+        be parsed; the message names it.
+    """
+    self.path = _bundle_folder(epath.Path(path))
+    manifest = _read_manifest(self.path)
     self.manifest = manifest
-    self.config = ml_collections.ConfigDict(json.loads((self.path / "config.json").read_text()))
+    self.config = ml_collections.ConfigDict(integrity.read_json(self.path / "config.json"))
     self.checkpoint_step = manifest["checkpoint_step"]
     fields = [field.name for field in dataclasses.fields(Bucket)]
     self.buckets = []
@@ -296,5 +375,5 @@ class ExportedModel:
 
 
 def load(path: epath.PathLike) -> ExportedModel:
-  """Loads the bundle that `export` wrote to `path`."""
+  """Loads the bundle that `export` wrote to `path` (raises as `ExportedModel`)."""
   return ExportedModel(path)

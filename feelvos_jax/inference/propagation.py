@@ -2,7 +2,8 @@
 
 The pure functions of a step (`start_video`, `propagation_step`, `add_reference`) and the host
 loop that drives them over a video (`run_video`); `inference.VideoPropagator` compiles them for
-a model and `export.ExportedModel` runs their serialized form.
+a model and `export.ExportedModel` runs their serialized form. `segment_logits` and
+`labels_and_probs` (logits -> labels and probabilities) are shared with the interactive session.
 
 How a video runs (the semi-supervised protocol, YouTube-VOS style objects included):
 - Objects are given by a label map at the frame where each first appears (`first_frame`). The
@@ -38,6 +39,7 @@ embedding, labels and probabilities) is kept, and each frame's labels are fetche
 next frame is being computed.
 """
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -145,6 +147,38 @@ def segment_logits(model: nn.Module, variables: Any, state: State, features: jax
   return jnp.concatenate([chunk_logits[0, ..., :1], objects], axis=-1)
 
 
+def labels_and_probs(logits: jax.Array, valid_size: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A frame's prediction from its merged stride-4 logits: what every runner returns and what
+  the next step reads (video propagation and the interactive session alike).
+
+  Args:
+    logits: [h, w, K] float32 (`segment_logits`; -inf on absent slots).
+    valid_size: [2] int32, the frame's (height, width) before padding.
+
+  Returns:
+    (labels [4h, 4w] int32: the argmax (the first maximum) of the logits upsampled bilinearly
+    (`upsample_logits`), IGNORE_LABEL outside `valid_size`; probs [h, w, K] float32: the
+    softmax over the slots, exp(x - max) / sum).
+  """
+  height, width = (FEATURE_STRIDE * n for n in logits.shape[:2])
+  # The argmax and the softmax over the slots as elementwise chains over the slot planes:
+  # XLA:CPU reduces a minor axis of K values far slower.
+  planes = list(jnp.moveaxis(logits, -1, 0))
+  upsampled = upsample_logits(logits[None], (height, width))[0]
+  best, labels = upsampled[..., 0], jnp.zeros((height, width), jnp.int32)
+  for slot in range(1, len(planes)):
+    better = upsampled[..., slot] > best
+    best = jnp.where(better, upsampled[..., slot], best)
+    labels = jnp.where(better, slot, labels)
+  inside = ((jnp.arange(height) < valid_size[0])[:, None]
+            & (jnp.arange(width) < valid_size[1])[None, :])
+  top = functools.reduce(jnp.maximum, planes)
+  exponentials = [jnp.exp(plane - top) for plane in planes]
+  total = functools.reduce(jnp.add, exponentials)
+  return (jnp.where(inside, labels, IGNORE_LABEL),
+          jnp.stack([e / total for e in exponentials], axis=-1))
+
+
 def propagation_step(model: nn.Module, variables: Any, state: State, frame: jax.Array,
                      paste_labels: jax.Array, num_objects: jax.Array, valid_size: jax.Array, *,
                      objects_per_chunk: int) -> tuple[State, jax.Array]:
@@ -166,14 +200,10 @@ def propagation_step(model: nn.Module, variables: Any, state: State, frame: jax.
   features, embeddings = model.apply(variables, frame[None], train=False, method="embed")
   logits = segment_logits(model, variables, state, features, embeddings, num_objects,
                           objects_per_chunk=objects_per_chunk)
-  probs = jax.nn.softmax(logits, axis=-1)
-  height, width = frame.shape[:2]
-  upsampled = upsample_logits(logits[None], (height, width))[0]
-  labels = jnp.argmax(upsampled, axis=-1).astype(jnp.int32)
-  labels = jnp.where(paste_labels != IGNORE_LABEL, paste_labels, labels)
-  inside = ((jnp.arange(height) < valid_size[0])[:, None]
-            & (jnp.arange(width) < valid_size[1])[None, :])
-  labels = jnp.where(inside, labels, IGNORE_LABEL)
+  labels, probs = labels_and_probs(logits, valid_size)
+  # Pasted inside the frame only (labels hold IGNORE_LABEL on padding alone).
+  labels = jnp.where((paste_labels != IGNORE_LABEL) & (labels != IGNORE_LABEL), paste_labels,
+                     labels)
   pasted = paste_labels[::FEATURE_STRIDE, ::FEATURE_STRIDE]
   probs = jnp.where((pasted != IGNORE_LABEL)[..., None],
                     _one_hot_probs(pasted, probs.shape[-1]), probs)

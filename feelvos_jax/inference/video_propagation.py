@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax.inference import propagation
 
@@ -106,9 +107,7 @@ def sharded_matching_model(model: nn.Module, shard_axis: str) -> nn.Module:
   shard_axis: "query" or "reference" (see `matching.global_matching_sharded`). The variables
   are unchanged; the masks equal the unsharded model's.
   """
-  if shard_axis not in ("query", "reference"):
-    raise ValueError(f"config.matching.shard_axis must be '', 'query' or 'reference', "
-                     f"got {shard_axis!r}")
+  config_checks.check_choice(shard_axis, "config.matching.shard_axis", ("query", "reference"))
   mesh = jax.make_mesh((jax.device_count(),), ("matching",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   return model.clone(matching_mesh=mesh, matching_shard_mode=shard_axis)

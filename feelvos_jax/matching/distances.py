@@ -39,6 +39,9 @@ def check_labels(labels: jax.typing.ArrayLike, num_objects: int, name: str) -> N
 
 
 def check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
+  """ValueError naming the argument `name` unless `value` is an int (not bool) >= low, or None
+  when `optional` (static arguments of the matching functions; config values:
+  `feelvos_jax.config_checks`)."""
   if optional and value is None:
     return
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -47,6 +50,7 @@ def check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
 
 
 def check_embedding(name: str, x: jax.Array) -> None:
+  """ValueError naming `name` unless `x` is a non-empty floating-point [H, W, C] array."""
   if x.ndim != 3 or 0 in x.shape:
     raise ValueError(f"{name} must be a non-empty [H, W, C] embedding, got shape {x.shape}.")
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -54,6 +58,8 @@ def check_embedding(name: str, x: jax.Array) -> None:
 
 
 def check_label_map(name: str, labels: jax.Array, spatial: tuple[int, ...], other: str) -> None:
+  """ValueError naming `name` unless `labels` is an integer map of shape `spatial` (that of
+  the array called `other`)."""
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"{name} must be an integer label map, got dtype {labels.dtype}.")
   if labels.shape != spatial:
@@ -61,12 +67,14 @@ def check_label_map(name: str, labels: jax.Array, spatial: tuple[int, ...], othe
 
 
 def check_channels(name_x: str, x: jax.Array, name_y: str, y: jax.Array) -> None:
+  """ValueError naming both arrays unless their last (embedding) dimensions agree."""
   if x.shape[-1] != y.shape[-1]:
     raise ValueError(f"{name_x} {x.shape} and {name_y} {y.shape} have different embedding "
                      f"dimensions ({x.shape[-1]} vs {y.shape[-1]}).")
 
 
 def matmul_dtype(dtype: DTypeLike) -> jnp.dtype:
+  """`dtype` as a jnp.dtype if float32 or bfloat16 (the matmul dtypes); ValueError otherwise."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
     raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}.")
@@ -90,8 +98,7 @@ def rescale(x: jax.Array, exponent: jax.Array, dtype: jnp.dtype) -> tuple[jax.Ar
 
   The rounding is a `reduce_precision` in float32: where XLA may keep excess precision (on GPU
   it may drop a float32 -> bfloat16 -> float32 round trip), a cast alone could leave the norms
-  those of the unrounded rows, so that d(x, x) != 0. On one H200, local matching in bfloat16
-  differed from float32 by 1.3e-2 with the cast alone, against 1.4e-3 on CPU.
+  those of the unrounded rows, so that d(x, x) != 0 (the GPU error this fixed: BENCHMARKS.md).
   """
   scaled = x.astype(jnp.float32) * _exp2(-exponent)
   if dtype == jnp.bfloat16:

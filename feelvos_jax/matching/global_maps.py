@@ -146,9 +146,9 @@ def _chunk_min_squared(query: jax.Array, reference: jax.Array, reference_sq: jax
 def _chunk_min_squared_wide(query: jax.Array, reference: jax.Array, reference_sq: jax.Array,
                             block_object: jax.Array, num_objects: int) -> jax.Array:
   """`_chunk_min_squared` with one matmul against all blocks at once: [q, C] x [C, blocks x
-  block] -> block minima [q, blocks] -> per-object minima [q, O]. Memory q x blocks x block; on
-  a GPU the scan's one small matmul per block is bound by kernel launches (about 10x slower
-  than this at 480p with all reference pixels on one H200)."""
+  block] -> block minima [q, blocks] -> per-object minima [q, O]. Memory q x blocks x block.
+  The GPU/TPU form: there the scan's one small matmul per block is launch-bound
+  (docs/matching.md)."""
   num_blocks, block, channels = reference.shape
   partial = (reference_sq.reshape(1, num_blocks * block)
              - 2.0 * distances.dot(query, reference.reshape(num_blocks * block, channels), "qc,rc->qr"))

@@ -5,8 +5,9 @@ Modules: `layers` (padded convs, conv + BN blocks, aligned bilinear resize), `xc
 synthetic demo), `deeplab` (ASPP + decoder), `heads` (embedding and dynamic segmentation heads),
 `embedding_network` (features and embeddings: the part both models share), `feelvos` (the
 network and its `embed` / `segment` / `__call__` API, with the CFBI options of
-`feelvos_jax/cfbi.py`), `nearest_neighbor` (PML: the same embeddings, a k-nearest-neighbour vote
-instead of the head, same API).
+`matching/cfbi.py`), `nearest_neighbor` (PML: the same embeddings, a k-nearest-neighbour vote
+instead of the head, same API), `upsampling` (stride-4 logits to the label grid).
+Design notes: docs/models.md.
 """
 import functools
 from typing import Callable
@@ -68,7 +69,10 @@ def build_model(model_config: ml_collections.ConfigDict) -> FEELVOS | NearestNei
 
 
 def example_inputs(model: nn.Module) -> tuple[jax.Array, ...]:
-  """Small zero inputs in the argument order of `FEELVOS.__call__`, for `model.init`."""
+  """Small zero inputs in the argument order of `FEELVOS.__call__`, for `model.init`: frames
+  [1, S, S, 3] (S = 4 x max(4, output stride)), embeddings, labels and probabilities at stride 4,
+  num_objects [1]. The parameters do not depend on the spatial size, so one size serves every
+  run (training initialises with it too)."""
   size = 4 * max(FEATURE_STRIDE, model.output_stride)
   h = size // FEATURE_STRIDE
   embedding = jnp.zeros((1, h, h, model.embedding_dim), jnp.float32)

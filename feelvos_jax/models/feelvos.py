@@ -10,7 +10,7 @@
       input concat[features, global_k, previous_probs_k, local_k]; one head, vmapped over the
       slots; slots k > num_objects[b] get -inf.
 
-CFBI options (Yang et al., ECCV 2020; `feelvos_jax/cfbi.py`), each off by default; with all
+CFBI options (Yang et al., ECCV 2020; `feelvos_jax/matching/cfbi.py`), each off by default; with all
 off the network and its parameter tree are FEELVOS's. `background_matching` adds per slot the
 distances to the pixels not of the slot, `matching_bias` learnable fg/bg biases inside the
 distance, `local_windows` one local map per radius, `global_atrous_rate` global matching on a
@@ -19,7 +19,7 @@ on, the per-slot head input is concat[features, global, previous probability, lo
 radius (one without `local_windows`), then with background matching the global background map
 and a local background map per radius] (CFBI appends its background maps after the others too).
 Background maps see the slots the model is given: when inference runs objects in chunks
-(`propagation`), a chunk's background map ignores the objects of the other chunks.
+(`inference.propagation`), a chunk's background map ignores the objects of the other chunks.
 
 As the official code: background is slot 0 and is matched like any object; matching runs on
 float32 embeddings whatever the compute dtype; in training (`train=True`) global matching uses
@@ -29,14 +29,8 @@ at most `max_reference_pixels` random reference pixels per slot (rng stream 'mat
 rule there) come from `embedding_network.EmbeddingNetwork`, shared with PML's model.
 
 Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32 and the
-logits are returned in float32.
-
-Paper vs official code, where they differ or the paper is silent (details in each module):
-the official code is followed for the non-negative (ReLU) embeddings, ReLU after both convs of
-every head layer, biases and no batch norm in the heads, the head input order, the initialisers
-of the heads, and DeepLab's padding, batch-norm constants and aligned-corner upsampling. Left
-out: the dropout after ASPP's projection (DeepLab) and multi-grid rates. ResNet backbones follow
-torchvision (stride on the 3x3 conv) so that its weights load.
+logits are returned in float32. Where the paper and the official code differ (the official code
+is followed): docs/models.md.
 """
 import functools
 
@@ -44,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from feelvos_jax import config_checks
 from feelvos_jax import matching
 from feelvos_jax.matching import cfbi
 from feelvos_jax.models.embedding_network import EmbeddingNetwork
@@ -93,19 +88,23 @@ class FEELVOS(EmbeddingNetwork):
   global_atrous_rate: int = 1
   instance_attention: bool = False
 
+  @property
+  def supports_incremental_matching(self) -> bool:
+    """Whether an interactive session may split this model's step into stored, label-free
+    parts (`feelvos_jax.inference.interactive`): plain FEELVOS matching and head, unsharded;
+    False with any CFBI option or sharded matching (the session then runs the whole step)."""
+    return not (self.background_matching or self.matching_bias or self.local_windows
+                or self.global_atrous_rate != 1 or self.instance_attention
+                or self.matching_shard_mode)
+
   def setup(self):
     super().setup()
     head = GatedObjectSegmentationHead if self.instance_attention else ObjectSegmentationHead
     self.segmentation_head = head(
         num_layers=self.head_num_layers, channels=self.head_channels,
         kernel_size=self.head_kernel_size, dtype=self.dtype)
-    for radius in self.local_windows:
-      if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-        raise ValueError(f"config.model.local_windows must hold ints >= 0, got "
-                         f"{self.local_windows!r}")
-    rate = self.global_atrous_rate
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-      raise ValueError(f"config.model.global_atrous_rate must be an int >= 1, got {rate!r}")
+    config_checks.check_int_tuple(self.local_windows, "config.model.local_windows", low=0)
+    config_checks.check_int(self.global_atrous_rate, "config.model.global_atrous_rate", 1)
     if self.matching_bias:
       self.matching_foreground_bias = self.param("matching_foreground_bias",
                                                  nn.initializers.zeros, ())

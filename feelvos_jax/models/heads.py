@@ -1,31 +1,21 @@
 """FEELVOS heads: the pixel embedding and the dynamic segmentation head.
 
 Both are built from `SeparableConvReLU`: depthwise k x k conv + bias -> ReLU -> pointwise 1x1
-conv + bias -> ReLU, with no batch norm. That is what the official code gets from TF-slim's
-defaults (`split_separable_conv2d` outside any arg scope: biases and ReLU after both convs).
+conv + bias -> ReLU, with no batch norm (as the official code; why: docs/models.md).
 
-Embedding head (official scope `embedding/split_separable_conv2d`): one SeparableConvReLU,
-3x3, to `embedding_dim` (100 in the paper) on the 256-channel decoder features. Its final ReLU
-makes the embeddings non-negative, as in the official code (the paper does not mention it).
-Initialisation as the official `conv2d_identity_initializer`: identity plus truncated normal
-noise of stddev 0.03 (the official code sets the depthwise identity on channel 0 only, an
-artefact of TF's [k, k, C, 1] depthwise layout; here every channel starts as identity).
-
-Dynamic segmentation head (scopes `embedding_seg/split_separable_conv2d_{n}` and
-`logits/semantic`): `num_layers` SeparableConvReLU layers (paper: 4 of depthwise 7x7 ->
-pointwise 256) and a 1x1 conv to one logit, applied to each object slot with the same weights.
-Its input for one slot is concat[features (D), global matching map, previous-frame
-probability, local matching map] (D + 3 = 259 channels in the paper), in that order, as the
-official code concatenates them; FEELVOS's CFBI options append further maps
-(`FEELVOS.segment`) and may add instance-level attention gates (`DynamicSegmentationHead`).
-Initialisers as DeepLab's split separable conv (truncated normal, stddev 0.33 depthwise, 0.06
-pointwise) and its logits layer (stddev 0.01).
-
-`ObjectSegmentationHead` is the head under `nn.vmap` over the object axis: one set of
-parameters, features broadcast to every slot. Because a depthwise conv acts channel by channel
-and a 1x1 conv is a sum over channel groups, the first layer is computed group by group:
-the feature part does not depend on the slot, so under vmap it is computed once per frame
-instead of once per object (the result equals the convolution of the concatenation).
+- `EmbeddingHead` (official scope `embedding/split_separable_conv2d`): one SeparableConvReLU,
+  3x3, [B, h, w, D] decoder features -> [B, h, w, E] non-negative embeddings (E = 100 in the
+  paper); identity-plus-noise initialisation as the official code.
+- `DynamicSegmentationHead` (scopes `embedding_seg/split_separable_conv2d_{n}` and
+  `logits/semantic`): `num_layers` SeparableConvReLU layers (paper: 4 of depthwise 7x7 ->
+  pointwise 256) and a 1x1 conv to one logit, for one object slot. Its input is
+  concat[features (D), global matching map, previous-frame probability, local matching map]
+  (D + 3 = 259 channels in the paper), in that order; FEELVOS's CFBI options append further
+  maps (`FEELVOS.segment`) and may add instance-level attention gates.
+- `ObjectSegmentationHead` / `GatedObjectSegmentationHead`: that head under `nn.vmap` over the
+  object axis (one set of parameters, features broadcast to every slot), its first layer
+  computed group by group so that the feature part runs once per frame, not once per object
+  (the result equals the convolution of the concatenation).
 """
 from typing import Any, Callable
 
@@ -34,6 +24,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from feelvos_jax import config_checks
 from feelvos_jax.models.layers import PointwiseConv, depthwise_conv_same, pointwise_conv_matmul
 
 Initializer = Callable[..., jax.Array]
@@ -170,8 +161,7 @@ class DynamicSegmentationHead(nn.Module):
   def __call__(self, features: jax.Array, object_maps: jax.Array,
                guidance: jax.Array | None = None, *, feature_part: jax.Array | None = None,
                feature_part_only: bool = False) -> jax.Array:
-    if self.num_layers < 1:
-      raise ValueError(f"config.model.head_num_layers must be >= 1, got {self.num_layers}")
+    config_checks.check_int(self.num_layers, "config.model.head_num_layers", 1)
     if guidance is not None and (feature_part is not None or feature_part_only):
       raise ValueError("DynamicSegmentationHead: feature_part / feature_part_only do not "
                        "combine with guidance (instance attention gates the features)")

@@ -8,10 +8,10 @@ A stride-2 layer therefore maps a side of n pixels to ceil(n / 2), whatever the 
 and pretrained weights see their pixels aligned as in the code they were trained with.
 
 Depthwise convolutions (`DepthwiseConv`, made by `conv2d_same(depthwise_channels=C)`, and the
-heads' `depthwise_conv`) go through `depthwise_conv_same`: on CPU a sum of k x k shifted,
-per-channel-scaled slices with a custom gradient (XLA:CPU's grouped convolution is 4-18x
-slower forward and 3-5x slower backward here, `python -m benchmarks.layers`), elsewhere XLA's
-grouped convolution, chosen per platform when the computation is lowered.
+heads' `depthwise_conv`) go through `depthwise_conv_same` and 1x1 convolutions (`PointwiseConv`)
+through `pointwise_conv`: each picks its form per platform (`lax.platform_dependent`, when the
+computation is lowered): shifted slices / a matmul on CPU, XLA's convolution elsewhere. Why:
+docs/models.md ("Platform-dependent kernels").
 
 Batch norm: `ConvBN` and `SeparableConvBN` take `train` at call time; `train=True` normalises
 with the batch statistics and updates the running averages in the `batch_stats` collection,
@@ -141,10 +141,9 @@ def depthwise_conv_same(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   Returns:
     [B, ceil(H / stride), ceil(W / stride), C] in x.dtype.
 
-  On CPU `depthwise_conv_shifted` (XLA:CPU's grouped convolution is about 10x slower than
-  k x k fused multiply-adds, and its kernel gradient slower still); elsewhere (GPU, TPU)
-  `depthwise_conv_native`. The choice is `lax.platform_dependent`, made when the
-  computation is lowered, so a multi-platform `jax.export` carries both.
+  On CPU `depthwise_conv_shifted`, elsewhere (GPU, TPU) `depthwise_conv_native`, chosen by
+  `lax.platform_dependent` when the computation is lowered (a multi-platform `jax.export`
+  carries both); why: docs/models.md.
   """
   if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or (
       kernel.shape[2] != 1 or kernel.shape[3] != x.shape[3]):
@@ -208,13 +207,8 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1) -> jax.A
   """1x1 conv, x [B, H, W, C] and kernel [1, 1, C, F] (cast to x.dtype) ->
   [B, ceil(H / stride), ceil(W / stride), F], in the fastest form per platform.
 
-  On CPU `pointwise_conv_matmul`: XLA:CPU runs a 1x1 convolution 1.1-14x slower forward and
-  1.4-4.5x slower forward + backward than the same matmul at the paper's 480p shapes
-  (`python -m benchmarks.layers`). Elsewhere `pointwise_conv_native`: on GPU, XLA 0.11's
-  Triton GEMM fusion aborted the process (`triton_tiling_propagation.cc: Check failed:
-  subdim_size_accumulator == dim_size`) compiling Xception-65 inference at 480x854, where a
-  stride-2 shortcut's subsampling slice fed the matmul. Chosen by `lax.platform_dependent`
-  when the computation is lowered.
+  On CPU `pointwise_conv_matmul`, elsewhere `pointwise_conv_native`, chosen by
+  `lax.platform_dependent` when the computation is lowered; why: docs/models.md.
   """
   if x.ndim != 4 or kernel.shape[:2] != (1, 1) or kernel.shape[2] != x.shape[3]:
     raise ValueError(f"pointwise_conv: x must be [B, H, W, C] and kernel [1, 1, C, F], got x "

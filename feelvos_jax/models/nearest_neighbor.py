@@ -70,8 +70,7 @@ def nearest_neighbor_votes(query: jax.Array, reference: jax.Array, reference_lab
   """
   query, reference = jnp.asarray(query), jnp.asarray(reference)
   reference_labels = jnp.asarray(reference_labels)
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ValueError(f"k (config.model.nearest_neighbors) must be an int >= 1, got {k!r}")
+  distances.check_int("k (config.model.nearest_neighbors)", k, 1)
   if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
     raise ValueError(f"query and reference must be [Q, E] and [R, E], got {query.shape} and "
                      f"{reference.shape}")
@@ -115,12 +114,18 @@ class NearestNeighborVOS(EmbeddingNetwork):
     previous_frame_references: the previous frame's labelled pixels vote too (PML's online
       adaptation); otherwise only the reference frame's.
     matching_chunk_size: query pixels per step of the vote (None: all at once).
-    matching_mesh, matching_shard_mode: accepted so that `inference.sharded_matching_model`
+    matching_mesh, matching_shard_mode: accepted so that `video_propagation.sharded_matching_model`
       can clone the model; a non-empty shard mode is refused by `segment`.
   """
   nearest_neighbors: int = 5
   previous_frame_references: bool = True
   matching_chunk_size: int | None = 4096
+
+  @property
+  def supports_incremental_matching(self) -> bool:
+    """False: the vote has no FEELVOS matching or head to split, so an interactive session
+    runs the whole `segment` step (`feelvos_jax.inference.interactive`)."""
+    return False
 
   def segment(self, features: jax.Array, embeddings: jax.Array,
               reference_embedding: jax.Array, reference_labels: jax.Array,

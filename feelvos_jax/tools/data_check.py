@@ -1,6 +1,6 @@
 """Checks a configured VOS dataset: per-split counts and a contact sheet of frames with masks.
 
-  python -m feelvos_jax.data_check --config=configs/synthetic.py
+  python -m feelvos_jax.tools.data_check --config=configs/synthetic.py
       [--config.dataset.name=synthetic_vos/tiny] [--output=contact_sheet.png] [--num_samples=8]
 
 Prepares the dataset if needed (see `datasets/registry.py`), prints for every split the number

@@ -1,6 +1,6 @@
 r"""Overlays of predicted masks on video frames: an animated GIF and a PNG strip per video.
 
-  python -m feelvos_jax.visualize --predictions=DIR --video=NAME \
+  python -m feelvos_jax.tools.visualize --predictions=DIR --video=NAME \
       [--frames_root=DIR] [--output=DIR] [--num_frames=5] [--alpha=0.5] [--fps=10]
 
 `--predictions` is a DAVIS-format folder (`<video>/<frame>.png`, palette-indexed object ids), as

@@ -1,9 +1,13 @@
 """Training checkpoints with Orbax: the last few plus the best by validation J&F, config beside;
 and the SIGTERM watch that makes a preempted run save and stop.
 
-Layout: `<workdir>/checkpoints/<step>/{state,config}`; `config` is the run's ConfigDict as JSON.
-Saves are asynchronous; `close()` waits for them. A workdir whose checkpoint was written by an
-incompatible config is refused before anything is compiled or written.
+Layout: `<workdir>/checkpoints/<step>/{state,config,checksums.json}`; `config` is the run's
+ConfigDict as JSON, `checksums.json` the size and SHA-256 of every file of `state` and `config`
+(written before Orbax renames the step's temporary folder into place, so a finalized step always
+has it). Restores verify them first: a missing, truncated or changed file raises
+`integrity.IntegrityError` naming it. Saves are asynchronous; `close()` waits for them. A
+workdir whose checkpoint was written by an incompatible config is refused before anything is
+compiled or written.
 """
 import functools
 import json
@@ -19,10 +23,18 @@ from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from feelvos_jax import config_checks
 from feelvos_jax import models
+from feelvos_jax.training import integrity
 
 BEST_METRIC = "J&F-Mean"
 """Validation metric (higher is better) that picks the best checkpoint."""
+
+CHECKSUMS = "checksums.json"
+"""File of a checkpoint's step folder: {"files": {path in the step folder: {size, sha256}}}."""
+
+_ITEMS = ("state", "config")
+"""The Orbax items of a checkpoint, one folder each in the step folder."""
 
 # Model knobs that change neither the parameters nor what they mean: a run may resume with others.
 _RUNTIME_MODEL_KEYS = ("dtype", "matching_chunk_size", "pretrained")
@@ -49,16 +61,55 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
+def verify_checkpoint(directory: epath.Path, step: int, steps: list[int]) -> None:
+  """Checks the files of checkpoint `step` in `directory` against its `CHECKSUMS`.
+
+  A checkpoint without `CHECKSUMS` (written by a version before checksums) is left unverified,
+  with a warning.
+
+  Args:
+    directory: the checkpoints folder (`<workdir>/checkpoints`).
+    step: the checkpoint to check (its folder is `<directory>/<step>`).
+    steps: all checkpoint steps in `directory`, to name the one to fall back to.
+
+  Raises:
+    integrity.IntegrityError: `CHECKSUMS` cannot be read, or a file it lists is missing or has
+      another size or SHA-256. The message names the files and says which folder to delete to
+      fall back to the previous checkpoint; nothing is deleted.
+  """
+  folder = directory / str(step)
+  record_path = folder / CHECKSUMS
+  if not record_path.exists():
+    logging.warning("Checkpoint %s has no %s (written before checkpoints carried checksums): "
+                    "restoring it unverified.", folder, CHECKSUMS)
+    return
+  try:
+    record = integrity.read_json(record_path)
+  except integrity.IntegrityError as error:
+    found = [str(error)]
+  else:
+    files = record.get("files") if isinstance(record, dict) else None
+    found = (integrity.problems(folder, files, CHECKSUMS) if isinstance(files, dict) and files
+             else [f"{record_path} lists no files"])
+  if found:
+    previous = max((s for s in steps if s < step), default=None)
+    fallback = (f"to fall back to checkpoint step {previous}, delete {folder}"
+                if previous is not None else "there is no older checkpoint to fall back to")
+    raise integrity.IntegrityError(
+        f"Checkpoint step {step} in {directory} is corrupted: {'; '.join(found)}. Nothing was "
+        f"changed; {fallback}.")
+
+
 class Checkpointer:
   """Saves and restores the TrainState of one workdir.
 
   Keeps the `keep` most recent checkpoints plus the one with the highest `BEST_METRIC` among
-  those saved with metrics.
+  those saved with metrics. Every step it saves carries `CHECKSUMS`; `saved_config`,
+  `check_compatible` and `restore` verify a step's files (once per step) before reading them.
   """
 
   def __init__(self, workdir: str, *, keep: int):
-    if keep < 1:
-      raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}.")
+    keep = config_checks.check_int(keep, "config.keep_checkpoints", 1)
     self.directory = epath.Path(workdir) / "checkpoints"
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
@@ -67,20 +118,50 @@ class Checkpointer:
             policies.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
                            keep_checkpoints_without_metrics=False),
         ]),
-        enable_async_checkpointing=True)
+        enable_async_checkpointing=True,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums))
+    self._saving_step: Optional[int] = None
+    self._verified: set[int] = set()
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
 
+  def _write_checksums(self) -> None:
+    """Writes `CHECKSUMS` into the temporary folder of the step being saved.
+
+    Orbax calls this on the primary process once every file of the step is written and before
+    it renames the temporary folder to `<step>` (the commit), so a kill at any point leaves
+    either an uncommitted folder (ignored by Orbax) or a step with its checksums.
+    """
+    step = self._saving_step
+    folders = [name for name in ocp.path.step.tmp_checkpoints(self.directory)
+               if name.split(".")[0] == str(step)]
+    if len(folders) != 1:
+      raise RuntimeError(f"Cannot write {CHECKSUMS} of checkpoint step {step}: expected one "
+                         f"temporary folder of it in {self.directory}, found {folders}.")
+    folder = self.directory / folders[0]
+    files = {f"{item}/{name}": entry for item in _ITEMS
+             for name, entry in integrity.file_checksums(folder / item).items()}
+    (folder / CHECKSUMS).write_text(json.dumps({"files": files}, indent=1))
+
+  def verify(self, step: int) -> None:
+    """`verify_checkpoint` of `step` (once per step and Checkpointer)."""
+    if step not in self._verified:
+      verify_checkpoint(self.directory, step, self.all_steps())
+      self._verified.add(step)
+
   def latest_step(self) -> Optional[int]:
+    """The newest saved step, None when there is none."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every saved (kept) step."""
     return list(self._manager.all_steps())
 
   def saved_config(self, step: int) -> dict[str, Any]:
-    """The config JSON saved with checkpoint `step`."""
+    """The config JSON saved with checkpoint `step` (verified first, see `verify`)."""
+    self.verify(step)
     restored = self._manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored.config
@@ -90,7 +171,8 @@ class Checkpointer:
     """Raises ValueError if checkpoint `step` cannot be resumed by `config` / `abstract_state`.
 
     Compared: the model section of the saved config (except runtime-only knobs), the optimizer
-    name (its state must match), and the shapes of `params` and `batch_stats`.
+    name (its state must match), and the shapes of `params` and `batch_stats`. Raises
+    `integrity.IntegrityError` first if the step's files do not match their checksums.
     """
     saved = self.saved_config(step)
     current = _json_round_trip(config.to_dict())
@@ -114,7 +196,12 @@ class Checkpointer:
           + "\n  ".join(problems))
 
   def restore(self, step: int, abstract_state: Any) -> Any:
-    """Restores checkpoint `step` into `abstract_state` (ShapeDtypeStructs with shardings)."""
+    """Restores checkpoint `step` into `abstract_state` (ShapeDtypeStructs with shardings).
+
+    Raises:
+      integrity.IntegrityError: a file of the step does not match its checksums (see `verify`).
+    """
+    self.verify(step)
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored.state
@@ -127,6 +214,8 @@ class Checkpointer:
     """
     if metrics is not None:
       metrics = {BEST_METRIC: float(metrics[BEST_METRIC])}
+    self._manager.wait_until_finished()  # The checksums callback reads `_saving_step`.
+    self._saving_step = step
     self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -134,6 +223,7 @@ class Checkpointer:
         metrics=metrics, force=True)
 
   def wait_until_finished(self) -> None:
+    """Blocks until the asynchronous saves have been written."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
@@ -170,6 +260,7 @@ class PreemptionWatcher:
     return self._signalled
 
   def close(self) -> None:
+    """Restores the SIGTERM handler that was installed before this watcher."""
     if self._previous_handler is not None:
       signal.signal(signal.SIGTERM, self._previous_handler)
       self._previous_handler = None
@@ -194,6 +285,11 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model: nn
 
   Returns:
     (variables on this process's first device, step).
+
+  Raises:
+    FileNotFoundError: no checkpoint in `<workdir>/checkpoints`.
+    integrity.IntegrityError: a file of the checkpoint does not match its checksums.
+    ValueError: the checkpoint's variables do not fit `model`.
   """
   directory = epath.Path(workdir) / "checkpoints"
   manager = ocp.CheckpointManager(
@@ -205,6 +301,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model: nn
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {directory} (train first: main.py "
                               f"--mode=train --workdir={workdir})")
+    verify_checkpoint(directory, step, list(manager.all_steps()))
     saved = manager.item_metadata(step)["state"].tree
     expected = _variable_shapes(model)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import matching
@@ -30,8 +31,8 @@ def hard_mining_fraction(step: jax.Array, *, top_k_percent: float,
   `ratio * top_k + (1 - ratio)` with `ratio = min(step / ramp_steps, 1)`). `ramp_steps <= 0` keeps
   `top_k_percent` from the start.
   """
-  if not 0.0 < top_k_percent <= 1.0:
-    raise ValueError(f"config.loss.top_k_percent must be in (0, 1], got {top_k_percent}.")
+  top_k_percent = config_checks.check_float(top_k_percent, "config.loss.top_k_percent", 0.0, 1.0,
+                                            low_open=True)
   if ramp_steps <= 0:
     return jnp.asarray(top_k_percent, jnp.float32)
   ratio = jnp.minimum(jnp.asarray(step, jnp.float32) / ramp_steps, 1.0)

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from feelvos_jax import config_checks
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 _OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -28,12 +30,8 @@ def create_learning_rate_schedule(optimizer_config: ml_collections.ConfigDict,
   cosine: end + (lr - end) * (1 + cos(pi * t / T)) / 2
   where t counts the steps after the warm-up.
   """
-  name = optimizer_config.schedule
-  if name not in _SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule must be one of {_SCHEDULES}, got {name!r}.")
-  warmup_steps = optimizer_config.warmup_steps
-  if warmup_steps < 0:
-    raise ValueError(f"config.optimizer.warmup_steps must be >= 0, got {warmup_steps}.")
+  name = config_checks.one_of(optimizer_config, "optimizer.schedule", _SCHEDULES)
+  warmup_steps = config_checks.int_at_least(optimizer_config, "optimizer.warmup_steps", 0)
   end_value = optimizer_config.end_learning_rate
   decay_steps = max(num_train_steps - warmup_steps, 1)
   if name == "poly":
@@ -78,20 +76,10 @@ def create_optimizer(optimizer_config: ml_collections.ConfigDict, learning_rate:
   (`grad_clip_mode`: each tensor by its own norm, or all by their global norm), then the update
   rule; adamw decays the weights decoupled, inside `optax.adamw`.
   """
-  name = optimizer_config.name
-  if name not in _OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name must be one of {_OPTIMIZERS}, got {name!r}.")
-  weight_decay = optimizer_config.weight_decay
-  if weight_decay < 0:
-    raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {weight_decay}.")
-  clip_norm = optimizer_config.grad_clip_norm
-  if clip_norm < 0:
-    raise ValueError(f"config.optimizer.grad_clip_norm must be >= 0 (0 disables), "
-                     f"got {clip_norm}.")
-  clip_mode = optimizer_config.grad_clip_mode
-  if clip_mode not in _CLIP_MODES:
-    raise ValueError(f"config.optimizer.grad_clip_mode must be one of {_CLIP_MODES}, "
-                     f"got {clip_mode!r}.")
+  name = config_checks.one_of(optimizer_config, "optimizer.name", _OPTIMIZERS)
+  weight_decay = config_checks.float_in(optimizer_config, "optimizer.weight_decay", 0.0)
+  clip_norm = config_checks.float_in(optimizer_config, "optimizer.grad_clip_norm", 0.0)  # 0: off.
+  clip_mode = config_checks.one_of(optimizer_config, "optimizer.grad_clip_mode", _CLIP_MODES)
   schedule = create_learning_rate_schedule(optimizer_config, learning_rate, num_train_steps)
   chain = []
   if weight_decay > 0 and name != "adamw":

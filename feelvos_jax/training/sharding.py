@@ -12,6 +12,8 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from feelvos_jax import config_checks
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
@@ -20,10 +22,11 @@ FSDP_MIN_SIZE = 2**14  # Arrays with fewer elements stay replicated on the fsdp 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
   """(data, fsdp) axis sizes for `num_devices`; `config.mesh.data = -1` takes what remains."""
-  fsdp = mesh_config.fsdp
-  if fsdp < 1 or num_devices % fsdp:
-    raise ValueError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {num_devices} devices.")
-  data = num_devices // fsdp if mesh_config.data == -1 else mesh_config.data
+  fsdp = config_checks.positive_int(mesh_config, "mesh.fsdp")
+  if num_devices % fsdp:
+    raise ValueError(f"config.mesh.fsdp={fsdp} must divide the {num_devices} devices.")
+  data = config_checks.int_at_least(mesh_config, "mesh.data", -1)
+  data = num_devices // fsdp if data == -1 else data
   if data < 1 or data * fsdp != num_devices:
     raise ValueError(f"config.mesh.data={mesh_config.data} x config.mesh.fsdp={fsdp} must equal "
                      f"the {num_devices} devices (use config.mesh.data=-1).")

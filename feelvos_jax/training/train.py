@@ -1,11 +1,15 @@
 """FEELVOS training: the train state, the sharded train step and the training loop.
 
+API: `train_and_evaluate(config, workdir)` (what `main.py` runs), `validate_config`,
+`create_train_state` (= `init_fn_and_abstract_state` + `materialize_train_state`),
+`compile_train_step` / `train_step`, `load_pretrained`, `object_iou`.
+
 The loss follows `config.model.head`: bootstrapped cross-entropy of the segmentation head's
 logits ("feelvos"), or PML's triplet loss on the embeddings ("nearest_neighbor", whose
 nearest-neighbour vote then gives the logits of the training IoU).
 
 The SPMD recipe of big_vision: `jax.eval_shape` of the initialiser gives the state's shapes, from
-which the shardings follow (`feelvos_jax.sharding`); `jax.jit(init, out_shardings=...)` creates the
+which the shardings follow (`training.sharding`); `jax.jit(init, out_shardings=...)` creates the
 state already in place and `jax.jit(train_step, in_shardings, out_shardings, donate_argnums=0)`
 updates it. Each process feeds its own slice of the global batch.
 
@@ -27,6 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
@@ -36,28 +41,11 @@ from feelvos_jax.training import losses
 from feelvos_jax.training import optimizers
 from feelvos_jax.training import sharding
 from feelvos_jax.training import weights
+from feelvos_jax.training import workdir_lock
 
 TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_labels",
               "previous_labels", "current_labels", "num_objects")
 """The batch entries the train step reads (the input pipeline may add more)."""
-
-
-def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-  """A global batch in the `TRAIN_KEYS` layout with random content, for smoke tests and
-  benchmarks: config.batch_size samples of uniform random uint8 frames of
-  config.dataset.crop_size, labels uniform in 0..config.model.max_objects with 10% of the
-  pixels IGNORE_LABEL, and num_objects = max_objects."""
-  rng = np.random.default_rng(seed)
-  height, width = config.dataset.crop_size
-  size = config.batch_size
-  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
-           for name in ("reference_frame", "previous_frame", "current_frame")}
-  for name in ("reference_labels", "previous_labels", "current_labels"):
-    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
-    labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
-    batch[name] = labels.astype(np.int32)
-  batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
-  return batch
 
 
 @flax.struct.dataclass
@@ -75,55 +63,27 @@ class TrainState:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the config key for values that would fail later (or silently)."""
   devices, processes = jax.device_count(), jax.process_count()
-  for key in ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps"):
-    if not isinstance(config[key], int) or config[key] < 1:
-      raise ValueError(f"config.{key} must be a positive integer, got {config[key]!r}.")
-  if config.eval_every_steps < 0:
-    raise ValueError(f"config.eval_every_steps must be >= 0 (0 disables), "
-                     f"got {config.eval_every_steps}.")
+  for key in ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
+              "keep_checkpoints", "model.max_objects"):
+    config_checks.positive_int(config, key)
+  config_checks.int_at_least(config, "eval_every_steps", 0)  # 0 disables.
+  config_checks.int_at_least(config, "num_eval_videos", -1)  # -1: all.
+  config_checks.float_in(config, "learning_rate", 0.0)
   if config.batch_size % devices or config.batch_size % processes:
     raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the device "
                      f"count ({devices}) and the process count ({processes}).")
   sharding.mesh_shape(config.mesh, devices)
-  crop = tuple(config.dataset.crop_size)
-  if len(crop) != 2 or not all(isinstance(n, int) and n >= 2 * FEATURE_STRIDE for n in crop):
-    raise ValueError(f"config.dataset.crop_size must be (height, width) of integers >= "
-                     f"{2 * FEATURE_STRIDE}, got {config.dataset.crop_size!r}.")
+  config_checks.int_tuple(config, "dataset.crop_size", length=2, low=2 * FEATURE_STRIDE)
   pretrained = config.model.pretrained
   if pretrained and not (os.path.exists(pretrained) or os.path.exists(pretrained + ".index")):
     raise ValueError(f"config.model.pretrained={pretrained!r}: no such file or checkpoint.")
-  if config.model.max_objects < 1:
-    raise ValueError(f"config.model.max_objects must be >= 1, got {config.model.max_objects}.")
   losses.hard_mining_fraction(0, top_k_percent=config.loss.top_k_percent,
                               ramp_steps=config.loss.hard_mining_ramp_steps)
-  if config.model.head == "nearest_neighbor":
-    _validate_triplet_config(config)
+  if config.model.head == "nearest_neighbor":  # PML's triplet loss.
+    config_checks.positive_int(config, "loss.triplet_anchors_per_object")
+    config_checks.float_in(config, "loss.triplet_margin", 0.0)
+    config_checks.positive_int(config, "model.nearest_neighbors")
   optimizers.create_optimizer(config.optimizer, config.learning_rate, config.num_train_steps)
-
-
-def _validate_triplet_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the key for bad PML (`model.head = "nearest_neighbor"`) values."""
-  anchors = config.loss.triplet_anchors_per_object
-  if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 1:
-    raise ValueError(f"config.loss.triplet_anchors_per_object must be an int >= 1, "
-                     f"got {anchors!r}.")
-  margin = config.loss.triplet_margin
-  if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
-    raise ValueError(f"config.loss.triplet_margin must be a number >= 0, got {margin!r}.")
-  neighbors = config.model.nearest_neighbors
-  if isinstance(neighbors, bool) or not isinstance(neighbors, int) or neighbors < 1:
-    raise ValueError(f"config.model.nearest_neighbors must be an int >= 1, got {neighbors!r}.")
-
-
-def _example_inputs(config: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
-  """One sample at the crop size, in the argument order of `FEELVOS.__call__`."""
-  height, width = config.dataset.crop_size
-  h, w = -(-height // FEATURE_STRIDE), -(-width // FEATURE_STRIDE)
-  num_slots = 1 + config.model.max_objects
-  embedding = jnp.zeros((1, h, w, config.model.embedding_dim), jnp.float32)
-  labels = jnp.zeros((1, h, w), jnp.int32)
-  return (jnp.zeros((1, height, width, 3), jnp.float32), embedding, labels, embedding, labels,
-          jnp.zeros((1, h, w, num_slots), jnp.float32), jnp.ones((1,), jnp.int32))
 
 
 def make_init_fn(config: ml_collections.ConfigDict, model: flax.linen.Module,
@@ -133,7 +93,7 @@ def make_init_fn(config: ml_collections.ConfigDict, model: flax.linen.Module,
   def init(rng: jax.Array) -> TrainState:
     params_rng, matching_rng, state_rng = jax.random.split(rng, 3)
     variables = model.init({"params": params_rng, "matching": matching_rng},
-                           *_example_inputs(config), train=False)
+                           *models.example_inputs(model), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -385,8 +345,9 @@ def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
                            init: Callable[[jax.Array], TrainState], abstract_state: TrainState,
                            config: ml_collections.ConfigDict,
                            mesh: jax.sharding.Mesh) -> TrainState:
-  """The latest checkpoint's state (refused if `config` is incompatible with it), else the
-  initial state of `config.seed` with the pretrained weights of `config.model.pretrained`."""
+  """The latest checkpoint's state (refused if `config` is incompatible with it or its files do
+  not match their checksums), else the initial state of `config.seed` with the pretrained
+  weights of `config.model.pretrained`."""
   latest = checkpointer.latest_step()
   if latest is not None:
     checkpointer.check_compatible(latest, config, abstract_state)
@@ -420,13 +381,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Checkpoints every `config.checkpoint_every_steps`, at the end, after each evaluation and on
   SIGTERM (then returns early). A non-finite loss raises FloatingPointError before anything
-  from that step on is saved.
+  from that step on is saved. Once `config` is valid, the workdir is locked for the run
+  (`workdir_lock.hold`): WorkdirLockedError if another run holds it. A latest checkpoint whose
+  files do not match their checksums raises `integrity.IntegrityError` naming them (no older
+  one is restored in its place).
   """
+  validate_config(config)
+  with workdir_lock.hold(workdir, "train_and_evaluate" if evaluate else "train"):
+    return _train_and_evaluate(config, workdir, evaluate=evaluate)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                        evaluate: bool) -> TrainState:
+  """`train_and_evaluate` once `config` is valid and the workdir locked."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TF)
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
-  validate_config(config)
   if config.matching.shard_axis:
     logging.warning("config.matching.shard_axis=%r is for inference: training splits the batch "
                     "over the devices, each matching its own samples.", config.matching.shard_axis)

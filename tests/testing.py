@@ -1,0 +1,214 @@
+"""Shared test helpers: the one module that test modules (and benchmarks) import helpers from.
+
+Test modules never import each other; what two of them share lives here. The module imports
+neither TensorFlow nor TFDS at import time (the helpers that need them import them when called),
+so the benchmarks that run where TensorFlow is not installed can use `random_batch`.
+
+- Training: `tiny_config`, `fake_videos` (in-memory decoded videos) and `random_batch`.
+- Propagation: `small_config`, `shared_setup` (session-cached model and propagators),
+  `make_video`, `annotations_of`, `run`, on `SIZE` x `SIZE` frames.
+- Compilation: `count_traces`.
+- Dataset builders: `build`, `examples`, `assert_matches`, `MAX_MEAN_JPEG_ERROR`.
+"""
+import collections
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import synthetic
+from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import models
+from feelvos_jax.inference import video_propagation
+
+SIZE = 32
+"""Height and width of the propagation tests' videos (the tiny backbone needs no padding)."""
+
+MAX_MEAN_JPEG_ERROR = 4.0
+"""Mean |decoded - drawn| per video that a builder's JPEG frames (quality 95) may reach."""
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+  """A few-second config: 32x32 crops, 2 objects, narrow heads, 4 steps, checkpoint every 2."""
+  config = synthetic.get_config()
+  config.batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 0
+  config.keep_checkpoints = 3
+  config.optimizer.warmup_steps = 1
+  config.loss.hard_mining_ramp_steps = 2
+  config.model.decoder_channels = 8
+  config.model.embedding_dim = 4
+  config.model.max_objects = 2
+  config.model.window = 2
+  config.model.max_reference_pixels = 16
+  config.model.head_channels = 8
+  config.model.head_kernel_size = 3
+  config.model.head_num_layers = 1
+  config.dataset.crop_size = (32, 32)
+  config.dataset.min_scale = 1.0
+  config.dataset.max_scale = 1.2
+  config.dataset.min_object_pixels = 1
+  config.dataset.max_frame_gap = 1
+  config.dataset.prefetch = 0
+  return config
+
+
+def fake_videos(num_videos=3, num_frames=4, height=36, width=40, seed=0):
+  """Decoded videos (datasets/features.py spec) as a tf.data.Dataset: two moving squares
+  (ids 3, 7) on noise. Imports TensorFlow."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top (keeps this module TF-free)
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(0, 256, (num_videos, num_frames, height, width, 3), dtype=np.uint8)
+  segmentations = np.zeros((num_videos, num_frames, height, width, 1), np.uint8)
+  for v in range(num_videos):
+    for t in range(num_frames):
+      segmentations[v, t, 4 + t + v:18 + t + v, 4:18] = 3
+      segmentations[v, t, 18:32, 20 + t:34 + t] = 7
+      segmentations[v, t, 0, :] = IGNORE_LABEL
+  frames[segmentations[..., 0] == 3] = (220, 40, 40)
+  frames[segmentations[..., 0] == 7] = (40, 40, 220)
+  return tf.data.Dataset.from_tensor_slices({
+      "video": {"name": [f"video{v}" for v in range(num_videos)],
+                "frames": frames, "segmentations": segmentations,
+                "frame_names": [[f"{t:05d}" for t in range(num_frames)]] * num_videos},
+      "objects": {"ids": np.tile(np.array([[3, 7]], np.int32), (num_videos, 1)),
+                  "first_frame": np.zeros((num_videos, 2), np.int32)},
+  })
+
+
+def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+  """A global batch in the `train.TRAIN_KEYS` layout with random content, for smoke tests and
+  benchmarks: config.batch_size samples of uniform random uint8 frames of
+  config.dataset.crop_size, labels uniform in 0..config.model.max_objects with 10% of the
+  pixels IGNORE_LABEL, and num_objects = max_objects."""
+  rng = np.random.default_rng(seed)
+  height, width = config.dataset.crop_size
+  size = config.batch_size
+  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
+           for name in ("reference_frame", "previous_frame", "current_frame")}
+  for name in ("reference_labels", "previous_labels", "current_labels"):
+    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
+    labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
+    batch[name] = labels.astype(np.int32)
+  batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
+  return batch
+
+
+def small_config() -> ml_collections.ConfigDict:
+  """The synthetic config with narrow layers: seconds to compile on a CPU."""
+  config = synthetic.get_config()
+  config.model.decoder_channels = 8
+  config.model.embedding_dim = 8
+  config.model.max_objects = 5
+  config.model.window = 3
+  config.model.head_channels = 8
+  config.model.head_kernel_size = 3
+  config.model.head_num_layers = 2
+  config.inference.object_buckets = (5,)
+  return config
+
+
+def init_variables(model, seed=0):
+  """`model.init` on one SIZE x SIZE frame, compiled."""
+  h = SIZE // 4
+  embedding = jnp.zeros((1, h, h, model.embedding_dim))
+  labels = jnp.zeros((1, h, h), jnp.int32)
+  return jax.jit(model.init)({"params": jax.random.PRNGKey(seed)}, jnp.zeros((1, SIZE, SIZE, 3)),
+                    embedding, labels, embedding, labels, jnp.zeros((1, h, h, model.num_slots)),
+                    jnp.ones((1,), jnp.int32))
+
+
+@functools.cache
+def shared_setup():
+  """(config, model, variables, propagator with buckets (5,), propagator with buckets (2,)) of
+  `small_config`.
+
+  Cached for the session, so that every test module reuses the compiled steps.
+  """
+  config = small_config()
+  model = models.build_model(config.model)
+  variables = init_variables(model)
+  return (config, model, variables, video_propagation.VideoPropagator(model, variables),
+          video_propagation.VideoPropagator(model, variables, object_buckets=(2,)))
+
+
+def make_video(num_frames, num_objects, height=SIZE, width=SIZE, seed=0, appear=None):
+  """Random frames and a label map per frame with one box per object (objects from `appear`)."""
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+  labels = np.zeros((num_frames, height, width), np.int32)
+  appear = appear or [0] * num_objects
+  for index in range(num_objects):
+    top, left = rng.integers(0, height - 8), rng.integers(0, width - 8)
+    box_h, box_w = rng.integers(5, 9, size=2)
+    for t in range(appear[index], num_frames):
+      labels[t, top:top + box_h, left:left + box_w] = index + 1
+    frames[appear[index]:, top:top + box_h, left:left + box_w] = 40 * (index + 1)
+  return frames, labels, list(appear)
+
+
+def annotations_of(labels, first_frame):
+  """The given masks {frame: labels[frame]} of the frames where objects first appear."""
+  return {t: labels[t] for t in set(first_frame)}
+
+
+def run(propagator, frames, labels, first_frame, object_ids=None):
+  """All masks that `propagator` predicts for the video, stacked."""
+  return np.stack(list(propagator.propagate(frames, annotations_of(labels, first_frame),
+                                            first_frame, object_ids)))
+
+
+@contextlib.contextmanager
+def count_traces():
+  """Counts jit traces by function name while inside the context."""
+  counts = collections.Counter()
+
+  def listener(event, unused_duration, **kwargs):
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+      counts[kwargs.get("fun_name")] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield counts
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def build(builder_class, manual_dir, data_dir, config: str):
+  """Prepares `builder_class(config)` from `manual_dir` into `data_dir`, never downloading."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top (keeps this TF-free)
+  builder = builder_class(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir), try_download_gcs=False))
+  return builder
+
+
+def examples(builder, split: str) -> dict:
+  """Video name -> decoded example of one split."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top (keeps this TF-free)
+  return {example["video"]["name"].decode(): example
+          for example in tfds.as_numpy(builder.as_dataset(split=split))}
+
+
+def assert_matches(builder, truth) -> None:
+  """Both splits hold exactly the fake videos of `truth` (fake_layouts' records), decoded."""
+  for split in ("train", "validation"):
+    decoded = examples(builder, split)
+    assert sorted(decoded) == sorted(name for name, video in truth.items()
+                                     if video.split == split)
+    for name, example in decoded.items():
+      expected = truth[name]
+      frames = example["video"]["frames"]
+      assert frames.shape == expected.frames.shape
+      assert np.abs(frames.astype(float) - expected.frames).mean() < MAX_MEAN_JPEG_ERROR
+      np.testing.assert_array_equal(example["video"]["segmentations"][..., 0],
+                                    expected.segmentations)
+      assert [n.decode() for n in example["video"]["frame_names"]] == expected.frame_names
+      assert example["objects"]["ids"].tolist() == expected.ids
+      assert example["objects"]["first_frame"].tolist() == expected.first_frame
