@@ -5,17 +5,28 @@
 
 Several processes (one per host): pass --coordinator_address, --num_processes and --process_id,
 or --distributed to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
+
+A repeated override replaces the earlier one, tuples included (`feelvos_jax.config_overrides`).
+The log shows this project's lines (one per logged step, the validation table) and the
+libraries' warnings; `--verbosity=1` adds every library's INFO log (`feelvos_jax.console`).
+A user error (a bad flag or config value, a missing or bad file, a locked or incompatible
+workdir, a full disk) ends the run with one line `error: <message>` on stderr, exit status 1;
+`--verbosity=1` shows the traceback instead.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import tensorflow as tf
 
+from feelvos_jax import config_overrides
+from feelvos_jax import console
 from feelvos_jax.evaluation import split_evaluation
 from feelvos_jax.inference import export
 from feelvos_jax.training import train
+from feelvos_jax.training import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -32,12 +43,36 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Index of this process.")
 _DELEGATES = {"evaluate": split_evaluation.run_evaluation, "export": export.export}
 """--mode=evaluate/export: `function(config, workdir)`."""
 
+USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError,
+               workdir_lock.WorkdirLockedError)
+"""What a user can fix: config values and files (ValueError, KeyError, their messages name the
+key or file), files and disks (OSError), a diverging run (FloatingPointError), a workdir held by
+another run. Reported as one line unless --verbosity >= 1."""
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a bad flag or override is one line `error: ...` (exit status 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f"error: {error}")
+
+
+def _run() -> None:
+  delegate = _DELEGATES.get(_MODE.value)
+  if delegate is not None:
+    delegate(_CONFIG.value, _WORKDIR.value)
+  else:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             evaluate=_MODE.value == "train_and_evaluate")
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.configure_logging(flags.FLAGS.verbosity)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top (after its log settings)
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data; JAX owns the accelerators.
-  delegate = _DELEGATES.get(_MODE.value)
   if _COORDINATOR.value or _NUM_PROCESSES.value > 1:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
@@ -46,13 +81,16 @@ def main(argv):
   logging.info("Process %d of %d; %d local / %d global devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  if delegate is not None:
-    delegate(_CONFIG.value, _WORKDIR.value)
-  else:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                             evaluate=_MODE.value == "train_and_evaluate")
+  try:
+    _run()
+  except USER_ERRORS as error:
+    if flags.FLAGS.verbosity >= 1:
+      raise
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  config_overrides.replace_repeated_tuple_overrides()
+  app.run(main, flags_parser=parse_flags)

@@ -1,7 +1,7 @@
 """Video propagation speed and memory: frames/s, embed / matching / head split, memory vs length.
 
     python -m benchmarks.inference [--backbones=tiny,xception65] [--objects=1,3,10] \
-        [--frames=20] [--dtypes=float32] [--no_write] [--results_dir=DIR]
+        [--frames=20] [--dtypes=float32] [--profile=DIR] [--no_write] [--results_dir=DIR]
 
 Random weights (speed does not depend on them) and a synthetic streamed video (a textured
 pattern moving over the frames, one box per object given in frame 0). For each backbone and
@@ -16,11 +16,15 @@ Then the memory of two runs of `--memory_frames` lengths (one backbone/object se
 in the video's length when inference keeps no per-frame state. tiny uses configs/synthetic.py,
 xception65 configs/davis.py (the paper's model). Prints the tables and appends one record per
 row to `benchmarks/results/inference.jsonl` (`benchmarks.records`; kind "speed", and "memory"
-for the length runs).
+for the length runs). With `--profile=DIR`, each row then propagates `--profile_frames` more
+frames inside `jax.profiler.trace` (after its timed run: compiled and warm), one trace folder
+per row under DIR (TensorBoard's profile plugin, or the Perfetto trace in it at
+ui.perfetto.dev).
 """
 import argparse
 import functools
 import itertools
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -78,6 +82,16 @@ def _jitted_embed(model: Any) -> Callable[..., Any]:
   compilation (the backbone's: the slowest piece to compile; on the H200 run of 2026-11-26
   the rows of Xception-65 ran out of their time limit compiling)."""
   return jax.jit(functools.partial(model.apply, method="embed"))
+
+
+def profile(propagator: video_propagation.VideoPropagator, directory: str, num_frames: int,
+            height: int, width: int, num_objects: int) -> str:
+  """Propagates one streamed video of num_frames frames inside `jax.profiler.trace(directory)`
+  (with a Perfetto trace); returns the folder the trace files went to."""
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    _run(propagator, num_frames, height, width, num_objects)
+  runs = os.path.join(directory, "plugins", "profile")
+  return max((os.path.join(runs, name) for name in os.listdir(runs)), key=os.path.getmtime)
 
 
 def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: int,
@@ -138,6 +152,10 @@ def main() -> None:
                       "--height x --width).")
   parser.add_argument("--dtypes", default="float32",
                       help="Comma-separated compute dtypes (float32, bfloat16): rows for each.")
+  parser.add_argument("--profile", default="",
+                      help="Folder for a jax.profiler trace of each row (none if empty).")
+  parser.add_argument("--profile_frames", type=int, default=5,
+                      help="Frames propagated inside each row's trace.")
   records.add_arguments(parser)
   args = parser.parse_args()
   run = records.Run("inference", write=not args.no_write, directory=args.results_dir)
@@ -181,6 +199,12 @@ def main() -> None:
       plan = propagator.plan(height, width, num_objects)
       _run(propagator, 3, height, width, num_objects)  # Compiles start and step.
       seconds, _, rss, device = _run(propagator, args.frames, height, width, num_objects)
+      if args.profile:
+        trace = profile(propagator, os.path.join(
+            args.profile, f"{backbone}_{config.model.dtype}_{height}x{width}_{num_objects}obj"),
+            args.profile_frames, height, width, num_objects)
+        print(f"profile of {args.profile_frames} frames ({backbone}, {config.model.dtype}, "
+              f"{num_objects} objects): {trace}", flush=True)
       pieces = piece_times(model, variables, plan.height, plan.width,
                            1 + plan.objects_per_chunk * plan.num_chunks, args.repeats)
       rows.append((backbone, config.model.dtype, num_objects, f"{height}x{width}",

@@ -1,7 +1,7 @@
 """Global and local matching speed at 480p, stride 4 (query 120x214, C=100) on this machine.
 
     python -m benchmarks.matching [--quick] [--repeats=3] [--ops=global,local]
-        [--objects=1,3,10] [--no_write] [--results_dir=DIR]
+        [--objects=1,3,10] [--fused_tiles=128x128,64x128x4] [--no_write] [--results_dir=DIR]
 
 Times `feelvos_jax.matching` (float32 and bfloat16 matmul inputs) beside other formulations of
 the same math: a jnp per-object masked minimum over a chunked [chunk, R] distance matrix, a jnp
@@ -9,9 +9,15 @@ running minimum over shifted windows, naive jnp and NumPy versions (full [Q, R] 
 [Q, R, C] distances, stacked [(2k+1)^2, H, W] local cost volumes) and, when `import torch`
 works, the same math written the way public PyTorch VOS code does it (the official FEELVOS
 recipe: per object, gather its reference pixels, chunked ||a||^2+||b||^2-2ab, minimum; local
-matching as a loop over offsets). Every version is jitted where it is jnp, float32, warm (one
-untimed call first) and, except ours, gets the already subsampled reference pixels. Versions
-too large for full size run at a reduced size, which the table says, beside ours at that size.
+matching as a loop over offsets). Where global matching's "auto" form runs the fused Pallas
+kernel (CUDA GPUs), its XLA form is timed beside it ("ours f32, XLA", "ours bf16, XLA"), and
+`--fused_tiles` adds the kernel alone on a precomputed reference layout per tile setting. With
+all reference pixels, "bf16 matmul [Q,C]x[C,R]" times a plain bfloat16 matmul of the same query
+and reference (the same FLOPs, [Q, R] written to memory in bfloat16): the rate global matching
+is judged against ("ours bf16 of bf16 matmul rate"). Every version is jitted where it is jnp,
+float32 unless named, warm (one untimed call first) and, except ours, gets the already
+subsampled reference pixels. Versions too large for full size run at a reduced size, which the
+table says, beside ours at that size.
 The implementations of a case are timed interleaved (round-robin, so the load of other jobs
 falls on all alike); reports ms per call (fastest and median wall, median process CPU time),
 achieved GFLOP/s and GB/s and their ratio to the matmul GFLOP/s and memory bandwidth measured
@@ -35,6 +41,8 @@ import numpy as np
 from benchmarks import machine
 from benchmarks import records
 from feelvos_jax import matching
+from feelvos_jax.matching import distances
+from feelvos_jax.matching import fused
 from feelvos_jax.matching import global_maps
 
 try:
@@ -126,6 +134,38 @@ def previous_global(query, reference, labels, rng, num_objects, max_pixels, chun
       query.reshape(-1, channels), reference.reshape(-1, channels), kept, num_objects,
       max_pixels, chunk_size, jnp.float32)
   return matching.distance_from_squared(minima).reshape(query.shape[:2] + (num_objects,))
+
+
+@jax.jit
+def bf16_matmul(query, reference):
+  """query [Q, C] x reference [R, C]^T in bfloat16 -> [Q, R] bfloat16 (float32 accumulation):
+  the matmul rate global matching is judged against."""
+  return jnp.einsum("qc,rc->qr", query, reference)
+
+
+@functools.partial(jax.jit, static_argnames=("num_objects",))
+def fused_inputs(query, reference, labels, num_objects):
+  """`global_maps._blocked_inputs` in bfloat16 with all reference pixels, for the kernel alone."""
+  # pylint: disable=protected-access
+  channels = query.shape[-1]
+  labels = distances.valid_labels(labels.reshape(-1), num_objects)
+  return global_maps._blocked_inputs(query.reshape(-1, channels),
+                                     reference.reshape(-1, channels), labels, num_objects,
+                                     None, jnp.dtype(jnp.bfloat16))
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "num_objects", "tiles"))
+def fused_kernel_maps(query, query_sq, exponent, reference, reference_sq, block_object, *,
+                      shape, num_objects, tiles):
+  """Maps [H, W, O] from `fused_inputs` by `fused.pallas_min_squared` with `tiles` = (query
+  tile, reference tile, splits, warps), 0 for the default."""
+  query_tile, reference_tile, splits, warps = tiles
+  best = fused.pallas_min_squared(query, reference, reference_sq, block_object, num_objects,
+                                  query_tile=query_tile or None,
+                                  reference_tile=reference_tile or None, splits=splits or None,
+                                  num_warps=warps or None)
+  squared = distances.unscale(jnp.maximum(best + query_sq[:, None], 0.0), exponent)
+  return distances.distance_from_squared(squared).reshape(shape + (num_objects,))
 
 
 def _per_object_min(values, labels, num_objects, fill):
@@ -328,6 +368,9 @@ def _torch_threads(count: int, fn: Callable[[], object]) -> Callable[[], object]
 
 # ------------------------------------------------------------------ the benchmark
 _NAIVE, _TORCH = "naive jnp", "PyTorch"
+_BF16_MATMUL = "bf16 matmul [Q,C]x[C,R]"
+_OF_BF16_MATMUL = 0.7
+"""Target: ours bf16 with all reference pixels at >= this share of the bf16 matmul rate."""
 
 
 class _Table:
@@ -395,6 +438,9 @@ class _Table:
     params = dict(self.params(op, case, size),
                   **{"size role": "full" if size == self.full_size else "reduced"})
     figures = {"ours f32 wall, min": ours.wall_min, "ours f32 of matmul rate": of_matmul}
+    if "ours bf16" in measured and _BF16_MATMUL in measured:
+      figures["ours bf16 of bf16 matmul rate"] = (measured[_BF16_MATMUL][0].wall_min
+                                                  / measured["ours bf16"][0].wall_min)
     for label in (_NAIVE, _TORCH):
       others = {impl: v[0] for impl, v in measured.items() if impl.startswith(label)}
       if not others:
@@ -439,6 +485,10 @@ class _Table:
         rows.append([name, "within 2x of the f32 matmul rate (>= 0.50x)",
                      f"{of_matmul:.2f}x ({figures['ours f32 wall, min']:.3g} ms)",
                      "met" if of_matmul >= 0.5 else "missed"])
+        if "ours bf16 of bf16 matmul rate" in figures:
+          of_bf16 = figures["ours bf16 of bf16 matmul rate"]
+          rows.append([name, f"ours bf16 >= {_OF_BF16_MATMUL:g}x the bf16 matmul rate",
+                       f"{of_bf16:.2f}x", "met" if of_bf16 >= _OF_BF16_MATMUL else "missed"])
       for label, needed in ((_NAIVE, 3.0), (_TORCH, 1.0)):
         key = f"speed-up over fastest {label}"
         if f"{key}, min" not in figures:
@@ -456,6 +506,8 @@ def _record_errors(errors: dict[str, float], op: str, results: dict[str, np.ndar
   if "ours f32" not in results:
     return
   for name, value in results.items():
+    if name == _BF16_MATMUL:
+      continue
     key = f"{op.split(',')[0]}: {name}"
     errors[key] = max(errors.get(key, 0.0), float(np.abs(value - results["ours f32"]).max()))
 
@@ -503,6 +555,22 @@ def _global_cases(args, table: _Table, sizes: list[tuple[int, int]],
                  ("ours bf16", lambda: matching.global_matching(
                      q_dev, r_dev, labels_dev, num_objects, max_reference_pixels=cap,
                      rng=key, chunk_size=args.chunk_size, dtype=jnp.bfloat16))]
+        if _fused_by_default():
+          impls += [(f"ours {name}, XLA", lambda dtype=dtype: matching.global_matching(
+              q_dev, r_dev, labels_dev, num_objects, max_reference_pixels=cap, rng=key,
+              chunk_size=args.chunk_size, dtype=dtype, kernel="xla"))
+                    for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16))]
+        if cap is None:
+          rows = [x.reshape(-1, args.channels).astype(jnp.bfloat16) for x in (q_dev, r_dev)]
+          impls.append((_BF16_MATMUL, lambda: bf16_matmul(*rows)))
+        if cap is None and args.fused_tiles and jax.default_backend() == "gpu":
+          inputs = fused_inputs(q_dev, r_dev, labels_dev, num_objects)
+          impls += [(f"fused kernel alone bf16, tiles {text}",
+                     functools.partial(fused_kernel_maps, *inputs, shape=(height, width),
+                                       num_objects=num_objects, tiles=tiles))
+                    for text, tiles in args.fused_tiles]
+        elif cap is None and args.fused_tiles:
+          table.skip(op, case, size, "fused kernel alone", "needs a GPU")
         if cap is not None:
           impls.append(("ours f32, previous (2 sorts)", lambda: previous_global(
               q_dev, r_dev, labels_dev, key, num_objects, cap, args.chunk_size)))
@@ -530,6 +598,19 @@ def _global_cases(args, table: _Table, sizes: list[tuple[int, int]],
         else:
           table.skip(op, case, size, _TORCH, "import torch failed")
         _measure(table, errors, impls, args.repeats, (op, case, size), flops, nbytes)
+
+
+def _fused_by_default() -> bool:
+  """Whether global matching's default form runs the fused kernel here (a CUDA GPU)."""
+  return (global_maps.GLOBAL_MATCHING_KERNEL == "pallas" or (
+      global_maps.GLOBAL_MATCHING_KERNEL == "auto" and jax.default_backend() == "gpu"))
+
+
+def _tiles(text: str) -> list[tuple[str, tuple[int, ...]]]:
+  """'128x128,64x128x4' -> [('128x128', (128, 128, 0, 0)), ('64x128x4', (64, 128, 4, 0))]."""
+  settings = [item for item in text.split(",") if item]
+  return [(item, tuple(int(n) for n in (item.split("x") + ["0", "0"])[:4]))
+          for item in settings]
 
 
 def _local_cases(args, table: _Table, sizes: list[tuple[int, int]],
@@ -580,6 +661,10 @@ def main(argv: list[str] | None = None) -> None:
                       help="Reference pixels per object of the subsampled case.")
   parser.add_argument("--chunk_size", type=int, default=4096, help="Query chunk size.")
   parser.add_argument("--window", type=int, default=15, help="Local matching radius k.")
+  parser.add_argument("--fused_tiles", type=_tiles, default=[],
+                      help="GPU only: rows of the fused kernel alone (bfloat16, all reference "
+                           "pixels, layout precomputed) per setting QxR[xS[xW]]: query tile, "
+                           "reference tile, splits, warps (0: default), comma-separated.")
   parser.add_argument("--small_height", type=int, default=24,
                       help="Height of the reduced size for the naive versions (0: none).")
   parser.add_argument("--small_width", type=int, default=43,

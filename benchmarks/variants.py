@@ -7,8 +7,8 @@ For each variant, configs/synthetic.py with that one change (`VARIANTS`):
 - trains `--steps` steps with `train.train_and_evaluate` (no in-training evaluation) into a
   temporary workdir, timing the whole run (input pipeline, compilation and steps);
 - scores validation J&F on `config.num_eval_videos` videos of `config.dataset.eval_split` with
-  `split_evaluation.evaluate_videos` (the official semi-supervised protocol), which also compiles the
-  propagation steps;
+  `split_evaluation.evaluate_videos` (the dataset's protocol, `protocols.protocol_for`: the
+  YouTube-VOS convention for synthetic_vos), which also compiles the propagation steps;
 - measures CPU inference frames/s: a second, timed pass of the same videos through the same
   `video_propagation.VideoPropagator` (compiled already), end to end (padding, jitted steps, labels to
   the host), frames of all videos / seconds.
@@ -28,6 +28,7 @@ from configs import synthetic
 from datasets import registry
 from feelvos_jax import models
 from feelvos_jax.data import input_pipeline
+from feelvos_jax.evaluation import protocols
 from feelvos_jax.evaluation import split_evaluation
 from feelvos_jax.inference import video_propagation
 from feelvos_jax.training import train
@@ -84,7 +85,8 @@ def run_variant(name: str, steps: int, videos: list[dict[str, Any]]) -> dict[str
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   propagator = video_propagation.VideoPropagator(model, variables,
                                          object_buckets=config.inference.object_buckets)
-  table, _, _ = split_evaluation.evaluate_videos(propagator, videos)
+  table, _, _ = split_evaluation.evaluate_videos(
+      propagator, videos, protocol=protocols.protocol_for(config.dataset))
   if table is None:
     raise ValueError(f"no validation video of {config.dataset.name} has ground truth to score")
   start = time.perf_counter()

@@ -59,6 +59,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.freeze_backbone_batch_norm = True  # Backbone BN uses running stats in training (paper).
   config.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
   config.model.pretrained = ""  # Backbone weights file (feelvos_jax/training/weights.py); "" for none.
+  config.model.pretrained_min_fraction = 1.0  # Fraction of the backbone's variables the file must fill.
+  config.model.pretrained_allow_partial = False  # Load a file below that fraction anyway (with a warning).
   config.model.head = "feelvos"  # "feelvos" (dynamic segmentation head) or "nearest_neighbor" (PML).
   config.model.nearest_neighbors = 5  # PML: reference pixels voting for each pixel's label (k of k-NN).
   # CFBI options (Yang et al., ECCV 2020) for the FEELVOS head; each off by default.
@@ -75,6 +77,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.manual_dir = ""  # Raw dataset folder in its official layout (DAVIS, YouTube-VOS).
   config.dataset.train_split = "train"  # Split used for training.
   config.dataset.eval_split = "validation"  # Split used for evaluation.
+  config.dataset.eval_protocol = ""  # "davis2017" or "youtube_vos" (docs/evaluation.md); "": davis2017 for DAVIS, else youtube_vos.
+  config.dataset.remap_ids = False  # DAVIS builder: accept object ids that are not 1..N per video (else an error).
   config.dataset.crop_size = (465, 465)  # Training crop (height, width) (paper: 465x465).
   config.dataset.min_scale = 1.0  # Random rescale range before cropping (paper: 1.0-1.3).
   config.dataset.max_scale = 1.3
@@ -96,6 +100,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --- Inference (feelvos_jax/inference/video_propagation.py) ---
   config.inference = ml_collections.ConfigDict()
   config.inference.object_buckets = (1, 3, 10)  # Object slots per compiled step: smallest that fits, else chunks of the largest; () = (model.max_objects,).
+  config.inference.video_batch_size = 1  # Evaluation videos of one shape bucket stepped together (vmap); 1: one at a time.
 
   # --- Export (main.py --mode=export, feelvos_jax/inference/export.py) ---
   config.export = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""Tiny fake DAVIS 2017 and YouTube-VOS datasets in the exact official folder layouts.
+"""Tiny fake DAVIS 2017 and YouTube-VOS datasets in the exact official folder layouts, and a
+tiny `vos_folder` tree (your own videos' layout).
 
 For tests: each writer draws videos of moving ellipses/rectangles over a smooth background, saves
 real JPEG frames and palette-indexed PNG annotations (DAVIS palette) where the real datasets put
@@ -204,4 +205,38 @@ def write_fake_youtube_vos(root: str, videos: Optional[Mapping[str, Sequence[str
                               frames, written, frame_names, ids, first_frame)
     with open(os.path.join(root, split_folder, "meta.json"), "w") as f:
       json.dump({"videos": meta}, f)
+  return truth
+
+
+def write_fake_vos_folder(root: str, videos: Sequence[str] = ("clip_a", "clip_b", "clip_c"),
+                          num_frames: int = 6, size: tuple[int, int] = (24, 32),
+                          annotated: Sequence[int] = (0, 3), seed: int = 0,
+                          validation: Optional[Sequence[str]] = None) -> dict[str, FakeVideo]:
+  """Writes a `vos_folder` tree under `root`: JPEGImages/<video>/<frame>.jpg for every frame,
+  Annotations/<video>/<frame>.png for the frames of `annotated` only, and val.txt listing
+  `validation` when given. Object 1 appears at frame 0, object 2 at `annotated[-1]`, with
+  ids 3 and 7 (palette indices); a 2x3 void block sits in the top-left corner of every mask.
+
+  Returns:
+    {video: FakeVideo}; `split` is "validation" for the videos of `validation` and "train"
+    otherwise (without `validation` the builder draws the split: compare names only).
+  """
+  rng = np.random.default_rng(seed)
+  frame_names = [f"frame{t}" for t in range(num_frames)]  # Natural order: frame2 < frame10.
+  truth = {}
+  for name in videos:
+    frames, labels = _draw_video(rng, num_frames, size, appear=(0, annotated[-1]))
+    labels = np.select([labels == 1, labels == 2], [3, 7], 0).astype(np.uint8)
+    labels[:, :2, :3] = IGNORE_LABEL
+    _write_frames(os.path.join(root, "JPEGImages", name), frames, frame_names)
+    written = np.full_like(labels, IGNORE_LABEL)
+    for t in annotated:
+      written[t] = labels[t]
+      _write_annotation(os.path.join(root, "Annotations", name), labels[t], frame_names[t])
+    ids, first_frame = _first_appearances(written)
+    split = "validation" if validation is not None and name in validation else "train"
+    truth[name] = FakeVideo(name, split, frames, written, frame_names, ids, first_frame)
+  if validation is not None:
+    with open(os.path.join(root, "val.txt"), "w") as f:
+      f.write("".join(f"{name}\n" for name in validation))
   return truth

@@ -13,6 +13,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 import datasets
+from feelvos_jax import config_checks
 
 
 def registered_builders() -> dict[str, type[tfds.core.DatasetBuilder]]:
@@ -53,19 +54,39 @@ def _validate_name(name: str, builders: dict[str, type[tfds.core.DatasetBuilder]
                      f"registered: {', '.join(dataset_names(builders)) or 'none'}.")
 
 
+def _builder_options(dataset_config: ml_collections.ConfigDict,
+                     builder_class: type[tfds.core.DatasetBuilder]) -> dict[str, bool]:
+  """Constructor options from `config.dataset`: `remap_ids=True` when config.dataset.remap_ids
+  is set (ValueError naming the key for a builder without that option)."""
+  remap_ids = config_checks.check_choice(dataset_config.get("remap_ids", False),
+                                         "config.dataset.remap_ids", (False, True))
+  if not remap_ids:
+    return {}
+  if "remap_ids" not in inspect.signature(builder_class.__init__).parameters:
+    raise ValueError(f"config.dataset.remap_ids=True: {dataset_config.name!r} has no such "
+                     "option (its builder keeps object ids as they are)")
+  return {"remap_ids": True}
+
+
 def load_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder named by `dataset_config.name`, generated on first use.
 
   Args:
-    dataset_config: `config.dataset`; reads `name`, `data_dir` ("" for the TFDS default) and
-      `manual_dir` (the raw dataset for builders that need one; "" for none).
+    dataset_config: `config.dataset`; reads `name`, `data_dir` ("" for the TFDS default),
+      `manual_dir` (the raw dataset for builders that need one; "" for none) and `remap_ids`
+      (passed to builders that take it, as `davis2017`).
   Raises:
     ValueError: the name is not one of this project's datasets, or a dataset that needs
-      manually provided files cannot find them in `manual_dir`.
+      manually provided files cannot find them in `manual_dir`, or (builders with a
+      `check_prepared_from(manual_dir)`, as `vos_folder`) the prepared records came from
+      another folder.
   """
   name = dataset_config.name
-  _validate_name(name, registered_builders())
-  builder = tfds.builder(name, data_dir=dataset_config.data_dir or None)
+  builders = registered_builders()
+  _validate_name(name, builders)
+  builder_class = builders[name.split(":")[0].partition("/")[0]]
+  builder = tfds.builder(name, data_dir=dataset_config.data_dir or None,
+                         **_builder_options(dataset_config, builder_class))
   manual_dir = dataset_config.get("manual_dir", "") or None
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:
@@ -78,4 +99,7 @@ def load_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.Dataset
     raise ValueError(
         f"config.dataset.manual_dir={dataset_config.get('manual_dir', '')!r}: preparing "
         f"{name!r} needs the raw dataset there. {details}") from error
+  check_source = getattr(builder, "check_prepared_from", None)
+  if check_source is not None and manual_dir:
+    check_source(manual_dir)
   return builder

@@ -2,6 +2,7 @@
 import os
 import re
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -9,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from datasets import fake_layouts
 from datasets import palette
+from datasets import registry
 from datasets.davis2017 import davis2017_dataset_builder
 from tests import testing
 
@@ -170,3 +172,57 @@ def test_greyscale_and_cmyk_jpegs_decode_to_rgb(davis, tmp_path):
   expected_grey = np.repeat(np.array(grey, dtype=float)[..., None], 3, axis=-1)
   assert np.abs(decoded[1] - expected_grey).mean() < testing.MAX_MEAN_JPEG_ERROR
   assert np.abs(decoded[2] - expected_cmyk).mean() < testing.MAX_MEAN_JPEG_ERROR
+
+
+def _relabel(root, video, frames, old, new):
+  """Rewrites pixels `old` as `new` in the annotation PNGs of `frames` of `video`."""
+  folder = root / "Annotations" / "480p" / video
+  for frame in frames:
+    with Image.open(folder / f"{frame}.png") as image:
+      labels = np.array(image)
+    labels[labels == old] = new
+    palette.palette_image(labels).save(folder / f"{frame}.png")
+
+
+def _stray_index(root, video, frame, value):
+  """Sets one pixel of `video`'s annotation `frame` to `value`."""
+  path = root / "Annotations" / "480p" / video / f"{frame}.png"
+  with Image.open(path) as image:
+    labels = np.array(image)
+  labels[-1, -1] = value
+  palette.palette_image(labels).save(path)
+
+
+@pytest.mark.parametrize("corrupt,ids,frame", [
+    # A gap: object 2 (from frame 1 on) renumbered 5.
+    (lambda root: _relabel(root, "train_b", ["00000", "00001", "00002"], 2, 5), "[1, 5]",
+     "00001"),
+    (lambda root: _stray_index(root, "train_b", "00002", 9), "[1, 2, 9]", "00002"),
+])
+def test_ids_that_are_not_one_to_n_are_refused_naming_video_and_file(davis, tmp_path, corrupt,
+                                                                     ids, frame):
+  root, _ = davis
+  corrupt(root)
+  with pytest.raises(ValueError) as error:
+    _build(root, tmp_path / "data")
+  message = str(error.value)
+  path = root / "Annotations" / "480p" / "train_b" / f"{frame}.png"
+  assert message.startswith(f"video 'train_b' frame '{frame}' ({path}): object id "), message
+  assert f"the video's ids {ids} are not 1.." in message
+  assert message.endswith("or build with config.dataset.remap_ids=True to map the ids to 1..N")
+
+
+def test_remap_ids_keeps_such_videos_with_their_ids(davis, tmp_path):
+  root, truth = davis
+  _relabel(root, "train_b", ["00000", "00001", "00002"], 2, 5)
+  config = ml_collections.ConfigDict({"name": "davis2017/480p", "data_dir": str(tmp_path / "d"),
+                                      "manual_dir": str(root), "remap_ids": True})
+  decoded = testing.examples(registry.load_builder(config), "train")["train_b"]
+  assert decoded["objects"]["ids"].tolist() == [1, 5]
+  expected = truth["train_b"].segmentations.copy()
+  expected[expected == 2] = 5
+  np.testing.assert_array_equal(decoded["video"]["segmentations"][..., 0], expected)
+  config.name = "synthetic_vos/tiny"
+  with pytest.raises(ValueError, match=r"config.dataset.remap_ids=True: 'synthetic_vos/tiny' "
+                                       "has no such option"):
+    registry.load_builder(config)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -314,7 +315,7 @@ def test_evaluate_video_matches_reference():
 
 def test_davis_object_ids():
   first = np.array([[0, 3, 255], [1, 1, 0]], np.uint8)
-  assert evaluation.davis_object_ids(first) == (1, 2, 3)
+  assert evaluation.davis_object_ids(first) == (1, 3)  # The ids present, not 1..max.
   assert evaluation.davis_object_ids(np.array([[0, 255]])) == ()
 
 
@@ -424,6 +425,7 @@ def test_cli_perfect_and_perturbed(davis, tmp_path):
   result = run_cli(f"--predictions={perfect_dir}", f"--dataset_root={root}", "--split=val")
   assert result.returncode == 0, result.stderr
   assert "J&F-Mean" in result.stdout and "val_b_2" in result.stdout
+  assert result.stdout.startswith("Scored with the protocol davis2017 (DAVIS 2017")
   global_rows = read_csv(os.path.join(perfect_dir, "global_results-val.csv"))
   assert global_rows == [list(evaluation.GLOBAL_COLUMNS),
                          ["1.000", "1.000", "1.000", "0.000", "1.000", "1.000", "0.000"]]
@@ -528,3 +530,177 @@ def test_results_csv_replaces_atomically(tmp_path):
   assert read_csv(sequence_path) == [["Sequence", "J-Mean", "F-Mean"],
                                      ["a,b_1", "0.250", "0.750"]]
   assert sorted(os.listdir(folder)) == ["global_results-val.csv", "per-sequence_results-val.csv"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocols: one semantics for --mode=evaluate, the validation and the command.
+
+
+def boxes_video(num_frames, appear, shape=(12, 14)):
+  """[T, H, W] uint8 labels: object k + 1 a box from frame appear[k] on (ids 1..len(appear))."""
+  labels = np.zeros((num_frames,) + shape, np.uint8)
+  for index, first in enumerate(appear):
+    labels[first:, 3 * index:3 * index + 3, 4 * index:4 * index + 4] = index + 1
+  return labels
+
+
+def test_davis_protocol_scores_the_ids_present_so_gaps_score_no_free_objects():
+  gt = boxes_video(5, [0, 0, 0])
+  gt[gt == 3] = 5  # Ids 1, 2, 5: the official tool would add empty objects 3 and 4.
+  background = np.zeros_like(gt)
+  scores = evaluation.score_video(evaluation.DAVIS_2017, background, gt, [1, 2, 5], [0, 0, 0])
+  assert scores.object_ids == (1, 2, 5) and scores.j.shape == (3, 3)
+  global_table, rows = evaluation.summarize([scores])
+  assert global_table["J&F-Mean"] == 0.0  # Not 0.524.
+  assert [row["Sequence"] for row in rows] == ["video_1", "video_2", "video_5"]
+  perfect = evaluation.score_video(evaluation.DAVIS_2017, gt, gt, [1, 2, 5], [0, 0, 0])
+  assert evaluation.summarize([perfect])[0]["J&F-Mean"] == 1.0
+
+
+def test_davis_protocol_gives_and_scores_only_the_objects_of_the_first_frame():
+  gt = boxes_video(6, [0, 3])
+  scores = evaluation.score_video(evaluation.DAVIS_2017, np.where(gt == 2, 0, gt), gt, [1, 2],
+                                  [0, 3], frame_names=[f"{t:05d}" for t in range(6)])
+  assert scores.object_ids == (1,) and scores.j.shape == (1, 4)  # Frames 1..T-2.
+  np.testing.assert_array_equal(scores.j, 1.0)
+  with pytest.raises(ValueError, match=r"frame '00003'.*\[2\]"):
+    evaluation.score_video(evaluation.DAVIS_2017, gt, gt, [1, 2], [0, 3],
+                           frame_names=[f"{t:05d}" for t in range(6)])
+  with pytest.raises(ValueError, match=r"'clip': no object to evaluate \(its first frame "
+                                       r"'00000' holds none\) with the protocol davis2017"):
+    evaluation.score_video(evaluation.DAVIS_2017, gt, gt, [2], [3], name="clip",
+                           frame_names=[f"{t:05d}" for t in range(6)])
+  unannotated = gt.copy()
+  unannotated[2] = 255
+  assert evaluation.score_video(evaluation.DAVIS_2017, gt, unannotated, [1], [0]) is None
+
+
+def test_youtube_vos_protocol_scores_each_object_after_the_frame_it_is_given_in():
+  gt = boxes_video(6, [0, 3])
+  prediction = gt.copy()
+  prediction[1][gt[4] == 2] = 2  # Before object 2 is given: not scored for it.
+  prediction[5][prediction[5] == 2] = 0  # Lost in the last frame, which this protocol scores.
+  scores = evaluation.score_video(evaluation.YOUTUBE_VOS, prediction, gt, [1, 2], [0, 3])
+  assert scores.object_ids == (1, 2) and scores.j.shape == (2, 5)  # Frames 1..5.
+  np.testing.assert_array_equal(scores.j[0], 1.0)
+  np.testing.assert_array_equal(scores.j[1], [np.nan, np.nan, np.nan, 1.0, 0.0])
+  global_table, rows = evaluation.summarize([scores])
+  assert [row["J-Mean"] for row in rows] == [1.0, 0.5]
+  assert global_table["J-Mean"] == 0.75
+  # Annotations only where objects are given (YouTube-VOS validation): nothing to score.
+  given_only = np.full_like(gt, 255)
+  given_only[[0, 3]] = np.where(gt[[0, 3]] == np.array([1, 2])[:, None, None], gt[[0, 3]], 0)
+  assert evaluation.score_video(evaluation.YOUTUBE_VOS, gt, given_only, [1, 2], [0, 3]) is None
+  # Every fifth frame annotated (YouTube-VOS train with all frames): scored where annotated.
+  sparse = gt.copy()
+  sparse[[1, 2, 4]] = 255
+  scores = evaluation.score_video(evaluation.YOUTUBE_VOS, gt, sparse, [1, 2], [0, 3])
+  assert scores.j.shape == (2, 2) and np.isnan(scores.j[1, 0])  # Frames 3 and 5.
+
+
+def test_protocol_for_the_dataset():
+  config = ml_collections.ConfigDict({"name": "davis2017/480p", "eval_protocol": ""})
+  assert evaluation.protocol_for(config) == "davis2017"
+  for name in ("youtube_vos/2019", "synthetic_vos/small", "vos_folder"):
+    config.name = name
+    assert evaluation.protocol_for(config) == "youtube_vos"
+  config.eval_protocol = "davis2017"
+  assert evaluation.protocol_for(config) == "davis2017"
+  config.eval_protocol = "davis"
+  with pytest.raises(ValueError, match=r"config.dataset.eval_protocol='davis' is not one of"):
+    evaluation.protocol_for(config)
+
+
+class OraclePropagator:
+  """Predicts the ground truth of each object it is given from the frame it is given in (object
+  1 lost in frame 2), and records what it was given."""
+
+  def __init__(self, truth):
+    self.truth = truth
+    self.given = {}
+
+  def propagate(self, frames, annotations, first_frame, object_ids, name):
+    self.given[name] = (list(np.asarray(object_ids)), list(np.asarray(first_frame)),
+                        {t: sorted(np.unique(mask).tolist()) for t, mask in annotations.items()})
+    labels = self.truth[name].segmentations
+    for t in range(len(frames)):
+      prediction = np.zeros(labels.shape[1:], np.int64)
+      for object_id, first in zip(object_ids, first_frame):
+        if t >= first and not (t == 2 and object_id == 1):
+          prediction[labels[t] == object_id] = object_id
+      yield prediction
+
+
+def eval_videos(truth, names):
+  """`input_pipeline.create_eval_videos` dicts of fake videos (ids mapped to slots 1..N)."""
+  for name in names:
+    video = truth[name]
+    slots = np.zeros(256, np.int64)
+    slots[video.ids] = np.arange(1, len(video.ids) + 1)
+    slots[255] = 255
+    yield {"name": name, "frame_names": video.frame_names, "frames": video.frames,
+           "segmentations": slots[video.segmentations], "object_ids": np.array(video.ids),
+           "first_frame": np.array(video.first_frame),
+           "original_size": np.array(video.segmentations.shape[1:])}
+
+
+@pytest.mark.parametrize("protocol", ["davis2017", "youtube_vos"])
+def test_mode_evaluate_and_the_command_agree(davis, tmp_path, protocol):
+  from feelvos_jax.evaluation import split_evaluation  # pylint: disable=g-import-not-at-top
+  root, truth = davis
+  propagator = OraclePropagator(truth)
+  folder = str(tmp_path / "predictions")
+
+  def write(video, prediction):
+    writers.write_davis_predictions(folder, video["name"], video["frame_names"], prediction)
+
+  global_table, rows, count = split_evaluation.evaluate_videos(
+      propagator, eval_videos(truth, SEQUENCES["val"]), protocol=protocol, write=write)
+  assert count == 2 and 0.5 < global_table["J&F-Mean"] < 1.0
+  if protocol == "davis2017":  # Object 3 appears in frame 3: neither given nor scored.
+    assert propagator.given["val_a"] == ([1, 2], [0, 0], {0: [0, 1, 2, 255]})
+    assert [row["Sequence"] for row in rows] == ["val_a_1", "val_a_2", "val_b_1", "val_b_2"]
+  else:
+    assert propagator.given["val_a"] == ([1, 2, 3], [0, 0, 3],
+                                         {0: [0, 1, 2, 255], 3: [0, 1, 2, 3, 255]})
+    assert [row["Sequence"] for row in rows][-1] == "val_b_3"
+  from_files, file_rows = evaluation.evaluate_predictions(folder, root, "val", protocol=protocol)
+  assert from_files == pytest.approx(global_table)
+  assert [row["Sequence"] for row in file_rows] == [row["Sequence"] for row in rows]
+  for column in ("J-Mean", "F-Mean"):
+    assert [row[column] for row in file_rows] == pytest.approx([row[column] for row in rows])
+
+
+def test_command_names_the_protocol_and_refuses_later_objects_under_davis(davis, tmp_path):
+  root, truth = davis
+  folder = str(tmp_path / "predictions")
+  for name in SEQUENCES["val"]:  # Perfect, object 3 included from frame 3.
+    labels = truth[name].segmentations
+    write_predictions(folder, {name: np.where(labels == 255, 0, labels)}, truth)
+  result = run_cli(f"--predictions={folder}", f"--dataset_root={root}", "--protocol=youtube_vos")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("Scored with the protocol youtube_vos (YouTube-VOS convention")
+  assert "val_a_3" in result.stdout
+  assert read_csv(os.path.join(folder, "global_results-val-youtube_vos.csv"))[1][0] == "1.000"
+  assert os.path.exists(os.path.join(folder, "per-sequence_results-val-youtube_vos.csv"))
+  result = run_cli(f"--predictions={folder}", f"--dataset_root={root}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: Video 'val_a', frame '00003': predicted id(s) [3] are not objects of this video "
+      "(evaluated ids (1, 2)).")
+  assert not os.path.exists(os.path.join(folder, "global_results-val.csv"))
+
+
+def test_sparse_ids_from_files_score_per_id(davis, tmp_path):
+  root, truth = davis
+  annotations = os.path.join(root, "Annotations", "480p")
+  for name in SEQUENCES["val"]:  # Ids 1, 5 (and 3 from frame 3): a gap at 2.
+    labels = truth[name].segmentations.copy()
+    labels[labels == 2] = 5
+    writers.write_davis_predictions(annotations, name, truth[name].frame_names, labels)
+  folder = str(tmp_path / "background")
+  write_predictions(folder, {name: np.zeros_like(truth[name].segmentations)
+                             for name in SEQUENCES["val"]}, truth)
+  global_table, rows = evaluation.evaluate_predictions(folder, root, "val")
+  assert global_table["J&F-Mean"] == 0.0
+  assert [row["Sequence"] for row in rows] == ["val_a_1", "val_a_5", "val_b_1", "val_b_5"]

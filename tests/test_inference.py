@@ -271,7 +271,9 @@ def test_propagate_write_evaluate_round_trip(setup, tmp_path):
   assert [r["Sequence"] for r in file_rows] == [r["Sequence"] for r in rows]
   assert global_table["J&F-Mean"] > 0.0
   assert set(global_table) == set(evaluation.GLOBAL_COLUMNS)
-  metrics = split_evaluation.evaluate_dataset(setup[1], setup[2], videos, config)
+  davis_config = config.copy_and_resolve_references()
+  davis_config.dataset.eval_protocol = "davis2017"  # These videos are DAVIS's, the set is not.
+  metrics = split_evaluation.evaluate_dataset(setup[1], setup[2], videos, davis_config)
   assert metrics == pytest.approx(dict(global_table, num_videos=2.0))
 
 

@@ -4,12 +4,15 @@ Every end-to-end run shares one config (`testing.tiny_config`), so the train ste
 per session: the runs after the first load it from the session's persistent compilation cache
 (tests/conftest.py).
 """
+import errno
+import logging
 import os
 import shutil
 import signal
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from feelvos_jax import IGNORE_LABEL
@@ -266,6 +269,83 @@ def test_load_pretrained_replaces_variables_in_their_shardings(tmp_path):
   np.testing.assert_array_equal(np.asarray(loaded.batch_stats["backbone"]["bn1"]["mean"]),
                                 running_mean)
   np.testing.assert_array_equal(np.asarray(loaded.params["head"]["kernel"]), 1.0)
+
+
+def _fake_resnet_state(mesh_shape=(8, 1)):
+  """A TrainState holding two backbone variables of a resnet (conv1, bn1 mean), sharded."""
+  state = train.TrainState(
+      step=np.zeros((), np.int32), rng=np.zeros((2,), np.uint32), opt_state=(),
+      params={"backbone": {"conv1": {"kernel": np.zeros((7, 7, 3, 128), np.float32)}}},
+      batch_stats={"backbone": {"bn1": {"mean": np.zeros((128,), np.float32)}}},
+      apply_fn=None, tx=None)
+  mesh = jax.make_mesh(mesh_shape, sharding.BATCH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.device_put(state, sharding.state_shardings(state, mesh))
+
+
+def test_load_pretrained_warns_of_unmatched_names_and_refuses_too_few(tmp_path, caplog):
+  path = str(tmp_path / "partial.npz")
+  np.savez(path, **{"conv1.weight": np.ones((128, 3, 7, 7), np.float32),
+                    "fc.weight": np.ones((10, 128), np.float32)})
+  state = _fake_resnet_state()
+  with pytest.raises(ValueError, match=r"filled 1 of the 2 variables .*'bn1.running_mean'.*"
+                                       r"'fc.weight'.*pretrained_allow_partial=True"):
+    train.load_pretrained(state, path, "resnet50")
+  with caplog.at_level(logging.INFO):
+    loaded = train.load_pretrained(state, path, "resnet50", min_backbone_fraction=0.5)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "loaded 1 of 2 variables (1 of 2 backbone variables)" in (
+      warnings[0])
+  assert "batch_stats/backbone/bn1/mean" in warnings[0] and "fc.weight" in warnings[0]
+  np.testing.assert_array_equal(np.asarray(loaded.params["backbone"]["conv1"]["kernel"]), 1.0)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    train.load_pretrained(state, path, "resnet50", allow_partial=True)
+  assert any(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_reached_num_train_steps_says_so_and_writes_nothing(tmp_path, in_memory_videos,
+                                                            uninterrupted_run, caplog):
+  workdir = tmp_path / "copy"
+  shutil.copytree(uninterrupted_run[0], workdir)
+  before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
+  config = testing.tiny_config()
+  config.num_train_steps = 2
+  with caplog.at_level(logging.WARNING):
+    state = train.train_and_evaluate(config, str(workdir), evaluate=True)
+  assert int(state.step) == 4
+  assert caplog.records[-1].getMessage() == (
+      f"Nothing to train: checkpoint step 4 in {workdir / 'checkpoints'} has reached "
+      "config.num_train_steps=2 (raise it to train on).")
+  assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_earlier(tmp_path, monkeypatch,
+                                                                         in_memory_videos):
+  config = testing.tiny_config()  # Checkpoints at steps 2 and 4.
+  write_config = ocp.JsonCheckpointHandler._save_fn
+
+  async def disk_full_at_step_4(self, item, directory):
+    if "4.orbax-checkpoint-tmp" in os.fspath(directory):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(directory / "metadata"))
+    await write_config(self, item, directory)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(ocp.JsonCheckpointHandler, "_save_fn", disk_full_at_step_4)
+    with pytest.raises(checkpointing.DiskFullError) as error:
+      train.train_and_evaluate(config, str(tmp_path), evaluate=False)
+  message = str(error.value)
+  directory = tmp_path / "checkpoints"
+  assert "\n" not in message
+  assert message.startswith(f"no space left on the device writing checkpoint step 4 in "
+                            f"{directory} (No space left on device: {directory}/4.")
+  assert "the earlier checkpoints [2] are kept" in message
+  assert message.endswith("then run again to resume from step 2")
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert checkpointer.all_steps() == [2]
+  checkpointer.close()
+  state = train.train_and_evaluate(config, str(tmp_path), evaluate=False)  # Resumes from 2.
+  assert int(state.step) == 4
 
 
 def nearest_neighbor_config():

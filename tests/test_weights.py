@@ -171,7 +171,8 @@ def test_tf_checkpoint_reports_missing_and_unexpected(xception_variables, tmp_pa
       "xception_65/logits/weights": np.zeros((1, 1, 2048, 1001), np.float32),
       "global_step": np.array(5, np.int64),
       "aspp0/BatchNorm/gamma/ExponentialMovingAverage": gamma})
-  new_params, _, report = weights.load_pretrained(params, batch_stats, prefix, "xception65")
+  new_params, _, report = weights.load_pretrained(params, batch_stats, prefix, "xception65",
+                                                  allow_partial=True)
   assert report.loaded == ("aspp0/BatchNorm/gamma",)
   assert report.unexpected == ("xception_65/logits/weights",)
   num_leaves = len(jax.tree.leaves(params)) + len(jax.tree.leaves(batch_stats))
@@ -190,7 +191,7 @@ def test_shape_mismatch_raises_or_is_reported(xception_variables, tmp_path):
   with pytest.raises(ValueError, match=r"aspp0/weights.*\(1, 1, 2048, 7\).*\(1, 1, 2048, 256\)"):
     weights.load_pretrained(params, batch_stats, prefix, "xception65")
   new_params, _, report = weights.load_pretrained(params, batch_stats, prefix, "xception65",
-                                                  allow_shape_mismatch=True)
+                                                  allow_shape_mismatch=True, allow_partial=True)
   assert report.loaded == ("aspp0/BatchNorm/beta",)
   assert len(report.mismatched) == 1 and report.mismatched[0].startswith("aspp0/weights:")
   assert not np.any(new_params["deeplab"]["aspp"]["aspp0"]["conv"]["kernel"])
@@ -269,3 +270,111 @@ def test_bad_backbone_or_file_is_rejected(tmp_path):
     weights.load_pretrained({}, {}, str(tmp_path / "model.ckpt"), "resnet101")
   with pytest.raises(ValueError, match=r"config\.model\.pretrained=.*no such checkpoint"):
     weights.load_pretrained({}, {}, str(tmp_path / "model.ckpt"), "xception65")
+
+
+@pytest.fixture(scope="module")
+def resnet_variables():
+  return zero_variables("resnet50")
+
+
+NUM_RESNET50_BACKBONE_VARIABLES = 53 * 5  # 53 convolutions, each followed by a batch norm.
+
+
+def save_npz(tmp_path, name, state):
+  path = str(tmp_path / name)
+  np.savez(path, **state)
+  return path
+
+
+def assert_one_line_naming(error, *fragments):
+  message = str(error.value)
+  assert "\n" not in message, message
+  for fragment in fragments:
+    assert fragment in message, (fragment, message)
+
+
+def test_module_prefixed_state_dict_loads_like_the_plain_one(resnet_variables, tmp_path):
+  params, batch_stats = resnet_variables
+  state = torchvision_resnet50_state(np.random.default_rng(3))
+  plain = weights.load_pretrained(params, batch_stats, save_npz(tmp_path, "plain.npz", state),
+                                  "resnet50")
+  for prefix in ("module.", "_orig_mod.module."):  # DataParallel; torch.compile of it.
+    path = save_npz(tmp_path, "wrapped.npz", {prefix + k: v for k, v in state.items()})
+    wrapped = weights.load_pretrained(params, batch_stats, path, "resnet50")
+    assert wrapped[2] == plain[2]
+    assert wrapped[2].backbone_loaded == wrapped[2].backbone_total == (
+        NUM_RESNET50_BACKBONE_VARIABLES)
+    jax.tree.map(np.testing.assert_array_equal, wrapped[:2], plain[:2])
+  both = dict(state, **{"module.conv1.weight": state["conv1.weight"]})
+  with pytest.raises(ValueError) as error:
+    weights.load_pretrained(params, batch_stats, save_npz(tmp_path, "both.npz", both), "resnet50")
+  assert_one_line_naming(error, "both.npz", "'conv1.weight'", "'module.conv1.weight'")
+
+
+def test_file_matching_nothing_is_refused_unless_partial_is_allowed(resnet_variables, tmp_path):
+  params, batch_stats = resnet_variables
+  rng = np.random.default_rng(4)
+  path = save_npz(tmp_path, "unrelated.npz", {
+      "encoder.weight": rng.standard_normal((8, 3, 3, 3), dtype=np.float32),
+      "decoder.bias": rng.standard_normal(8, dtype=np.float32)})
+  with pytest.raises(ValueError) as error:
+    weights.load_pretrained(params, batch_stats, path, "resnet50")
+  assert_one_line_naming(error, f"config.model.pretrained={path!r}",
+                         f"filled 0 of the {NUM_RESNET50_BACKBONE_VARIABLES} variables",
+                         "'conv1.weight'", "'decoder.bias'", "pretrained_allow_partial=True")
+  new_params, _, report = weights.load_pretrained(params, batch_stats, path, "resnet50",
+                                                  allow_partial=True)
+  assert report.loaded == () and report.unexpected == ("decoder.bias", "encoder.weight")
+  assert report.summary().startswith(f"loaded 0 of {NUM_RESNET50_BACKBONE_VARIABLES} variables")
+  jax.tree.map(np.testing.assert_array_equal, new_params, params)  # Nothing changed.
+
+
+def test_min_fraction_sets_how_much_of_the_backbone_must_load(resnet_variables, tmp_path):
+  params, batch_stats = resnet_variables
+  state = torchvision_resnet50_state(np.random.default_rng(5))
+  half = {k: v for k, v in state.items() if not k.startswith(("layer3", "layer4"))}
+  path = save_npz(tmp_path, "half.npz", half)
+  with pytest.raises(ValueError, match=r"filled (\d+) of the 265 .*pretrained_min_fraction=1.0"):
+    weights.load_pretrained(params, batch_stats, path, "resnet50")
+  _, _, report = weights.load_pretrained(params, batch_stats, path, "resnet50",
+                                         min_backbone_fraction=0.3)
+  assert 0.3 * 265 <= report.backbone_loaded < 265
+  with pytest.raises(ValueError, match="pretrained_min_fraction=0.9"):
+    weights.load_pretrained(params, batch_stats, path, "resnet50", min_backbone_fraction=0.9)
+
+
+@pytest.mark.parametrize("name,value,fragments", [
+    ("conv1.weight", np.zeros((64, 3, 7), np.float32),
+     ["shape mismatch for conv1.weight: file shape (64, 3, 7) (rank 3)", "(7, 7, 3, 64) (rank 4)"]),
+    ("bn1.running_var", np.zeros((64, 1), np.float32), ["bn1.running_var: file shape", "rank 2"]),
+    ("layer1.0.conv2.weight", np.full((64, 64, 3, 3), np.nan, np.float32),
+     ["'layer1.0.conv2.weight'", "36864 NaN or infinite values"]),
+    ("bn1.weight", np.array([np.inf] + [1.0] * 63, np.float32), ["'bn1.weight'", "1 NaN"]),
+    ("bn1.bias", np.zeros(64, np.complex64), ["'bn1.bias'", "complex64"]),
+    ("layer4.2.bn3.running_mean", np.zeros(2048, np.int64),
+     ["'layer4.2.bn3.running_mean'", "int64"]),
+])
+def test_bad_variable_is_an_error_naming_it(resnet_variables, tmp_path, name, value, fragments):
+  params, batch_stats = resnet_variables
+  state = torchvision_resnet50_state(np.random.default_rng(6))
+  state[name] = value
+  path = save_npz(tmp_path, "bad.npz", state)
+  with pytest.raises(ValueError) as error:
+    weights.load_pretrained(params, batch_stats, path, "resnet50", allow_partial=True)
+  assert_one_line_naming(error, f"config.model.pretrained={path!r}", *fragments)
+
+
+def test_unreadable_files_are_errors_naming_them(resnet_variables, tmp_path):
+  params, batch_stats = resnet_variables
+  text = tmp_path / "notes.npz"
+  text.write_text("not a zip")
+  single = tmp_path / "single.npz"
+  with open(single, "wb") as f:
+    np.save(f, np.zeros(3))
+  pickled = save_npz(tmp_path, "pickled.npz", {"conv1.weight": np.array([{}], dtype=object)})
+  for path, fragment in ((str(text), "cannot be read as a .npz"),
+                         (str(single), "holds one array"),
+                         (pickled, "variable 'conv1.weight' cannot be read")):
+    with pytest.raises(ValueError) as error:
+      weights.load_pretrained(params, batch_stats, path, "resnet50")
+    assert_one_line_naming(error, f"config.model.pretrained={path!r}", fragment)

@@ -6,7 +6,8 @@ so the benchmarks that run where TensorFlow is not installed can use `random_bat
 
 - Training: `tiny_config`, `fake_videos` (in-memory decoded videos) and `random_batch`.
 - Propagation: `small_config`, `shared_setup` (session-cached model and propagators),
-  `make_video`, `annotations_of`, `run`, on `SIZE` x `SIZE` frames.
+  `map_reading_variables` (a head with decisive masks), `make_video`, `annotations_of`, `run`,
+  on `SIZE` x `SIZE` frames.
 - Compilation: `count_traces`.
 - Dataset builders: `build`, `examples`, `assert_matches`, `MAX_MEAN_JPEG_ERROR`.
 """
@@ -122,6 +123,23 @@ def init_variables(model, seed=0):
   return jax.jit(model.init)({"params": jax.random.PRNGKey(seed)}, jnp.zeros((1, SIZE, SIZE, 3)),
                     embedding, labels, embedding, labels, jnp.zeros((1, h, h, model.num_slots)),
                     jnp.ones((1,), jnp.int32))
+
+
+def map_reading_variables(variables, decoder_channels, gain=4.0):
+  """`variables` with a hand-set two-layer segmentation head (of `small_config`'s head shape)
+  whose logit of slot k is gain * (2 - global_k - local_k + probability_k / 2): it ignores the
+  features and follows the matching maps, as a trained head mostly does, so that its masks
+  follow the objects and its decisions have margins (a random head's slots nearly tie)."""
+  head = jax.tree.map(np.array, variables["params"]["segmentation_head"])
+  head = jax.tree.map(np.zeros_like, head)
+  head["layer_0"]["depthwise_kernel"][1, 1, 0, decoder_channels:] = 1.0
+  head["layer_0"]["pointwise_kernel"][0, 0, decoder_channels:, 0] = (-gain, gain / 2, -gain)
+  head["layer_0"]["pointwise_bias"][0] = 2 * gain
+  head["layer_1"]["depthwise_kernel"][1, 1, 0, 0] = 1.0
+  head["layer_1"]["pointwise_kernel"][0, 0, 0, 0] = 1.0
+  head["logits"]["kernel"][0, 0, 0, 0] = 1.0
+  params = dict(variables["params"], segmentation_head=jax.tree.map(jnp.asarray, head))
+  return dict(variables, params=params)
 
 
 @functools.cache

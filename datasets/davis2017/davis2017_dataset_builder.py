@@ -4,8 +4,18 @@ One example per sequence (features in `datasets/features.py`). Every DAVIS train
 annotated: `video/segmentations` are the palette indices of the annotation PNGs (0 background,
 object ids, 255 void/ignore kept as is). `objects/ids` are the sorted non-zero, non-255 indices
 seen in the sequence; `objects/first_frame` the first frame showing each. Nothing is downloaded.
+
+DAVIS numbers the objects of a video 1..N (palette indices), and its evaluation reads them so:
+a sequence whose ids are not 1..N (a gap, as 1, 2, 5, or a stray index from an edited mask)
+is an error naming the sequence, the id and the first annotation showing it. With
+`remap_ids=True` (`config.dataset.remap_ids`) such a sequence is kept with a warning: its ids
+are stored as they are, and the input pipeline maps them to slots 1..N like any dataset's
+(YouTube-VOS ids are arbitrary by design). Nothing about a prepared dataset depends on the
+option: it only decides whether preparing fails.
 """
 import dataclasses
+
+from absl import logging
 
 from etils import epath
 import numpy as np
@@ -56,6 +66,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   Point `manual_dir` at that `DAVIS/` folder, or at the folder that contains it.
   """
 
+  def __init__(self, *, remap_ids: bool = False, **kwargs):
+    """`remap_ids`: keep sequences whose object ids are not 1..N (with a warning) instead of
+    raising; the other arguments are TFDS's."""
+    super().__init__(**kwargs)
+    self._remap_ids = bool(remap_ids)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
@@ -94,7 +110,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     folder = self.builder_config.resolution_folder
     for video in sequences:
       yield video, _read_sequence(root / "JPEGImages" / folder / video,
-                                  root / "Annotations" / folder / video, video)
+                                  root / "Annotations" / folder / video, video,
+                                  remap_ids=self._remap_ids)
 
 
 def _read_split_file(path: epath.Path) -> list[str]:
@@ -110,8 +127,26 @@ def _read_split_file(path: epath.Path) -> list[str]:
   return sequences
 
 
-def _read_sequence(jpeg_dir: epath.Path, png_dir: epath.Path, video: str) -> dict:
-  """One example: all frames of a sequence with their (required) annotations."""
+def _check_numbering(ids: list[int], first_frame: dict[int, int], frame_names: list[str],
+                     png_dir: epath.Path, video: str, remap_ids: bool) -> None:
+  """ValueError (a warning when `remap_ids`) naming the video, the first out-of-range id and
+  the annotation showing it first, unless the sorted `ids` are 1..N."""
+  if ids == list(range(1, len(ids) + 1)):
+    return
+  extra = min((i for i in ids if i > len(ids)), key=lambda i: (first_frame[i], i))
+  frame = frame_names[first_frame[extra]]
+  message = (f"{vos_files.where(video, frame, png_dir / (frame + '.png'))}: object id {extra} "
+             f"breaks the DAVIS numbering: the video's ids {ids} are not 1..{len(ids)}")
+  if not remap_ids:
+    raise ValueError(f"{message}; fix the annotation (a stray palette index?) or build with "
+                     "config.dataset.remap_ids=True to map the ids to 1..N")
+  logging.warning("%s; kept (remap_ids: the input pipeline maps them to 1..N).", message)
+
+
+def _read_sequence(jpeg_dir: epath.Path, png_dir: epath.Path, video: str, *,
+                   remap_ids: bool = False) -> dict:
+  """One example: all frames of a sequence with their (required) annotations; object ids that
+  are not 1..N raise unless `remap_ids` (see the module docstring)."""
   frame_names = vos_files.list_frames(jpeg_dir, ".jpg", video)
   annotated = vos_files.list_frames(png_dir, ".png", video)
   vos_files.check_annotations_have_frames(frame_names, annotated, video, jpeg_dir, png_dir)
@@ -130,6 +165,7 @@ def _read_sequence(jpeg_dir: epath.Path, png_dir: epath.Path, video: str) -> dic
     label_maps.append(labels)
   first_frame = vos_files.first_appearances(label_maps, features.IGNORE_LABEL)
   ids = sorted(first_frame)
+  _check_numbering(ids, first_frame, frame_names, png_dir, video, remap_ids)
   return {
       "video": {
           "name": video,

@@ -1,12 +1,14 @@
 """Scoring whole videos held in memory, and the DAVIS result tables.
 
-The protocol is the official davis2017-evaluation semi-supervised one:
-- the first frame (given as input) and the last frame of every video are not scored;
-- each object is scored on every remaining frame, `pred == id` against `gt == id`; ground-truth
+Which objects and frames are scored is the protocol's choice (`protocols`: DAVIS 2017 or the
+YouTube-VOS convention); given that choice, scoring follows the official davis2017-evaluation
+tool:
+- each object is scored on its scored frames, `pred == id` against `gt == id`; ground-truth
   pixels whose value is not an evaluated id (255 included) are background for every object,
   as the tool turns 255 into 0 and passes no void mask in this task;
 - a predicted id that is neither 0 nor an evaluated object id is an error (the tool stops);
-- per object, Mean / Recall / Decay of J and of F over frames (`statistics.mean_recall_decay`);
+- per object, Mean / Recall / Decay of J and of F over its scored frames
+  (`statistics.mean_recall_decay`);
 - the global table averages over all objects of all videos (not per video first), and
   J&F-Mean = (J-Mean + F-Mean) / 2; the per-sequence table has one row `<video>_<id>` per object.
 """
@@ -42,20 +44,21 @@ class VideoScores:
 
 
 def davis_object_ids(first_frame_gt: np.ndarray) -> tuple[int, ...]:
-  """The ids the official tool evaluates: 1 .. max id of the first annotation (255 ignored).
+  """The ids the DAVIS 2017 protocol evaluates: those present in the first annotation.
 
-  Ids missing from that range are still evaluated (an empty object, J = F = 1 where the
-  prediction is empty too), and ids above the maximum are never evaluated.
+  The official tool evaluates 1 .. max id of the first annotation instead, scoring an id
+  missing from that range as an empty object (J = F = 1 wherever the prediction is empty too);
+  with the DAVIS numbering (ids 1..N per video, which the DAVIS builder enforces) both are the
+  same. Ids absent from the first annotation are never evaluated.
 
   Args:
-    first_frame_gt: [H, W] first-frame annotation (dataset ids, 255 void).
+    first_frame_gt: [H, W] first-frame annotation (dataset ids, 0 background, 255 void).
 
   Returns:
-    (1, 2, ..., max) or () when the first frame holds no object.
+    The sorted ids, () when the first frame holds no object.
   """
-  first = np.asarray(first_frame_gt).astype(np.int64)
-  first = np.where(first == 255, 0, first)
-  return tuple(range(1, int(first.max(initial=0)) + 1))
+  ids = np.unique(np.asarray(first_frame_gt).astype(np.int64))
+  return tuple(int(i) for i in ids if i not in (0, 255))
 
 
 def _frame_label(frame_names: Optional[Sequence[str]], index: int) -> str:
@@ -64,22 +67,25 @@ def _frame_label(frame_names: Optional[Sequence[str]], index: int) -> str:
 
 def evaluate_video(pred: np.ndarray, gt: np.ndarray, object_ids: Sequence[int],
                    void: Optional[np.ndarray] = None, *, skip_first_and_last: bool = True,
-                   name: str = "video",
+                   scored: Optional[np.ndarray] = None, name: str = "video",
                    frame_names: Optional[Sequence[str]] = None) -> VideoScores:
   """J and F of every object on every scored frame of one video.
 
   Args:
     pred: [T, H, W] predicted labels in dataset ids (0 background).
     gt: [T, H, W] ground-truth labels in dataset ids (0 background, 255 void).
-    object_ids: the ids to score, each in 1..254 (`davis_object_ids` gives the tool's choice).
+    object_ids: the ids to score, each in 1..254 (`davis_object_ids` gives the DAVIS choice).
     void: optional [T, H, W] bool mask of pixels left out of J and F. None (the official
       semi-supervised behaviour) scores every pixel, gt 255 counting as background.
     skip_first_and_last: leave out the first and last frame (official protocol; needs T >= 3).
+    scored: optional [N, T] bool, which frames each object is scored on (`protocols`); replaces
+      `skip_first_and_last`.
     name: video name, used in error messages and in `VideoScores`.
     frame_names: optional [T] frame names for error messages.
 
   Returns:
-    VideoScores with j, f of shape [N, T'] (T' = T - 2 when skipping, else T).
+    VideoScores with j, f of shape [N, T']: the T' frames that some object is scored on
+    (T - 2 when skipping, T when not), NaN where an object is not scored.
 
   Raises:
     ValueError: bad shapes or dtypes, no or invalid object ids, too few frames, or a predicted
@@ -108,17 +114,22 @@ def evaluate_video(pred: np.ndarray, gt: np.ndarray, object_ids: Sequence[int],
   if len(set(object_ids)) != len(object_ids) or not all(0 < i < 255 for i in object_ids):
     raise ValueError(f"Video {name!r}: object_ids must be distinct ids in 1..254, got "
                      f"{object_ids}.")
-  if skip_first_and_last:
-    if len(gt) < 3:
+  if scored is None:
+    if skip_first_and_last and len(gt) < 3:
       raise ValueError(f"Video {name!r}: the semi-supervised protocol scores frames 1..T-2 and "
                        f"needs T >= 3 frames, got {len(gt)}.")
-    frames = range(1, len(gt) - 1)
-  else:
-    frames = range(len(gt))
+    scored = np.ones((len(object_ids), len(gt)), bool)
+    if skip_first_and_last:
+      scored[:, [0, -1]] = False
+  scored = np.asarray(scored, bool)
+  if scored.shape != (len(object_ids), len(gt)):
+    raise ValueError(f"Video {name!r}: scored must be [N, T] = {(len(object_ids), len(gt))}, "
+                     f"got {scored.shape}.")
+  frames = np.flatnonzero(scored.any(axis=0))
 
   allowed = np.array((0,) + object_ids)
-  j = np.zeros((len(object_ids), len(frames)))
-  f = np.zeros((len(object_ids), len(frames)))
+  j = np.full((len(object_ids), len(frames)), np.nan)
+  f = np.full((len(object_ids), len(frames)), np.nan)
   for column, t in enumerate(frames):
     unknown = np.setdiff1d(np.unique(pred[t]), allowed)
     if unknown.size:
@@ -127,6 +138,8 @@ def evaluate_video(pred: np.ndarray, gt: np.ndarray, object_ids: Sequence[int],
           f"{unknown.tolist()} are not objects of this video (evaluated ids {object_ids}).")
     frame_void = None if void is None else void[t]
     for row, object_id in enumerate(object_ids):
+      if not scored[row, t]:
+        continue
       pred_mask = pred[t] == object_id
       gt_mask = gt[t] == object_id
       j[row, column] = metrics.region_similarity(pred_mask, gt_mask, frame_void)
@@ -143,7 +156,9 @@ def summarize(videos: Iterable[VideoScores]) -> tuple[dict[str, float], list[dic
   Returns:
     (global_table, per_sequence_table): global_table maps each of `GLOBAL_COLUMNS` to a float;
     per_sequence_table is one dict per object, keys `PER_SEQUENCE_COLUMNS`, Sequence being
-    `<video>_<object id>`, in the order of the videos and of their object ids.
+    `<video>_<object id>`, in the order of the videos and of their object ids. The statistics
+    of an object are over its scored frames (its non-NaN entries); an object with none is
+    left out.
   """
   seen = set()
   stats = {"J": [], "F": []}
@@ -153,8 +168,11 @@ def summarize(videos: Iterable[VideoScores]) -> tuple[dict[str, float], list[dic
       raise ValueError(f"Video {video.name!r} appears twice.")
     seen.add(video.name)
     for row, object_id in enumerate(video.object_ids):
-      j_stats = statistics.mean_recall_decay(video.j[row])
-      f_stats = statistics.mean_recall_decay(video.f[row])
+      frames = ~np.isnan(video.j[row])
+      if not frames.any():
+        continue
+      j_stats = statistics.mean_recall_decay(video.j[row][frames])
+      f_stats = statistics.mean_recall_decay(video.f[row][frames])
       stats["J"].append(j_stats)
       stats["F"].append(f_stats)
       rows.append({"Sequence": f"{video.name}_{object_id}", "J-Mean": j_stats[0],

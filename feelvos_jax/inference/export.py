@@ -41,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from feelvos_jax import config_checks
+from feelvos_jax import console
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import models
 from feelvos_jax.inference import propagation
@@ -53,6 +54,7 @@ FORMAT = "feelvos_jax.export/2"
 refuses other formats, asking for a new export)."""
 
 MANIFEST = "manifest.json"
+"""The bundle file that `load` reads first: format, contents and the checksums of the others."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +221,7 @@ def _export(config: ml_collections.ConfigDict, workdir: str, export_dir: Optiona
   model = models.build_model(config.model)
   variables, step = checkpointing.restore_variables(config, workdir, model)
   functions = {}
-  for bucket in buckets:
+  for bucket in console.progress(buckets, desc="Exporting buckets", unit="bucket"):
     logging.info("Exporting bucket %s (%d slots x %d chunks) for %s", bucket.name,
                  bucket.objects_per_chunk, bucket.num_chunks, platforms)
     functions.update(export_functions(model, variables, bucket,

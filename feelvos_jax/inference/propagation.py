@@ -37,11 +37,19 @@ once per (padded height, padded width, slots per chunk, chunks, reference frames
 Streaming: frames may be any iterable; only the current state (reference buffer, previous
 embedding, labels and probabilities) is kept, and each frame's labels are fetched while the
 next frame is being computed.
+
+Many videos per step (`run_videos`): the videos of one plan are stepped together by the same
+pure functions under `jax.vmap` over a leading video axis of the state (`start_videos`,
+`propagation_steps`), each from its own first annotated frame; shorter videos repeat their
+last frame with their outputs dropped, and a frame where some videos' objects first appear
+grows every video's reference buffer, with a frame that never matches for the others
+(`add_references`). Design notes: docs/inference.md.
 """
 import dataclasses
 import functools
+import itertools
 import math
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -224,6 +232,50 @@ def add_reference(state: State, paste_labels: jax.Array) -> State:
       reference_labels=jnp.concatenate([state["reference_labels"], labels], axis=0))
 
 
+def start_videos(model: nn.Module, variables: Any, frames: jax.Array, given_labels: jax.Array,
+                 *, num_slots: int) -> State:
+  """`start_video` of B videos at once (`jax.vmap` over a leading video axis): frames
+  [B, Hp, Wp, 3] uint8, given_labels [B, Hp, Wp] int32 -> each video's State, with a leading
+  axis B on every entry."""
+  start = functools.partial(start_video, model, variables, num_slots=num_slots)
+  return jax.vmap(start)(frames, given_labels)
+
+
+def propagation_steps(model: nn.Module, variables: Any, states: State, frames: jax.Array,
+                      paste_labels: jax.Array, num_objects: jax.Array, valid_size: jax.Array,
+                      *, objects_per_chunk: int) -> tuple[State, jax.Array]:
+  """`propagation_step` of B videos at once (`jax.vmap` over a leading video axis of every
+  argument but the model and variables): states with a leading axis B, frames [B, Hp, Wp, 3],
+  paste_labels [B, Hp, Wp], num_objects [B], valid_size [B, 2] -> (states, labels
+  [B, Hp, Wp]). Each video's math is its own step's."""
+  step = functools.partial(propagation_step, model, variables,
+                           objects_per_chunk=objects_per_chunk)
+  return jax.vmap(step)(states, frames, paste_labels, num_objects, valid_size)
+
+
+@jax.jit
+def add_references(states: State, paste_labels: jax.Array, adds: jax.Array) -> State:
+  """`add_reference` of B videos at once: every reference buffer grows R -> R + 1.
+
+  states with a leading axis B, paste_labels [B, Hp, Wp], adds [B] bool. A video with
+  adds[b] appends its last frame as `add_reference` does; the others append a frame of zero
+  embeddings labelled IGNORE_LABEL, which no matching, vote or pool reads (zeros also leave
+  the power-of-two rescaling of matching unchanged), so their maps stay those of their own R
+  reference frames.
+  """
+  def append(state: State, paste: jax.Array, add: jax.Array) -> State:
+    previous = state["previous_embedding"]
+    labels = jnp.where(add, paste[::FEATURE_STRIDE, ::FEATURE_STRIDE], IGNORE_LABEL)
+    return dict(
+        state,
+        reference_embedding=jnp.concatenate(
+            [state["reference_embedding"], jnp.where(add, previous, jnp.zeros_like(previous))],
+            axis=0),
+        reference_labels=jnp.concatenate([state["reference_labels"], labels], axis=0))
+
+  return jax.vmap(append)(states, paste_labels, adds)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """How one video runs: its padded size, its object slots and the two compiled functions.
@@ -234,6 +286,9 @@ class Plan:
     num_chunks: C; the state holds S = C * M object slots.
     start: (frame [Hp, Wp, 3] uint8, given_labels [Hp, Wp] int32) -> State.
     step: (state, frame, paste_labels, num_objects, valid_size) -> (State, labels [Hp, Wp]).
+
+  The plans of `run_videos` have batched functions instead: the same arguments and results
+  with a leading video axis (`start_videos`, `propagation_steps`).
   """
   height: int
   width: int
@@ -245,6 +300,15 @@ class Plan:
 
 Planner = Callable[[int, int, int], Plan]
 """(frame height, frame width, number of objects) -> Plan."""
+
+
+class Video(NamedTuple):
+  """One video to propagate: the arguments of `run_video` (see there)."""
+  frames: Iterable[np.ndarray]
+  annotations: Mapping[int, np.ndarray]
+  first_frame: Sequence[int]
+  object_ids: Optional[Sequence[int]] = None
+  name: str = "video"
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -305,6 +369,95 @@ def _pad(array: np.ndarray, height: int, width: int, value: int) -> np.ndarray:
   return np.pad(array, padding, constant_values=value)
 
 
+class _VideoFeed:
+  """The host side of one video's propagation, shared by `run_video` and `run_videos`: checks
+  its frames and annotations, gives each step its padded inputs and turns slot labels back
+  into the video's object ids. Its errors name the video and the frame."""
+
+  def __init__(self, annotations: Mapping[int, np.ndarray], first_frame: Sequence[int],
+               object_ids: Optional[Sequence[int]], name: str):
+    self.objects = _order_objects(first_frame, object_ids, name)
+    self.annotations = annotations
+    self.name = name
+    self.num_objects = len(self.objects.first_frame)
+    self.start_frame = int(self.objects.first_frame[0])
+    self.size = None  # (height, width) of the first frame.
+
+  def check_frame(self, index: int, frame: np.ndarray) -> np.ndarray:
+    """Frame `index` as a uint8 [H, W, 3] array of the first frame's size; ValueError else."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+      raise ValueError(f"video {self.name!r} frame {index}: frames must be uint8 RGB, got "
+                       f"dtype {frame.dtype}")
+    if self.size is None:
+      if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"video {self.name!r} frame {index}: expected [H, W, 3], got "
+                         f"{frame.shape}")
+      self.size = frame.shape[:2]
+    elif frame.shape != self.size + (3,):
+      raise ValueError(f"video {self.name!r} frame {index}: shape {frame.shape} differs from "
+                       f"the first frame's {self.size + (3,)}")
+    return frame
+
+  def _annotation(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(slots first annotated at frame `index`, that frame's checked annotation [H, W] in
+    slots, or None when no object first appears there)."""
+    new = np.flatnonzero(self.objects.first_frame == index) + 1
+    if not new.size:
+      return new, None
+    name = self.name
+    if index not in self.annotations:
+      raise ValueError(f"video {name!r}: objects first appear at frame {index} but no "
+                       f"annotation is given for it")
+    given = _to_slots(self.annotations[index], self.objects, name, index)
+    if given.shape != self.size:
+      raise ValueError(f"video {name!r} frame {index}: annotation shape {given.shape} "
+                       f"differs from the frame's {self.size}")
+    later = np.unique(given[(given > new.max()) & (given != IGNORE_LABEL)])
+    if later.size:
+      raise ValueError(f"video {name!r} frame {index}: the annotation holds objects "
+                       f"whose first_frame is later")
+    missing = [int(s) for s in new if not (given == s).any()]
+    if missing:
+      raise ValueError(f"video {name!r} frame {index}: object(s) with first_frame {index} "
+                       f"are absent from its annotation (slots {missing})")
+    return new, given
+
+  def start_labels(self, plan: "Plan") -> np.ndarray:
+    """The first annotated frame's slot labels, padded to the plan: [Hp, Wp] int32."""
+    _, given = self._annotation(self.start_frame)
+    return _pad(given, plan.height, plan.width, IGNORE_LABEL).astype(np.int32)
+
+  def step_inputs(self, plan: "Plan", index: int) -> tuple[np.ndarray, np.int32, bool]:
+    """(paste_labels [Hp, Wp] int32, objects present before frame `index`, whether objects
+    first appear at it) of a frame after the first annotated one."""
+    new, given = self._annotation(index)
+    if new.size:
+      paste = np.where(np.isin(given, new), given, IGNORE_LABEL)
+      paste = _pad(paste, plan.height, plan.width, IGNORE_LABEL).astype(np.int32)
+    else:
+      paste = np.full((plan.height, plan.width), IGNORE_LABEL, np.int32)
+    return paste, np.int32(np.sum(self.objects.first_frame < index)), bool(new.size)
+
+  def to_ids(self, labels: Any) -> np.ndarray:
+    """Padded slot labels [Hp, Wp] -> [H, W] int32 in the video's object ids."""
+    height, width = self.size
+    return self.objects.slot_to_id[np.asarray(labels)[:height, :width]].astype(np.int32)
+
+  def check_started(self, num_frames: int) -> None:
+    """ValueError unless the video's `num_frames` frames reach its first annotated frame."""
+    if num_frames <= self.start_frame:
+      raise ValueError(f"video {self.name!r}: {num_frames} frames, but objects first appear "
+                       f"at frame {self.start_frame}")
+
+  def check_complete(self, num_frames: int) -> None:
+    """ValueError unless every object first appears within the video's `num_frames` frames."""
+    last_frame = int(self.objects.first_frame[-1])
+    if num_frames <= last_frame:
+      raise ValueError(f"video {self.name!r}: {num_frames} frames, but an object first appears "
+                       f"at frame {last_frame}")
+
+
 def run_video(planner: Planner, frames: Iterable[np.ndarray],
               annotations: Mapping[int, np.ndarray], first_frame: Sequence[int],
               object_ids: Optional[Sequence[int]] = None, *,
@@ -324,73 +477,145 @@ def run_video(planner: Planner, frames: Iterable[np.ndarray],
   Yields:
     [H, W] int32 labels per frame, in `object_ids` (0 background).
   """
-  objects = _order_objects(first_frame, object_ids, name)
-  num_objects = len(objects.first_frame)
-  start_frame = int(objects.first_frame[0])
+  feed = _VideoFeed(annotations, first_frame, object_ids, name)
   pending = []  # Labels not yet handed out: at most this frame's and the previous one's.
-  plan = height = width = state = None
+  plan = state = None
   index = -1
   for index, frame in enumerate(frames):
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8:
-      raise ValueError(f"video {name!r} frame {index}: frames must be uint8 RGB, got dtype "
-                       f"{frame.dtype}")
+    frame = feed.check_frame(index, frame)
     if plan is None:
-      if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ValueError(f"video {name!r} frame {index}: expected [H, W, 3], got {frame.shape}")
-      height, width = frame.shape[:2]
-      plan = planner(height, width, num_objects)
-      valid_size = np.array([height, width], np.int32)
-    elif frame.shape != (height, width, 3):
-      raise ValueError(f"video {name!r} frame {index}: shape {frame.shape} differs from the "
-                       f"first frame's {(height, width, 3)}")
-    if index < start_frame:
+      plan = planner(*feed.size, feed.num_objects)
+      valid_size = np.array(feed.size, np.int32)
+    if index < feed.start_frame:
       pending.append(np.zeros((plan.height, plan.width), np.int32))
     else:
-      new = np.flatnonzero(objects.first_frame == index) + 1  # Slots first annotated here.
-      if new.size:
-        if index not in annotations:
-          raise ValueError(f"video {name!r}: objects first appear at frame {index} but no "
-                           f"annotation is given for it")
-        given = _to_slots(annotations[index], objects, name, index)
-        if given.shape != (height, width):
-          raise ValueError(f"video {name!r} frame {index}: annotation shape {given.shape} "
-                           f"differs from the frame's {(height, width)}")
-        later = np.unique(given[(given > new.max()) & (given != IGNORE_LABEL)])
-        if later.size:
-          raise ValueError(f"video {name!r} frame {index}: the annotation holds objects "
-                           f"whose first_frame is later")
-        missing = [int(s) for s in new if not (given == s).any()]
-        if missing:
-          raise ValueError(f"video {name!r} frame {index}: object(s) with first_frame {index} "
-                           f"are absent from its annotation (slots {missing})")
       padded_frame = _pad(frame, plan.height, plan.width, PAD_PIXEL)
-      if index == start_frame:
-        given = _pad(given, plan.height, plan.width, IGNORE_LABEL).astype(np.int32)
+      if index == feed.start_frame:
+        given = feed.start_labels(plan)
         state = plan.start(padded_frame, given)
         pending.append(np.where(given == IGNORE_LABEL, 0, given))
       else:
-        if new.size:
-          paste = np.where(np.isin(given, new), given, IGNORE_LABEL)
-          paste = _pad(paste, plan.height, plan.width, IGNORE_LABEL).astype(np.int32)
-        else:
-          paste = np.full((plan.height, plan.width), IGNORE_LABEL, np.int32)
-        present = np.int32(np.sum(objects.first_frame < index))
+        paste, present, adds = feed.step_inputs(plan, index)
         state, labels = plan.step(state, padded_frame, paste, present, valid_size)
-        if new.size:
+        if adds:
           state = add_reference(state, paste)
         pending.append(labels)
     while len(pending) > 1:
-      yield objects.slot_to_id[np.asarray(pending.pop(0))[:height, :width]].astype(np.int32)
-  if index < start_frame:
-    raise ValueError(f"video {name!r}: {index + 1} frames, but objects first appear at frame "
-                     f"{start_frame}")
+      yield feed.to_ids(pending.pop(0))
+  feed.check_started(index + 1)
   if pending:
-    yield objects.slot_to_id[np.asarray(pending.pop(0))[:height, :width]].astype(np.int32)
-  last_frame = int(objects.first_frame[-1])
-  if index < last_frame:
-    raise ValueError(f"video {name!r}: {index + 1} frames, but an object first appears at frame "
-                     f"{last_frame}")
+    yield feed.to_ids(pending.pop(0))
+  feed.check_complete(index + 1)
+
+
+def run_videos(planner: Planner, videos: Sequence[Video]) -> list[np.ndarray]:
+  """Propagates several videos, stepping the videos of one Plan (padded size, slots) together.
+
+  Args:
+    planner: as `run_video`'s, but its plans' functions take and return a leading video axis
+      (`start_videos`, `propagation_steps`).
+    videos: the videos; frames may be any iterables (each video's first frame is read first,
+      to find its plan).
+
+  Returns:
+    Per video, in order, its labels [T, H, W] int32 in its object ids: what `run_video`
+    yields for it, frame by frame.
+
+  The videos of one plan start together, each at its first annotated frame (earlier frames are
+  background, as in `run_video`), and then step one frame each per call: a video with no
+  frame left repeats its last one and that output is dropped; where objects first appear in
+  some of the videos, every video's reference buffer grows by one frame (`add_references`).
+  Each video's errors are `run_video`'s.
+  """
+  feeds, streams, groups = [], [], {}
+  for index, video in enumerate(videos):
+    feed = _VideoFeed(video.annotations, video.first_frame, video.object_ids, video.name)
+    stream = iter(video.frames)
+    first = next(stream, None)
+    if first is None:
+      feed.check_started(0)
+    feed.check_frame(0, first)
+    plan = planner(*feed.size, feed.num_objects)
+    key = (plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks)
+    groups.setdefault(key, (plan, []))[1].append(index)
+    feeds.append(feed)
+    streams.append(itertools.chain([first], stream))
+  results = [None] * len(feeds)
+  for plan, members in groups.values():
+    labels = _run_group(plan, [feeds[i] for i in members], [streams[i] for i in members])
+    for index, video_labels in zip(members, labels):
+      results[index] = video_labels
+  return results
+
+
+def _run_group(plan: Plan, feeds: Sequence[_VideoFeed],
+               streams: Sequence[Iterator[np.ndarray]]) -> list[np.ndarray]:
+  """`run_videos` for the videos of one batched plan: [T, H, W] int32 labels per video."""
+  size = len(feeds)
+  outputs = [[] for _ in feeds]
+  read_frames = [0] * size
+
+  def read(video: int) -> Optional[np.ndarray]:
+    """The video's next frame, checked and padded; None at its end."""
+    frame = next(streams[video], None)
+    if frame is None:
+      return None
+    frame = feeds[video].check_frame(read_frames[video], frame)
+    read_frames[video] += 1
+    return _pad(frame, plan.height, plan.width, PAD_PIXEL)
+
+  last_frames = []
+  for video, feed in enumerate(feeds):
+    while True:
+      frame = read(video)
+      if frame is None:
+        feed.check_started(read_frames[video])
+      if read_frames[video] > feed.start_frame:
+        break
+      outputs[video].append(np.zeros(feed.size, np.int32))
+    last_frames.append(frame)
+  given = np.stack([feed.start_labels(plan) for feed in feeds])
+  state = plan.start(np.stack(last_frames), given)
+  for video, feed in enumerate(feeds):
+    outputs[video].append(feed.to_ids(np.where(given[video] == IGNORE_LABEL, 0, given[video])))
+  valid_size = np.array([feed.size for feed in feeds], np.int32)
+  present = np.zeros(size, np.int32)
+  active = np.ones(size, bool)
+  pending = None  # (labels [B, Hp, Wp] of the last step, the videos whose frame it holds)
+  while True:
+    paste = np.full((size, plan.height, plan.width), IGNORE_LABEL, np.int32)
+    adds = np.zeros(size, bool)
+    present = present.copy()  # A fresh array per step: the last one may still be in use.
+    for video, feed in enumerate(feeds):
+      frame = read(video) if active[video] else None
+      if frame is None:
+        if active[video]:
+          active[video] = False
+          feed.check_complete(read_frames[video])
+        continue
+      last_frames[video] = frame
+      paste[video], present[video], adds[video] = feed.step_inputs(plan,
+                                                                   read_frames[video] - 1)
+    if not active.any():
+      break
+    state, labels = plan.step(state, np.stack(last_frames), paste, present, valid_size)
+    if adds.any():
+      state = add_references(state, paste, adds)
+    if pending is not None:
+      _hand_out(pending, feeds, outputs)
+    pending = (labels, active.copy())
+  if pending is not None:
+    _hand_out(pending, feeds, outputs)
+  return [np.stack(output) for output in outputs]
+
+
+def _hand_out(pending: tuple[jax.Array, np.ndarray], feeds: Sequence[_VideoFeed],
+              outputs: list[list[np.ndarray]]) -> None:
+  """Appends a step's labels [B, Hp, Wp] to the outputs of the videos it stepped."""
+  labels, stepped = pending
+  labels = np.asarray(labels)
+  for video in np.flatnonzero(stepped):
+    outputs[video].append(feeds[video].to_ids(labels[video]))
 
 
 def bucket_slots(num_objects: int, object_buckets: Sequence[int]) -> tuple[int, int]:

@@ -1,12 +1,15 @@
 """Video propagation with a FEELVOS-family model, in process: compile once per shape bucket.
 
 - `VideoPropagator` / `propagate_video`: masks of every frame of a video from the masks given
-  where each object first appears (the algorithm, buckets and chunking: `propagation`).
+  where each object first appears (the algorithm, buckets and chunking: `propagation`);
+  `VideoPropagator.propagate_batch` / `propagate_in_batches`: many videos per step, those of
+  one shape bucket stepped together (`propagation.run_videos`).
 - `propagator_from_config`: the propagator a run's config asks for (object buckets, sharded
   global matching).
 - `to_local_device`: variables gathered onto this process's first device.
 """
 import functools
+import itertools
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -26,6 +29,17 @@ def _compiled_functions(model: nn.Module) -> tuple[Callable[..., Any], Callable[
   model is hashable, so in-training evaluations reuse the compiled steps)."""
   start = jax.jit(functools.partial(propagation.start_video, model), static_argnames="num_slots")
   step = jax.jit(functools.partial(propagation.propagation_step, model,
+                                   objects_per_chunk=model.max_objects))
+  return start, step
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_batch_functions(model: nn.Module) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """Jitted `start_videos` and `propagation_steps` of a model (a leading video axis), shared
+  as `_compiled_functions`; one compilation per number of videos as well."""
+  start = jax.jit(functools.partial(propagation.start_videos, model),
+                  static_argnames="num_slots")
+  step = jax.jit(functools.partial(propagation.propagation_steps, model,
                                    objects_per_chunk=model.max_objects))
   return start, step
 
@@ -53,10 +67,13 @@ class VideoPropagator:
       raise ValueError(f"pad_multiple must be a multiple of {FEATURE_STRIDE}, "
                        f"got {self.pad_multiple}")
 
-  def plan(self, height: int, width: int, num_objects: int) -> propagation.Plan:
-    """The Plan of a video of `height` x `width` frames with `num_objects` objects."""
+  def plan(self, height: int, width: int, num_objects: int, *,
+           batched: bool = False) -> propagation.Plan:
+    """The Plan of a video of `height` x `width` frames with `num_objects` objects; with
+    `batched`, its functions take a leading video axis (`propagation.run_videos`)."""
     objects_per_chunk, num_chunks = propagation.bucket_slots(num_objects, self.object_buckets)
-    start, step = _compiled_functions(self.model.clone(max_objects=objects_per_chunk))
+    compiled = _compiled_batch_functions if batched else _compiled_functions
+    start, step = compiled(self.model.clone(max_objects=objects_per_chunk))
     return propagation.Plan(
         height=propagation.round_up(height, self.pad_multiple),
         width=propagation.round_up(width, self.pad_multiple),
@@ -71,6 +88,56 @@ class VideoPropagator:
     """Labels [H, W] int32 (in `object_ids`) of every frame, as a generator (see `run_video`)."""
     return propagation.run_video(self.plan, frames, annotations, first_frame, object_ids,
                                  name=name)
+
+  def propagate_batch(self, videos: Sequence[propagation.Video]) -> Iterator[np.ndarray]:
+    """Labels [T, H, W] int32 (in its `object_ids`) of each video, in order: the videos of one
+    shape bucket (padded size, object slots and chunks) are stepped together, vmapped over
+    the videos (`propagation.run_videos`); the labels are those `propagate` gives.
+
+    All the videos' labels are kept until the last video of the call ends. ValueError with
+    sharded global matching, which does not batch under vmap.
+    """
+    if self.model.matching_shard_mode:
+      raise ValueError("videos propagated together (config.inference.video_batch_size > 1) "
+                       "do not combine with sharded global matching "
+                       f"(config.matching.shard_axis={self.model.matching_shard_mode!r})")
+    return iter(propagation.run_videos(functools.partial(self.plan, batched=True), videos))
+
+  def propagate_in_batches(self, videos: Iterable[tuple[Any, propagation.Video]],
+                           batch_size: int) -> Iterator[tuple[Any, np.ndarray]]:
+    """(tag, labels [T, H, W] int32) of every (tag, video), as `propagate_batch` computes them,
+    holding at most `batch_size` videos: when that many are waiting, those of the shape bucket
+    with the most of them run together; at the end of `videos`, each bucket's rest. Results
+    come in the order they finish, not in input order (the tags say which is which).
+    """
+    config_checks.check_int(batch_size, "config.inference.video_batch_size", 1)
+    waiting = {}  # Plan bucket -> [(tag, video)], in input order.
+    for tag, video in videos:
+      stream = iter(video.frames)
+      first = next(stream, None)
+      video = video._replace(frames=itertools.chain([] if first is None else [first], stream))
+      waiting.setdefault(self._bucket(first, video), []).append((tag, video))
+      if sum(len(group) for group in waiting.values()) >= batch_size:
+        yield from self._run_waiting(waiting, max(waiting, key=lambda k: len(waiting[k])))
+    while waiting:
+      yield from self._run_waiting(waiting, next(iter(waiting)))
+
+  def _bucket(self, first_frame: Optional[np.ndarray],
+              video: propagation.Video) -> Optional[tuple[int, int, int, int]]:
+    """(padded height, padded width, slots per chunk, chunks) of a video whose first frame is
+    `first_frame` (None without frames or objects: `run_videos` then raises)."""
+    num_objects = np.size(video.first_frame)
+    if first_frame is None or np.ndim(first_frame) < 2 or not num_objects:
+      return None
+    plan = self.plan(*np.shape(first_frame)[:2], num_objects)
+    return plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks
+
+  def _run_waiting(self, waiting: dict[Any, list[tuple[Any, propagation.Video]]],
+                   bucket: Any) -> Iterator[tuple[Any, np.ndarray]]:
+    """Propagates and removes the waiting videos of one bucket: (tag, labels) each."""
+    group = waiting.pop(bucket)
+    labels = self.propagate_batch([video for _, video in group])
+    return ((tag, video_labels) for (tag, _), video_labels in zip(group, labels))
 
 
 def propagate_video(model: nn.Module, variables: Any, frames: Iterable[np.ndarray],

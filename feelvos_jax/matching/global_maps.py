@@ -1,8 +1,9 @@
 """Global matching: per object, the distance of every query pixel to its nearest reference pixel.
 
-Reference pixels are sorted by object into blocks of one object each; a scan (CPU) or one wide
-matmul (GPU, TPU) per query chunk keeps running per-object minima, so no [Q, R] buffer is built.
-The layout and its measurements: docs/matching.md.
+Reference pixels are sorted by object into blocks of one object each; a scan (CPU), one wide
+matmul per query chunk (GPU, TPU) or a fused Pallas kernel (CUDA GPUs, where no gradient is
+taken) keeps running per-object minima, so no [Q, R] buffer is built. The layout, the choice
+and its measurements: docs/matching.md.
 """
 import functools
 import math
@@ -10,13 +11,27 @@ from typing import Any
 
 import jax
 from jax import lax
+from jax.extend import core as extend_core
+from jax.interpreters import batching
+from jax.interpreters import mlir
 import jax.numpy as jnp
 
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax.matching import distances
+from feelvos_jax.matching import fused
 from feelvos_jax.matching.distances import check_labels
 from feelvos_jax.matching.distances import distance_from_squared
 from feelvos_jax.matching.distances import DTypeLike
+
+KERNELS = ("auto", "xla", "pallas")
+"""Forms of global matching's per-object minima: "auto" (the fused Pallas kernel of
+`fused.pallas_min_squared` on CUDA GPUs, except under differentiation and in `jax.export`;
+XLA elsewhere), "xla" (a scan over reference blocks on CPU, one wide matmul per chunk
+elsewhere) or "pallas" (the kernel on every platform: interpret mode on CPU, Triton on GPU)."""
+
+GLOBAL_MATCHING_KERNEL = "auto"
+"""The form (one of KERNELS) global matching uses when a call names none; read when the call is
+traced, so set it before the first compilation (compiled functions keep their form)."""
 
 _REFERENCE_BLOCK_SIZE = (64, 256)
 """Smallest and largest number of reference slots per block in global matching (one object per
@@ -157,23 +172,17 @@ def _chunk_min_squared_wide(query: jax.Array, reference: jax.Array, reference_sq
   return jnp.min(jnp.where(hit[None], block_min[:, :, None], jnp.inf), axis=1)
 
 
-def _min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Array,
-                          num_objects: int, max_pixels: int | None, chunk_size: int | None,
-                          dtype: jnp.dtype, rng: jax.Array | None = None) -> jax.Array:
-  """Per-object minimum squared distance: query [Q, C], reference [R, C], labels [R] in
-  {-1, 0..O-1} -> [Q, O] float32 (inf: no pixel). With `rng`, each object keeps the
-  min(count, max_pixels) pixels `_subsample` keeps with it; without, labels must hold at most
-  `max_pixels` pixels per object (if set)."""
+def _chunked_min_squared(query: jax.Array, reference: jax.Array, reference_sq: jax.Array,
+                         block_object: jax.Array, *, num_objects: int, chunk_size: int | None,
+                         form: Any = None) -> jax.Array:
+  """The XLA form: `form` (`_chunk_min_squared` or `_chunk_min_squared_wide`; None: the scan
+  on CPU, the wide matmul elsewhere, by `lax.platform_dependent`) per chunk of `chunk_size`
+  query rows [Q, C] -> [Q, O], each chunk rematerialised for the gradient."""
   num_queries, channels = query.shape
-  exponent = distances.scale_exponent(query, reference)
-  query, query_sq = distances.rescale(query, exponent, dtype)
-  reference, reference_sq = distances.rescale(reference, exponent, dtype)
-  block, num_blocks = _block_geometry(reference.shape[0], num_objects, max_pixels)
-  slots, block_object = _block_layout(labels, num_objects, block, num_blocks, max_pixels, rng)
-  reference = jnp.concatenate([reference, jnp.zeros((1, channels), dtype)])[slots]
-  reference_sq = jnp.concatenate([reference_sq, jnp.array([jnp.inf], jnp.float32)])[slots]
 
   def chunk_fn(chunk):
+    if form is not None:
+      return form(chunk, reference, reference_sq, block_object, num_objects=num_objects)
     return lax.platform_dependent(
         chunk, reference, reference_sq, block_object,
         cpu=functools.partial(_chunk_min_squared, num_objects=num_objects),
@@ -182,11 +191,137 @@ def _min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Ar
   size = num_queries if chunk_size is None else min(chunk_size, num_queries)
   num_chunks = -(-num_queries // size)
   if num_chunks == 1:
-    best = chunk_fn(query)
+    return chunk_fn(query)
+  padded = jnp.pad(query, ((0, num_chunks * size - num_queries), (0, 0)))
+  best = lax.map(jax.checkpoint(chunk_fn), padded.reshape(num_chunks, size, channels))
+  return best.reshape(num_chunks * size, num_objects)[:num_queries]
+
+
+# The kernel choice is a primitive with one lowering rule per platform (as
+# `lax.platform_dependent` chooses a branch), but each rule lowers for its platform alone: a
+# Pallas call inside a branch would be lowered for every platform of a multi-platform
+# `jax.export`, and fail on CPU. Operands: query [..., Q, C], reference [..., blocks, block, C],
+# reference_sq [..., blocks, block], block_object [..., blocks] with `batch` leading axes.
+_blocked_min_p = extend_core.Primitive("feelvos_blocked_min_squared")
+
+
+def _blocked_min_abstract_eval(query, reference, reference_sq, block_object, *, num_objects,
+                               chunk_size, kernel, batch):
+  """[..., Q, O] float32, typed like the query (its sharding and, inside `shard_map`, the mesh
+  axes it varies over: the reference must vary over no others)."""
+  del reference, reference_sq, block_object, chunk_size, kernel, batch
+  return query.update(shape=query.shape[:-1] + (num_objects,), dtype=jnp.dtype(jnp.float32),
+                      weak_type=False)
+
+
+def _lower(ctx, fn, batch: int, *args):
+  """Lowers fn(query, reference, reference_sq, block_object) vmapped over `batch` axes."""
+  for _ in range(batch):
+    fn = jax.vmap(fn)
+  return mlir.lower_fun(fn, multiple_results=False)(ctx, *args)
+
+
+def _cpu_rule(ctx, *args, num_objects, chunk_size, kernel, batch):
+  if kernel == "pallas":
+    fn = functools.partial(fused.pallas_min_squared, num_objects=num_objects, interpret=True)
   else:
-    padded = jnp.pad(query, ((0, num_chunks * size - num_queries), (0, 0)))
-    best = lax.map(jax.checkpoint(chunk_fn), padded.reshape(num_chunks, size, channels))
-    best = best.reshape(num_chunks * size, num_objects)[:num_queries]
+    fn = functools.partial(_chunked_min_squared, num_objects=num_objects, chunk_size=chunk_size,
+                           form=_chunk_min_squared)
+  return _lower(ctx, fn, batch, *args)
+
+
+def _accelerator_rule(ctx, *args, num_objects, chunk_size, kernel, batch, fused_auto: bool):
+  """Elsewhere than CPU: the compiled kernel if asked for, or under "auto" where `fused_auto`
+  (CUDA) and not for `jax.export` (a Triton kernel is not a stable serialisable call)."""
+  exporting = ctx.module_context.lowering_parameters.for_export
+  if kernel == "pallas" or (fused_auto and not exporting):
+    fn = functools.partial(fused.pallas_min_squared, num_objects=num_objects)
+  else:
+    fn = functools.partial(_chunked_min_squared, num_objects=num_objects, chunk_size=chunk_size,
+                           form=_chunk_min_squared_wide)
+  return _lower(ctx, fn, batch, *args)
+
+
+def _blocked_min_batch_rule(args, dims, **params):
+  """vmap: one more leading batch axis on every operand (broadcast where unbatched)."""
+  size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+  args = [batching.bdim_at_front(x, d, size) for x, d in zip(args, dims)]
+  return _blocked_min_p.bind(*args, **dict(params, batch=params["batch"] + 1)), 0
+
+
+_blocked_min_p.def_abstract_eval(_blocked_min_abstract_eval)
+_blocked_min_p.def_impl(lambda *args, **params: jax.jit(
+    functools.partial(_blocked_min_p.bind, **params))(*args))
+batching.primitive_batchers[_blocked_min_p] = _blocked_min_batch_rule
+mlir.register_lowering(_blocked_min_p, _cpu_rule, platform="cpu")
+mlir.register_lowering(_blocked_min_p, functools.partial(_accelerator_rule, fused_auto=True),
+                       platform="cuda")
+mlir.register_lowering(_blocked_min_p, functools.partial(_accelerator_rule, fused_auto=False))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _kernel_min_squared(query: jax.Array, reference: jax.Array, reference_sq: jax.Array,
+                        block_object: jax.Array, num_objects: int, chunk_size: int | None,
+                        kernel: str) -> jax.Array:
+  """`_chunked_min_squared` [Q, O] in the form `kernel` picks per platform at lowering. Under
+  differentiation the forward and backward passes are those of the XLA form (the kernel has
+  no derivative), so training costs what it did without the kernel."""
+  return _blocked_min_p.bind(query, reference, reference_sq, block_object,
+                             num_objects=num_objects, chunk_size=chunk_size, kernel=kernel,
+                             batch=0)
+
+
+def _kernel_min_squared_fwd(query, reference, reference_sq, block_object, num_objects,
+                            chunk_size, kernel):
+  del kernel
+  return jax.vjp(functools.partial(_chunked_min_squared, num_objects=num_objects,
+                                   chunk_size=chunk_size),
+                 query, reference, reference_sq, block_object)
+
+
+def _kernel_min_squared_bwd(num_objects, chunk_size, kernel, vjp_fn, cotangent):
+  del num_objects, chunk_size, kernel
+  return vjp_fn(cotangent)
+
+
+_kernel_min_squared.defvjp(_kernel_min_squared_fwd, _kernel_min_squared_bwd)
+
+
+def _blocked_inputs(query: jax.Array, reference: jax.Array, labels: jax.Array,
+                    num_objects: int, max_pixels: int | None, dtype: jnp.dtype,
+                    rng: jax.Array | None = None) -> tuple[jax.Array, ...]:
+  """What the per-object minima take: query [Q, C], reference [R, C] and labels [R] in
+  {-1, 0..O-1} -> (query rows [Q, C] rescaled and rounded to `dtype`, their float32 squared
+  norms [Q], the rescaling exponent, the blocked reference [num_blocks, block, C], its squared
+  norms [num_blocks, block] (inf: empty slot) and block_object [num_blocks]). With `rng`, each
+  object keeps the min(count, max_pixels) pixels `_subsample` keeps with it; without, labels
+  must hold at most `max_pixels` pixels per object (if set)."""
+  channels = query.shape[1]
+  exponent = distances.scale_exponent(query, reference)
+  query, query_sq = distances.rescale(query, exponent, dtype)
+  reference, reference_sq = distances.rescale(reference, exponent, dtype)
+  block, num_blocks = _block_geometry(reference.shape[0], num_objects, max_pixels)
+  slots, block_object = _block_layout(labels, num_objects, block, num_blocks, max_pixels, rng)
+  reference = jnp.concatenate([reference, jnp.zeros((1, channels), dtype)])[slots]
+  reference_sq = jnp.concatenate([reference_sq, jnp.array([jnp.inf], jnp.float32)])[slots]
+  return query, query_sq, exponent, reference, reference_sq, block_object
+
+
+def _min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Array,
+                          num_objects: int, max_pixels: int | None, chunk_size: int | None,
+                          dtype: jnp.dtype, rng: jax.Array | None = None,
+                          kernel: str = "xla") -> jax.Array:
+  """Per-object minimum squared distance: query [Q, C], reference [R, C], labels [R] in
+  {-1, 0..O-1} -> [Q, O] float32 (inf: no pixel); `rng` and `max_pixels` as in
+  `_blocked_inputs`. `kernel`: one of KERNELS."""
+  query, query_sq, exponent, reference, reference_sq, block_object = _blocked_inputs(
+      query, reference, labels, num_objects, max_pixels, dtype, rng)
+  if kernel == "xla":
+    best = _chunked_min_squared(query, reference, reference_sq, block_object,
+                                num_objects=num_objects, chunk_size=chunk_size)
+  else:
+    best = _kernel_min_squared(query, reference, reference_sq, block_object, num_objects,
+                               chunk_size, kernel)
   return distances.unscale(jnp.maximum(best + query_sq[:, None], 0.0), exponent)
 
 
@@ -206,11 +341,19 @@ def _check_global_args(query, reference, reference_labels, num_objects, max_refe
   return distances.matmul_dtype(dtype)
 
 
+def _resolve_kernel(kernel: str | None) -> str:
+  """`kernel`, or GLOBAL_MATCHING_KERNEL if None; ValueError unless one of KERNELS."""
+  kernel = GLOBAL_MATCHING_KERNEL if kernel is None else kernel
+  if kernel not in KERNELS:
+    raise ValueError(f"kernel must be one of {KERNELS} or None, got {kernel!r}.")
+  return kernel
+
+
 def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike,
                     reference_labels: jax.typing.ArrayLike, num_objects: int, *,
                     max_reference_pixels: int | None = None, rng: jax.Array | None = None,
                     chunk_size: int | None = None, dtype: DTypeLike = jnp.float32,
-                    squared: bool = False) -> jax.Array:
+                    squared: bool = False, kernel: str | None = None) -> jax.Array:
   """Global matching map: per object, distance to the nearest reference pixel of that object.
 
   Args:
@@ -226,6 +369,8 @@ def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike
     dtype: matmul input dtype, float32 or bfloat16 (accumulation in float32).
     squared: return the minimum squared distances ||e_p - e_q||^2 instead (inf where an object
       has no reference pixel), e.g. to add a bias before `distance_from_squared`.
+    kernel: the form of the per-object minima, one of KERNELS (None: GLOBAL_MATCHING_KERNEL,
+      "auto" unless changed); all forms give the same values up to float32 rounding.
 
   Returns:
     [H, W, num_objects] float32 distances in [0, 1]; 1.0 where an object has no reference pixel.
@@ -236,19 +381,21 @@ def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike
                              max_reference_pixels, rng, chunk_size, dtype)
   return _global_matching(query, reference, reference_labels, rng, num_objects=num_objects,
                           max_reference_pixels=max_reference_pixels, chunk_size=chunk_size,
-                          dtype=dtype, squared=squared)
+                          dtype=dtype, squared=squared, kernel=_resolve_kernel(kernel))
 
 
 @functools.partial(jax.jit, static_argnames=("num_objects", "max_reference_pixels",
-                                             "chunk_size", "dtype", "squared"))
+                                             "chunk_size", "dtype", "squared", "kernel"))
 def _global_matching(query: jax.Array, reference: jax.Array, reference_labels: jax.Array,
                      rng: jax.Array | None, *, num_objects: int, max_reference_pixels: int | None,
-                     chunk_size: int | None, dtype: jnp.dtype, squared: bool = False) -> jax.Array:
+                     chunk_size: int | None, dtype: jnp.dtype, squared: bool = False,
+                     kernel: str = "auto") -> jax.Array:
   height, width, channels = query.shape
   labels = distances.valid_labels(reference_labels.reshape(-1), num_objects)
   minima = _min_squared_distance(query.reshape(-1, channels), reference.reshape(-1, channels),
                                  labels, num_objects, max_reference_pixels, chunk_size, dtype,
-                                 rng=None if max_reference_pixels is None else rng)
+                                 rng=None if max_reference_pixels is None else rng,
+                                 kernel=kernel)
   if not squared:
     minima = distance_from_squared(minima)
   return minima.reshape(height, width, num_objects)
@@ -310,6 +457,9 @@ def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.A
   distances over its pixels and `lax.pmin` combines them. Subsampling selects the same pixels
   as `global_matching` with the same rng. Returns [H, W, num_objects], replicated over the
   mesh, equal to the unsharded result (minimum squared distances with `squared=True`).
+  mode="query" computes the minima in the form GLOBAL_MATCHING_KERNEL names, mode="reference"
+  in the XLA form (the fused kernel's result is typed like its query rows, which do not vary
+  over the axis there).
   """
   query, reference = jnp.asarray(query), jnp.asarray(reference)
   reference_labels = jnp.asarray(reference_labels)
@@ -322,7 +472,8 @@ def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.A
   return _global_matching_sharded(
       query, reference, reference_labels, rng, mesh=mesh, axis_name=axis_name, mode=mode,
       num_objects=num_objects, max_reference_pixels=max_reference_pixels,
-      chunk_size=chunk_size, dtype=dtype, squared=squared)
+      chunk_size=chunk_size, dtype=dtype, squared=squared,
+      kernel=_resolve_kernel(None) if mode == "query" else "xla")
 
 
 def _place(mesh: jax.sharding.Mesh, specs: tuple[Any, ...],
@@ -333,13 +484,13 @@ def _place(mesh: jax.sharding.Mesh, specs: tuple[Any, ...],
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "mode", "num_objects",
                                              "max_reference_pixels", "chunk_size", "dtype",
-                                             "squared"))
+                                             "squared", "kernel"))
 def _global_matching_sharded(query: jax.Array, reference: jax.Array,
                              reference_labels: jax.Array, rng: jax.Array | None, *,
                              mesh: jax.sharding.Mesh, axis_name: str, mode: str,
                              num_objects: int, max_reference_pixels: int | None,
                              chunk_size: int | None, dtype: jnp.dtype,
-                             squared: bool) -> jax.Array:
+                             squared: bool, kernel: str) -> jax.Array:
   num_devices = mesh.shape[axis_name]
   height, width, channels = query.shape
   spec = jax.sharding.PartitionSpec
@@ -351,7 +502,8 @@ def _global_matching_sharded(query: jax.Array, reference: jax.Array,
       return _global_matching(rows, ref, ref_labels, keys[0] if keys else None,
                               num_objects=num_objects,
                               max_reference_pixels=max_reference_pixels,
-                              chunk_size=chunk_size, dtype=dtype, squared=squared)
+                              chunk_size=chunk_size, dtype=dtype, squared=squared,
+                              kernel=kernel)
 
     in_specs = (spec(axis_name), spec(), spec()) + (spec(),) * len(keys)
     sharded = jax.shard_map(match_rows, mesh=mesh, in_specs=in_specs, out_specs=spec(axis_name))

@@ -21,16 +21,21 @@ and a local background map per radius] (CFBI appends its background maps after t
 Background maps see the slots the model is given: when inference runs objects in chunks
 (`inference.propagation`), a chunk's background map ignores the objects of the other chunks.
 
-As the official code: background is slot 0 and is matched like any object; matching runs on
-float32 embeddings whatever the compute dtype; in training (`train=True`) global matching uses
-at most `max_reference_pixels` random reference pixels per slot (rng stream 'matching').
+As the official code: background is slot 0 and is matched like any object; in training
+(`train=True`) global matching uses at most `max_reference_pixels` random reference pixels per
+slot (rng stream 'matching').
 
 `embed`, `__call__` and the DeepLab part (the only one with batch norm; see its frozen-statistics
 rule there) come from `embedding_network.EmbeddingNetwork`, shared with PML's model.
 
-Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32 and the
-logits are returned in float32. Where the paper and the official code differ (the official code
-is followed): docs/models.md.
+Precision: `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32. In
+bfloat16 the backbone, DeepLab part, embedding head and dynamic head compute in bfloat16
+(float32 accumulation in their matmuls and convolutions, float32 batch-norm statistics), global
+and plain local matching take bfloat16 matmul inputs with float32 squared norms, products,
+minima and tanh (`matching`'s `dtype`), the head's last 1x1 layer and the returned logits are
+float32. CFBI multi-local matching and instance guidance stay float32. Why and the measured
+error: docs/models.md. Where the paper and the official code differ (the official code is
+followed): docs/models.md.
 """
 import functools
 
@@ -199,7 +204,7 @@ class FEELVOS(EmbeddingNetwork):
           dilation=self.dilation, squared=squared))(queries, previous, previous_labels)
     maps = jax.vmap(lambda query, prev, labels: matching.local_matching(
         query, prev, labels, self.num_slots, window=self.window, dilation=self.dilation,
-        squared=squared))(queries, previous, previous_labels)
+        dtype=self.dtype, squared=squared))(queries, previous, previous_labels)
     return maps[..., None, :]
 
   def _global_matching(self, embeddings: jax.Array, reference_embedding: jax.Array,
@@ -213,7 +218,8 @@ class FEELVOS(EmbeddingNetwork):
 
     def match(query, reference, labels, rng):
       options = dict(max_reference_pixels=self.max_reference_pixels if subsample else None,
-                     rng=rng, chunk_size=self.matching_chunk_size, squared=squared)
+                     rng=rng, chunk_size=self.matching_chunk_size, dtype=self.dtype,
+                     squared=squared)
       if self.matching_shard_mode:
         return matching.global_matching_sharded(
             query, reference, labels, self.num_slots, mesh=self.matching_mesh,

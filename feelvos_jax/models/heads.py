@@ -25,7 +25,10 @@ import flax.linen as nn
 import numpy as np
 
 from feelvos_jax import config_checks
-from feelvos_jax.models.layers import PointwiseConv, depthwise_conv_same, pointwise_conv_matmul
+from feelvos_jax.models.layers import PointwiseConv
+from feelvos_jax.models.layers import add_bias
+from feelvos_jax.models.layers import depthwise_conv_same
+from feelvos_jax.models.layers import pointwise_conv_matmul
 
 Initializer = Callable[..., jax.Array]
 
@@ -67,6 +70,8 @@ class SeparableConvReLU(nn.Module):
   layer that depends on inputs[0] alone. Passing that value back as `first_part` skips
   inputs[0]'s depthwise and pointwise convs (inputs[0] then only sets the channel split) and
   gives the same output, computed in the same order. Neither combines with `gates`.
+
+  Computes in `dtype`; the biases are added in float32 and rounded once (`layers.add_bias`).
   """
   features: int
   kernel_size: int = 3
@@ -90,7 +95,7 @@ class SeparableConvReLU(nn.Module):
     pointwise_kernel = self.param("pointwise_kernel", self.pointwise_init,
                                   (1, 1, channels, self.features))
     pointwise_bias = self.param("pointwise_bias", nn.initializers.zeros, (self.features,))
-    output = pointwise_bias.astype(self.dtype)
+    output = None
     start = 0
     for index, (x, size) in enumerate(zip(inputs, sizes)):
       group = slice(start, start + size)
@@ -102,9 +107,11 @@ class SeparableConvReLU(nn.Module):
                                    depthwise_kernel[..., group].astype(self.dtype))
       if gates is not None:
         hidden = hidden * gates[:, None, None, group].astype(self.dtype)
-      hidden = nn.relu(hidden + depthwise_bias[group].astype(self.dtype))
-      output = output + pointwise_conv_matmul(
-          hidden, pointwise_kernel[:, :, group].astype(self.dtype))
+      hidden = nn.relu(add_bias(hidden, depthwise_bias[group]))
+      contribution = pointwise_conv_matmul(hidden,
+                                           pointwise_kernel[:, :, group].astype(self.dtype))
+      output = (add_bias(contribution, pointwise_bias) if output is None
+                else output + contribution)
       if first_only:
         return output
     return nn.relu(output)
@@ -125,7 +132,8 @@ class EmbeddingHead(nn.Module):
 
 
 class DynamicSegmentationHead(nn.Module):
-  """One object slot: (features [B, h, w, D], maps [B, h, w, M]) -> logits [B, h, w].
+  """One object slot: (features [B, h, w, D], maps [B, h, w, M]) -> logits [B, h, w] float32
+  (the layers compute in `dtype`, the final 1x1 logits layer in float32).
 
   `object_maps` holds the slot's M matching maps; FEELVOS: the global matching map, the
   previous-frame probability and the local matching map, in this order (M = 3); the CFBI
@@ -176,7 +184,9 @@ class DynamicSegmentationHead(nn.Module):
       gates = self._gates(index, guidance, self.channels)
       x = SeparableConvReLU(self.channels, self.kernel_size, dtype=self.dtype,
                             name=f"layer_{index}")(x, gates=gates)
-    logits = PointwiseConv(1, use_bias=True, dtype=self.dtype,
+    # In float32 whatever the compute dtype: bfloat16 would round every logit to 8
+    # significant bits before the softmax; one output channel, so the cost is negligible.
+    logits = PointwiseConv(1, use_bias=True, dtype=jnp.float32,
                            kernel_init=nn.initializers.truncated_normal(0.01),
                            name="logits")(x)
     return logits[..., 0]

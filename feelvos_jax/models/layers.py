@@ -158,6 +158,16 @@ def depthwise_conv_same(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
       default=functools.partial(depthwise_conv_native, stride=stride, rate=rate))
 
 
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+  """x [..., C] + bias [C] (float32), added in float32 and rounded once to x.dtype.
+
+  In bfloat16 this keeps the bias gradient, a sum over every pixel of the output gradient,
+  accumulating in float32 (a bfloat16 add would reduce it in bfloat16); in float32 it is the
+  plain sum.
+  """
+  return (x.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise k x k conv (one filter per channel) by `depthwise_conv_same`.
 
@@ -181,8 +191,7 @@ class DepthwiseConv(nn.Module):
     y = depthwise_conv_same(x.astype(self.dtype), kernel.astype(self.dtype),
                             stride=self.stride, rate=self.rate)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32).astype(
-          self.dtype)
+      y = add_bias(y, self.param("bias", nn.initializers.zeros, (channels,), jnp.float32))
     return y
 
 
@@ -242,8 +251,7 @@ class PointwiseConv(nn.Module):
                         jnp.float32)
     y = pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                         jnp.float32).astype(self.dtype)
+      y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
     return y
 
 
@@ -359,10 +367,13 @@ def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Ar
 
   Output pixel i of an axis samples input position i * (in - 1) / (out - 1), as TF's
   `resize_bilinear(..., align_corners=True)` that DeepLab uses to upsample the ASPP output.
+  Weights and blends in float32 (bfloat16 weights would not sum to one), the result in x.dtype.
   """
   low_h, high_h, weight_h = _align_corners_taps(x.shape[1], size[0])
   low_w, high_w, weight_w = _align_corners_taps(x.shape[2], size[1])
-  weight_h = jnp.asarray(weight_h, x.dtype)[None, :, None, None]
-  weight_w = jnp.asarray(weight_w, x.dtype)[None, None, :, None]
-  x = x[:, low_h] * (1 - weight_h) + x[:, high_h] * weight_h
-  return x[:, :, low_w] * (1 - weight_w) + x[:, :, high_w] * weight_w
+  weight_h = jnp.asarray(weight_h)[None, :, None, None]
+  weight_w = jnp.asarray(weight_w)[None, None, :, None]
+  y = x.astype(jnp.float32)
+  y = y[:, low_h] * (1 - weight_h) + y[:, high_h] * weight_h
+  y = y[:, :, low_w] * (1 - weight_w) + y[:, :, high_w] * weight_w
+  return y.astype(x.dtype)

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from datasets import palette
 from datasets import registry
+from feelvos_jax import config_overrides
 from feelvos_jax import IGNORE_LABEL
 
 CELL_PADDING = 2
@@ -196,4 +197,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  config_overrides.replace_repeated_tuple_overrides()
   app.run(main, flags_parser=parse_flags)

@@ -63,14 +63,18 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: Optional[np.ndarray]
     raise ValueError(
         f"labels must lie in [0, {len(palette)}) to index the palette, got "
         f"[{labels.min()}, {labels.max()}]")
-  colours = palette[labels].astype(np.float32)
+  # Only object pixels are blended (float32, as a whole-frame blend would): drawing a video's
+  # frames one by one stays cheap where the objects are small.
+  colours = np.asarray(palette).astype(np.float32)
   objects = (labels != 0) & (labels != IGNORE_LABEL)
-  blended = frame.astype(np.float32)
-  blended[objects] = (1.0 - alpha) * blended[objects] + alpha * colours[objects]
+  drawn = np.clip(np.round(frame), 0, 255).astype(np.uint8)
+  blended = ((1.0 - alpha) * frame[objects].astype(np.float32)
+             + alpha * colours[labels[objects]])
+  drawn[objects] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
   if contours:
     edges = _boundaries(labels) & objects
-    blended[edges] = colours[edges]
-  return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    drawn[edges] = np.clip(np.round(colours[labels[edges]]), 0, 255).astype(np.uint8)
+  return drawn
 
 
 def strip_indices(num_frames: int, num: int) -> np.ndarray:

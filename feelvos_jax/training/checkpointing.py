@@ -9,8 +9,10 @@ has it). Restores verify them first: a missing, truncated or changed file raises
 workdir whose checkpoint was written by an incompatible config is refused before anything is
 compiled or written.
 """
+import errno
 import functools
 import json
+import os
 import signal
 import threading
 from typing import Any, Mapping, Optional
@@ -37,7 +39,8 @@ _ITEMS = ("state", "config")
 """The Orbax items of a checkpoint, one folder each in the step folder."""
 
 # Model knobs that change neither the parameters nor what they mean: a run may resume with others.
-_RUNTIME_MODEL_KEYS = ("dtype", "matching_chunk_size", "pretrained")
+_RUNTIME_MODEL_KEYS = ("dtype", "matching_chunk_size", "pretrained", "pretrained_min_fraction",
+                       "pretrained_allow_partial")
 
 
 def _json_round_trip(value: Any) -> Any:
@@ -98,6 +101,12 @@ def verify_checkpoint(directory: epath.Path, step: int, steps: list[int]) -> Non
     raise integrity.IntegrityError(
         f"Checkpoint step {step} in {directory} is corrupted: {'; '.join(found)}. Nothing was "
         f"changed; {fallback}.")
+
+
+class DiskFullError(OSError):
+  """A save ran out of disk space (or quota). The message is one line naming the step, the
+  checkpoints folder, the checkpoints kept (the earlier ones are untouched) and the unfinished
+  temporary folder, which Orbax ignores when it restores."""
 
 
 class Checkpointer:
@@ -214,22 +223,54 @@ class Checkpointer:
     """
     if metrics is not None:
       metrics = {BEST_METRIC: float(metrics[BEST_METRIC])}
-    self._manager.wait_until_finished()  # The checksums callback reads `_saving_step`.
+    self.wait_until_finished()  # The checksums callback reads `_saving_step`.
     self._saving_step = step
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                config=ocp.args.JsonSave(_json_round_trip(config.to_dict()))),
-        metrics=metrics, force=True)
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  config=ocp.args.JsonSave(_json_round_trip(config.to_dict()))),
+          metrics=metrics, force=True)
+    except OSError as error:
+      self._raise_if_disk_full(error)
+      raise
 
   def wait_until_finished(self) -> None:
-    """Blocks until the asynchronous saves have been written."""
-    self._manager.wait_until_finished()
+    """Blocks until the asynchronous saves have been written.
+
+    Raises:
+      DiskFullError: the disk (or quota) filled up during a save (see `DiskFullError`).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except OSError as error:
+      self._raise_if_disk_full(error)
+      raise
+
+  def _raise_if_disk_full(self, error: OSError) -> None:
+    """`DiskFullError` from `error` if it reports a full disk or quota; otherwise returns."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+      return
+    step = self._saving_step
+    self._manager.reload()  # Its list of steps still holds the failed one.
+    kept = self.all_steps()
+    partial = [os.fspath(self.directory / name)
+               for name in ocp.path.step.tmp_checkpoints(self.directory)
+               if name.split(".")[0] == str(step)]
+    resume = f"run again to resume from step {max(kept)}" if kept else "run again"
+    raise DiskFullError(
+        f"no space left on the device writing checkpoint step {step} in {self.directory} "
+        f"({error.strerror}: {error.filename}); the earlier checkpoints {kept} are kept: free "
+        f"space (the unfinished {', '.join(partial) or 'step'} can go), then {resume}"
+    ) from error
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and releases the manager (`DiskFullError` as in
+    `wait_until_finished`)."""
+    try:
+      self.wait_until_finished()
+    finally:
+      self._manager.close()
 
 
 class PreemptionWatcher:

@@ -1,10 +1,11 @@
 """Checksums of the files of a checkpoint or an export bundle, and their verification.
 
-Orbax 0.12 verifies nothing of what it restores: a flipped byte in a checkpoint's data file
-restores as changed parameter values without an error (or, for some bytes, as an error that
-names no file). So every training checkpoint (`checkpointing.CHECKSUMS` in its step folder) and
-every export bundle (`manifest.json`) records the size and SHA-256 of each of its files when it
-is written, and the readers verify them before restoring anything.
+Orbax (0.12.8, measured) does not verify what it restores: with 1 byte flipped in the largest
+data file of a checkpoint, 20 restores of 20 returned changed values (1 to 1,200 of 20,480)
+without an error; with 64 bytes flipped, 15 of 20 did (4,509 to 9,144 values changed) and 5
+raised an error that names no file. So every training checkpoint (`checkpointing.CHECKSUMS` in
+its step folder) and every export bundle (`manifest.json`) records the size and SHA-256 of each
+of its files when it is written, and the readers verify them before restoring anything.
 """
 import hashlib
 import json

@@ -32,12 +32,13 @@ def create_learning_rate_schedule(optimizer_config: ml_collections.ConfigDict,
   """
   name = config_checks.one_of(optimizer_config, "optimizer.schedule", _SCHEDULES)
   warmup_steps = config_checks.int_at_least(optimizer_config, "optimizer.warmup_steps", 0)
-  end_value = optimizer_config.end_learning_rate
+  config_checks.check_float(learning_rate, "config.learning_rate", 0.0)
+  end_value = config_checks.float_in(optimizer_config, "optimizer.end_learning_rate", 0.0)
   decay_steps = max(num_train_steps - warmup_steps, 1)
   if name == "poly":
+    power = config_checks.float_in(optimizer_config, "optimizer.poly_power", 0.0, low_open=True)
     decay = optax.polynomial_schedule(init_value=learning_rate, end_value=end_value,
-                                      power=optimizer_config.poly_power,
-                                      transition_steps=decay_steps)
+                                      power=power, transition_steps=decay_steps)
   elif name == "cosine":
     decay = optax.cosine_decay_schedule(init_value=learning_rate, decay_steps=decay_steps,
                                         alpha=end_value / learning_rate if learning_rate else 0.0)
@@ -88,7 +89,9 @@ def create_optimizer(optimizer_config: ml_collections.ConfigDict, learning_rate:
     chain.append(clip_each_by_norm(clip_norm) if clip_mode == "per_tensor"
                  else optax.clip_by_global_norm(clip_norm))
   if name == "sgd":
-    chain.append(optax.sgd(schedule, momentum=optimizer_config.momentum or None))
+    momentum = config_checks.float_in(optimizer_config, "optimizer.momentum", 0.0, 1.0,
+                                      high_open=True)
+    chain.append(optax.sgd(schedule, momentum=momentum or None))
   elif name == "adam":
     chain.append(optax.adam(schedule))
   else:

@@ -32,6 +32,8 @@ import numpy as np
 import optax
 
 from feelvos_jax import config_checks
+from feelvos_jax import console
+from feelvos_jax import evaluation
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
@@ -73,10 +75,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the device "
                      f"count ({devices}) and the process count ({processes}).")
   sharding.mesh_shape(config.mesh, devices)
-  config_checks.int_tuple(config, "dataset.crop_size", length=2, low=2 * FEATURE_STRIDE)
+  models.build_model(config.model)  # Checks every model key it reads.
+  _check_crop_size(config)
   pretrained = config.model.pretrained
   if pretrained and not (os.path.exists(pretrained) or os.path.exists(pretrained + ".index")):
     raise ValueError(f"config.model.pretrained={pretrained!r}: no such file or checkpoint.")
+  config_checks.float_in(config, "model.pretrained_min_fraction", 0.0, 1.0)
+  config_checks.one_of(config, "model.pretrained_allow_partial", (False, True))
   losses.hard_mining_fraction(0, top_k_percent=config.loss.top_k_percent,
                               ramp_steps=config.loss.hard_mining_ramp_steps)
   if config.model.head == "nearest_neighbor":  # PML's triplet loss.
@@ -84,6 +89,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_checks.float_in(config, "loss.triplet_margin", 0.0)
     config_checks.positive_int(config, "model.nearest_neighbors")
   optimizers.create_optimizer(config.optimizer, config.learning_rate, config.num_train_steps)
+
+
+def _check_crop_size(config: ml_collections.ConfigDict) -> None:
+  """ValueError naming config.dataset.crop_size unless each side reaches the backbone's output
+  stride (and 2 x FEATURE_STRIDE) and the crop's stride-4 grid can hold an object of
+  config.dataset.min_object_pixels (otherwise every sample is rejected and trains on no object,
+  with loss 0)."""
+  height, width = config_checks.int_tuple(config, "dataset.crop_size", length=2, low=1)
+  low = max(2 * FEATURE_STRIDE, config.model.output_stride)
+  if min(height, width) < low:
+    raise ValueError(f"config.dataset.crop_size={(height, width)} must be at least {low} on each "
+                     f"side: the backbone's output stride is config.model.output_stride="
+                     f"{config.model.output_stride}")
+  min_pixels = config_checks.int_at_least(config, "dataset.min_object_pixels", 0)
+  cells = -(-height // FEATURE_STRIDE) * -(-width // FEATURE_STRIDE)
+  if cells < min_pixels:
+    raise ValueError(f"config.dataset.crop_size={(height, width)} has {cells} pixels at stride "
+                     f"{FEATURE_STRIDE}, fewer than config.dataset.min_object_pixels="
+                     f"{min_pixels}: every sample would be rejected and train on no object")
 
 
 def make_init_fn(config: ml_collections.ConfigDict, model: flax.linen.Module,
@@ -142,16 +166,24 @@ def create_train_state(config: ml_collections.ConfigDict, model: flax.linen.Modu
   return materialize_train_state(init, abstract, rng, mesh)
 
 
-def load_pretrained(state: TrainState, path: str, backbone: str) -> TrainState:
-  """`state` with the variables of a pretrained file (see feelvos_jax/weights.py) in place of
-  their initialisation, in the same shardings; the optimizer state is untouched (it does not
-  depend on the parameter values at step 0)."""
+def load_pretrained(state: TrainState, path: str, backbone: str, *,
+                    min_backbone_fraction: float = 1.0, allow_partial: bool = False
+                    ) -> TrainState:
+  """`state` with the variables of a pretrained file (see feelvos_jax/training/weights.py) in
+  place of their initialisation, in the same shardings; the optimizer state is untouched (it
+  does not depend on the parameter values at step 0).
+
+  Logs `loaded N of M variables` with the names left unmatched on either side (WARNING when
+  there are any). ValueError naming the file for what `weights.load_pretrained` refuses, e.g.
+  fewer than `min_backbone_fraction` of the backbone's variables unless `allow_partial`.
+  """
   params, batch_stats = multihost_utils.process_allgather((state.params, state.batch_stats),
                                                           tiled=True)
-  params, batch_stats, report = weights.load_pretrained(params, batch_stats, path, backbone)
-  logging.info("Pretrained %s: %d variables loaded, %d not in the file (initialised), %d in "
-               "the file unused.", path, len(report.loaded), len(report.missing),
-               len(report.unexpected))
+  params, batch_stats, report = weights.load_pretrained(
+      params, batch_stats, path, backbone, min_backbone_fraction=min_backbone_fraction,
+      allow_partial=allow_partial)
+  level = logging.WARNING if report.missing or report.unexpected else logging.INFO
+  logging.log(level, "Pretrained %s: %s", path, report.summary())
 
   def place(value: Any, like: jax.Array) -> jax.Array:
     value = np.asarray(value)
@@ -355,23 +387,26 @@ def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
     return checkpointer.restore(latest, abstract_state)
   state = materialize_train_state(init, abstract_state, jax.random.PRNGKey(config.seed), mesh)
   if config.model.pretrained:
-    state = load_pretrained(state, config.model.pretrained, config.model.backbone)
+    state = load_pretrained(state, config.model.pretrained, config.model.backbone,
+                            min_backbone_fraction=config.model.pretrained_min_fraction,
+                            allow_partial=config.model.pretrained_allow_partial)
   return state
 
 
 def _write_train_metrics(writer: Any, step: int, fetched: list[tuple[int, dict[str, float]]],
                          seconds: float, config: ml_collections.ConfigDict) -> None:
   """Means of the metrics of the steps in `fetched` (done in `seconds`) to `writer` (a clu
-  `metric_writers.MetricWriter`) and the log."""
+  `metric_writers.MetricWriter`), and one log line: step, loss, IoU, steps/s and the ETA of
+  the remaining steps at that speed (evaluations not counted)."""
   means = {f"train/{name}": float(np.mean([metrics[name] for _, metrics in fetched]))
            for name in fetched[-1][1]}
   means["train/steps_per_sec"] = len(fetched) / seconds
   means["train/examples_per_sec"] = means["train/steps_per_sec"] * config.batch_size
   writer.write_scalars(step, means)
-  logging.info("step %d/%d  loss %.4f  iou %.3f  lr %.3g  grad_norm %.3g  %.2f steps/s  "
-               "%.1f examples/s", step, config.num_train_steps, means["train/loss"],
-               means["train/iou"], means["train/learning_rate"], means["train/grad_norm"],
-               means["train/steps_per_sec"], means["train/examples_per_sec"])
+  remaining = (config.num_train_steps - step) / means["train/steps_per_sec"]
+  logging.info("step %d/%d  loss %.3f  IoU %.2f  %.2f steps/s  ETA %s", step,
+               config.num_train_steps, means["train/loss"], means["train/iou"],
+               means["train/steps_per_sec"], console.format_duration(remaining))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -384,7 +419,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from that step on is saved. Once `config` is valid, the workdir is locked for the run
   (`workdir_lock.hold`): WorkdirLockedError if another run holds it. A latest checkpoint whose
   files do not match their checksums raises `integrity.IntegrityError` naming them (no older
-  one is restored in its place).
+  one is restored in its place). A latest checkpoint at or beyond `config.num_train_steps`
+  is restored and returned with a warning naming both steps; nothing is written.
   """
   validate_config(config)
   with workdir_lock.hold(workdir, "train_and_evaluate" if evaluate else "train"):
@@ -409,6 +445,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = _restore_or_initialize(checkpointer, init, abstract_state, config, mesh)
   start_step = int(state.step)
+  if start_step >= config.num_train_steps:
+    checkpointer.close()
+    logging.warning("Nothing to train: checkpoint step %d in %s has reached "
+                    "config.num_train_steps=%d (raise it to train on).", start_step,
+                    checkpointer.directory, config.num_train_steps)
+    return state
   step_fn = compile_train_step(config, abstract_state, mesh)
   batches = input_pipeline.create_train_dataset(
       config.dataset, _load_videos(config.dataset, config.dataset.train_split,
@@ -448,7 +490,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       eval_metrics = _evaluate(model, state, config) if eval_now else None
       if eval_metrics is not None:
         writer.write_scalars(step, {f"eval/{name}": value for name, value in eval_metrics.items()})
-        logging.info("step %d  validation %s", step, eval_metrics)
+        logging.info("step %d: validation J&F of %d videos\n%s", step,
+                     eval_metrics["num_videos"],
+                     evaluation.format_table(evaluation.GLOBAL_COLUMNS, [eval_metrics]))
         last_flush = time.time()  # Training speed excludes the evaluation.
       if save_now:
         checkpointer.save(step, state, config, metrics=eval_metrics)

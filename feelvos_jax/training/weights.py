@@ -7,9 +7,18 @@
   - for `resnet50` / `resnet101`: a torchvision state dict saved as `.npz`, e.g.
     `np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})`.
 It returns new trees (loaded leaves replaced, cast to the leaf's dtype; the rest untouched) and
-a `LoadReport`. A variable whose shape differs from the model's raises ValueError naming it
-and both shapes, unless `allow_shape_mismatch=True`, which leaves such leaves as they were and
-lists them in the report.
+a `LoadReport`. Every error is a ValueError whose message names `config.model.pretrained`, the
+file and, where one is at fault, the variable:
+  - a variable whose shape (or rank) differs from the model's names it and both shapes, unless
+    `allow_shape_mismatch=True`, which leaves such leaves as they were and lists them in the
+    report;
+  - a variable that is not a real floating-point array (integer, bool, complex, object) or that
+    holds NaN or inf is refused whatever the options;
+  - fewer than `min_backbone_fraction` (default: all) of the backbone's variables loaded is
+    refused, unless `allow_partial=True`: a file that matches nothing (another model's weights,
+    another naming) would otherwise leave the model at its random initialisation.
+Keys of a torchvision state dict lose the prefixes that wrappers add (`module.` of
+`DataParallel` / `DistributedDataParallel`, `_orig_mod.` of `torch.compile`) before matching.
 
 TF name map (Flax path under params/batch_stats -> TF variable; `<conv>` is a conv + batch
 norm, mapped as `.../conv/kernel` -> `<scope>/weights` (depthwise: `depthwise_weights`),
@@ -46,9 +55,11 @@ torchvision's `num_batches_tracked`.
 """
 from collections.abc import Callable, Mapping
 import dataclasses
+import math
 import os
 import re
 from typing import Any
+import zipfile
 
 import flax
 import jax.numpy as jnp
@@ -69,6 +80,9 @@ _XCEPTION_MODULES = {
        for scope, _, _, _, num_units, _ in xception.XCEPTION65_BLOCKS
        for unit in range(1, num_units + 1)},
 }
+TORCH_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""Key prefixes of wrapped PyTorch models (`DataParallel` / `DistributedDataParallel`,
+`torch.compile`), removed from state-dict keys before they are matched."""
 _TORCH_LEAVES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
                  ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
                  ("batch_stats", "var"): "running_var"}
@@ -84,15 +98,24 @@ class LoadReport:
   unexpected: source variables that no model leaf takes (bookkeeping entries excluded).
   mismatched: 'name: file shape vs model shape' for variables skipped because of their shape
     (only with allow_shape_mismatch=True; otherwise they raise).
+  total: model leaves the file format names (loaded + missing + mismatched).
+  backbone_loaded: loaded leaves of the backbone (`params/backbone/...`,
+    `batch_stats/backbone/...`).
+  backbone_total: backbone leaves the file format names.
   """
   loaded: tuple[str, ...]
   missing: tuple[str, ...]
   unexpected: tuple[str, ...]
   mismatched: tuple[str, ...]
+  total: int = 0
+  backbone_loaded: int = 0
+  backbone_total: int = 0
 
   def summary(self) -> str:
-    """A few lines for logs."""
-    lines = [f"loaded {len(self.loaded)} variables"]
+    """A few lines for logs: `loaded N of M variables (B of K backbone variables)`, then the
+    names of the missing, unexpected and mismatched variables."""
+    lines = [f"loaded {len(self.loaded)} of {self.total} variables ({self.backbone_loaded} of "
+             f"{self.backbone_total} backbone variables)"]
     for title, names in (("missing", self.missing), ("unexpected", self.unexpected),
                          ("shape mismatch", self.mismatched)):
       if names:
@@ -163,16 +186,56 @@ def torchvision_name(collection: str, path: Path) -> tuple[str, bool] | None:
 def _load_tensorflow(path: str) -> dict[str, Callable[[], np.ndarray]]:
   """{variable name: reader} of a TF checkpoint (prefix or folder)."""
   import tensorflow as tf  # Imported on use: heavy, and only this format needs it.
-  reader = tf.train.load_checkpoint(path)
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except (tf.errors.OpError, ValueError) as error:
+    raise ValueError(f"config.model.pretrained={path!r} cannot be read as a TensorFlow "
+                     f"checkpoint: {error}") from error
   return {name: (lambda name=name: reader.get_tensor(name))
           for name in reader.get_variable_to_shape_map() if not _TF_SKIPPED.search(name)}
 
 
+def strip_wrapper_prefixes(names: list[str], path: str) -> dict[str, str]:
+  """{state-dict key without `TORCH_WRAPPER_PREFIXES`: key as stored}.
+
+  ValueError naming the file and both keys when two keys become one.
+  """
+  stripped = {}
+  for name in names:
+    key = name
+    while key.startswith(TORCH_WRAPPER_PREFIXES):
+      key = key[len(next(p for p in TORCH_WRAPPER_PREFIXES if key.startswith(p))):]
+    if key in stripped:
+      raise ValueError(f"config.model.pretrained={path!r}: keys {stripped[key]!r} and {name!r} "
+                       f"both name {key!r} once the wrapper prefixes "
+                       f"{TORCH_WRAPPER_PREFIXES} are removed")
+    stripped[key] = name
+  return stripped
+
+
 def _load_npz(path: str) -> dict[str, Callable[[], np.ndarray]]:
-  """{key: reader} of a .npz state dict, num_batches_tracked entries excluded."""
-  arrays = np.load(path)
-  return {name: (lambda name=name: arrays[name])
-          for name in arrays.files if not name.endswith("num_batches_tracked")}
+  """{key: reader} of a .npz state dict, keys without wrapper prefixes (`strip_wrapper_prefixes`),
+  num_batches_tracked entries excluded."""
+  try:
+    arrays = np.load(path)
+  except (OSError, ValueError, zipfile.BadZipFile) as error:
+    raise ValueError(f"config.model.pretrained={path!r} cannot be read as a .npz state dict: "
+                     f"{error}") from error
+  if not isinstance(arrays, np.lib.npyio.NpzFile):
+    raise ValueError(f"config.model.pretrained={path!r} holds one array, not a state dict of "
+                     "named arrays (np.savez(path, **state_dict))")
+  names = list(arrays.files)
+
+  def read(stored: str) -> np.ndarray:
+    try:
+      return arrays[stored]
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+      raise ValueError(f"config.model.pretrained={path!r}: variable {stored!r} cannot be read "
+                       f"({error})") from error
+
+  return {name: (lambda stored=stored: read(stored))
+          for name, stored in strip_wrapper_prefixes(names, path).items()
+          if not name.endswith("num_batches_tracked")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +267,43 @@ def _check_path(path: str, file_format: _Format) -> None:
                      f"{'file' if file_format.is_npz else 'checkpoint (prefix.index or folder)'}")
 
 
+def _check_values(stored: np.ndarray, name: str, where: str, path: str) -> None:
+  """ValueError naming the variable unless `stored` is a real floating-point array of finite
+  values."""
+  if not jnp.issubdtype(stored.dtype, jnp.floating):
+    raise ValueError(f"config.model.pretrained={path!r}: variable {name!r} (for {where}) has "
+                     f"dtype {stored.dtype}; expected real floating-point weights")
+  bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
+  if bad:
+    raise ValueError(f"config.model.pretrained={path!r}: variable {name!r} (for {where}) holds "
+                     f"{bad} NaN or infinite values of {np.size(stored)}")
+
+
+def _is_backbone(where: str) -> bool:
+  return where.split("/")[1] == "backbone"
+
+
+def _check_enough(report: LoadReport, missing_names: list[str], path: str, backbone: str,
+                  min_backbone_fraction: float) -> None:
+  """ValueError naming the file unless `min_backbone_fraction` of the backbone's variables
+  loaded; `missing_names` are the file names of the backbone variables it lacks."""
+  needed = math.ceil(min_backbone_fraction * report.backbone_total - 1e-9)
+  if report.backbone_loaded >= needed:
+    return
+  examples = ", ".join(repr(name) for name in missing_names[:3])
+  unused = ", ".join(repr(name) for name in report.unexpected[:3])
+  raise ValueError(
+      f"config.model.pretrained={path!r} filled {report.backbone_loaded} of the "
+      f"{report.backbone_total} variables of the {backbone} backbone (needed: {needed}, "
+      f"config.model.pretrained_min_fraction={min_backbone_fraction}); it lacks e.g. {examples}"
+      + (f" and holds {len(report.unexpected)} names the model does not take, e.g. {unused}"
+         if report.unexpected else "")
+      + "; set --config.model.pretrained_allow_partial=True to load it anyway")
+
+
 def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], path: str,
-                    backbone: str, *, allow_shape_mismatch: bool = False
+                    backbone: str, *, allow_shape_mismatch: bool = False,
+                    min_backbone_fraction: float = 1.0, allow_partial: bool = False
                     ) -> tuple[dict[str, Any], dict[str, Any], LoadReport]:
   """Copies the variables of a pretrained file into the FEELVOS variable trees.
 
@@ -217,13 +315,19 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
     backbone: config.model.backbone.
     allow_shape_mismatch: skip variables whose shape differs (listed in the report) instead
       of raising.
+    min_backbone_fraction: the fraction of the backbone's variables (those the format names)
+      that must load (config.model.pretrained_min_fraction).
+    allow_partial: return whatever loaded, even below `min_backbone_fraction`
+      (config.model.pretrained_allow_partial).
 
   Returns:
     (params, batch_stats, report): new nested dicts and a LoadReport.
 
   Raises:
-    ValueError: no pretrained format for `backbone`, a missing or wrong-format file, or a
-      shape mismatch (naming every mismatched variable with both shapes).
+    ValueError: no pretrained format for `backbone`; a missing, unreadable or wrong-format file;
+      a shape or rank mismatch (naming every mismatched variable with both shapes); a variable
+      that is not real floating point or holds NaN / inf (naming it); fewer backbone variables
+      loaded than `min_backbone_fraction` asks, unless `allow_partial`. Each names the file.
   """
   if backbone not in FORMATS:
     raise ValueError(f"config.model.backbone={backbone!r} has no pretrained weight format; "
@@ -233,7 +337,8 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
   source = file_format.read(path)
   trees = {"params": flax.traverse_util.flatten_dict(flax.core.unfreeze(params)),
            "batch_stats": flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))}
-  loaded, missing, mismatched, used = [], [], [], set()
+  loaded, missing, missing_names, mismatched, used = [], [], [], [], set()
+  total = backbone_total = backbone_loaded = 0
   for collection, flat in trees.items():
     for leaf_path, leaf in flat.items():
       named = file_format.leaf_name(collection, leaf_path)
@@ -241,11 +346,20 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
         continue
       name, is_kernel = named
       where = f"{collection}/{'/'.join(leaf_path)}"
+      total += 1
+      backbone_total += _is_backbone(where)
       if name not in source:
         missing.append(where)
+        if _is_backbone(where):
+          missing_names.append(name)
         continue
       used.add(name)
       stored = np.asarray(source[name]())
+      if stored.ndim != len(leaf.shape):
+        mismatched.append(f"{name}: file shape {stored.shape} (rank {stored.ndim}) vs model "
+                          f"shape {tuple(leaf.shape)} (rank {len(leaf.shape)}) at {where}")
+        continue
+      _check_values(stored, name, where, path)
       value = file_format.kernel_to_flax(stored) if is_kernel else stored
       if value.shape != tuple(leaf.shape):
         mismatched.append(f"{name}: file shape {stored.shape} (as the model lays it out: "
@@ -253,11 +367,15 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
         continue
       flat[leaf_path] = jnp.asarray(value, dtype=leaf.dtype)
       loaded.append(name)
+      backbone_loaded += _is_backbone(where)
   if mismatched and not allow_shape_mismatch:
     raise ValueError(f"config.model.pretrained={path!r}: shape mismatch for "
                      + "; ".join(mismatched))
   report = LoadReport(loaded=tuple(sorted(loaded)), missing=tuple(sorted(missing)),
                       unexpected=tuple(sorted(set(source) - used)),
-                      mismatched=tuple(sorted(mismatched)))
+                      mismatched=tuple(sorted(mismatched)), total=total,
+                      backbone_loaded=backbone_loaded, backbone_total=backbone_total)
+  if not allow_partial:
+    _check_enough(report, missing_names, path, backbone, min_backbone_fraction)
   return (flax.traverse_util.unflatten_dict(trees["params"]),
           flax.traverse_util.unflatten_dict(trees["batch_stats"]), report)
