@@ -5,6 +5,7 @@
 
 Several processes (one per host): pass --coordinator_address, --num_processes and --process_id,
 or --distributed to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes).
+`--compilation_cache=DIR` (or $JAX_COMPILATION_CACHE_DIR) keeps compiled steps for later runs.
 
 A repeated override replaces the earlier one, tuples included (`feelvos_jax.config_overrides`).
 The log shows this project's lines (one per logged step, the validation table) and the
@@ -39,15 +40,19 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Index of this process.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "Folder of JAX's persistent compilation cache (jax_compilation_cache_dir; local or gs://): "
+    "later runs reuse the compiled train, evaluation and export steps. Default: "
+    "$JAX_COMPILATION_CACHE_DIR, which JAX reads itself; none if unset.")
 
 _DELEGATES = {"evaluate": split_evaluation.run_evaluation, "export": export.export}
 """--mode=evaluate/export: `function(config, workdir)`."""
 
-USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError,
-               workdir_lock.WorkdirLockedError)
-"""What a user can fix: config values and files (ValueError, KeyError, their messages name the
-key or file), files and disks (OSError), a diverging run (FloatingPointError), a workdir held by
-another run. Reported as one line unless --verbosity >= 1."""
+USER_ERRORS = (ValueError, OSError, FloatingPointError, workdir_lock.WorkdirLockedError)
+"""What a user can fix: config values and files (ValueError; the messages name the key or
+file), files and disks (OSError), a diverging run (FloatingPointError), a workdir held by another
+run. Reported as one line unless --verbosity >= 1; anything else keeps its traceback."""
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -71,6 +76,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.configure_logging(flags.FLAGS.verbosity)
+  if _COMPILATION_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top (after its log settings)
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data; JAX owns the accelerators.
   if _COORDINATOR.value or _NUM_PROCESSES.value > 1:
@@ -81,13 +88,14 @@ def main(argv):
   logging.info("Process %d of %d; %d local / %d global devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
+  logging.info("Persistent compilation cache: %s",
+               jax.config.jax_compilation_cache_dir or "none (--compilation_cache)")
   try:
     _run()
   except USER_ERRORS as error:
     if flags.FLAGS.verbosity >= 1:
       raise
-    message = error.args[0] if isinstance(error, KeyError) and error.args else error
-    sys.exit(f"error: {message}")
+    sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m benchmarks.inference [--backbones=tiny,xception65] [--objects=1,3,10] \
         [--frames=20] [--dtypes=float32] [--profile=DIR] [--no_write] [--results_dir=DIR]
+    python -m benchmarks.inference --video_batch=1,4,16 [--backbones=...] [--objects=...]
 
 Random weights (speed does not depend on them) and a synthetic streamed video (a textured
 pattern moving over the frames, one box per object given in frame 0). For each backbone and
@@ -20,6 +21,12 @@ for the length runs). With `--profile=DIR`, each row then propagates `--profile_
 frames inside `jax.profiler.trace` (after its timed run: compiled and warm), one trace folder
 per row under DIR (TensorBoard's profile plugin, or the Perfetto trace in it at
 ui.perfetto.dev).
+
+With `--video_batch=1,4,16` the run measures instead, for each backbone, dtype, object count
+and batch B, the frames/s per device of `VideoPropagator.propagate_batch` over B streamed
+synthetic videos of one bucket stepped together (B x `--frames` frames after a warm-up batch;
+one device runs them) and the process's peak device memory so far; records of kind "speed",
+table "video batch". This mode imports no TensorFlow.
 """
 import argparse
 import functools
@@ -39,6 +46,7 @@ from configs import davis
 from configs import synthetic
 from feelvos_jax import matching
 from feelvos_jax import models
+from feelvos_jax.inference import propagation
 from feelvos_jax.inference import video_propagation
 
 _CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
@@ -94,6 +102,68 @@ def profile(propagator: video_propagation.VideoPropagator, directory: str, num_f
   return max((os.path.join(runs, name) for name in os.listdir(runs)), key=os.path.getmtime)
 
 
+def batch_seconds(propagator: video_propagation.VideoPropagator, batch: int, num_frames: int,
+                  height: int, width: int, num_objects: int) -> float:
+  """Seconds of `propagate_batch` over `batch` streamed synthetic videos (seeds 0..batch-1) of
+  num_frames frames, one bucket, labels back on the host."""
+  videos = []
+  for seed in range(batch):
+    frames, labels = synthetic_video(num_frames, height, width, num_objects, seed=seed)
+    videos.append(propagation.Video(frames, {0: labels}, [0] * num_objects,
+                                    name=f"synthetic{seed}"))
+  start = time.perf_counter()
+  list(propagator.propagate_batch(videos))
+  return time.perf_counter() - start
+
+
+def video_batch_rows(run: records.Run, args: argparse.Namespace,
+                     sizes: dict[str, tuple[int, int]]) -> None:
+  """The `--video_batch` mode of the module docstring: prints its table, appends its records."""
+  batches = [int(n) for n in args.video_batch.split(",")]
+  rows = []
+  for (backbone, (height, width)), dtype in itertools.product(sizes.items(),
+                                                              args.dtypes.split(",")):
+    config, model, variables = _setup(backbone, dtype=dtype)
+    propagator = video_propagation.VideoPropagator(
+        model, variables, object_buckets=config.inference.object_buckets)
+    for num_objects in (int(n) for n in args.objects.split(",")):
+      plan = propagator.plan(height, width, num_objects)
+      single = None
+      for batch in batches:
+        batch_seconds(propagator, batch, 3, height, width, num_objects)  # Compiles.
+        seconds = batch_seconds(propagator, batch, args.frames, height, width, num_objects)
+        fps = batch * args.frames / seconds
+        single = fps if batch == 1 else single
+        device = machine.device_bytes("peak_bytes_in_use") / 2**20
+        frame, slots = f"{height}x{width}", plan.objects_per_chunk * plan.num_chunks
+        rows.append((backbone, config.model.dtype, num_objects, frame, slots, batch,
+                     args.frames, fps, fps / single if single else float("nan"), device))
+        print(rows[-1], flush=True)
+        figures = {"throughput": records.figure(fps, "frames/s per device"),
+                   "peak device memory": records.figure(device, "MiB")}
+        if single:
+          figures["vs batch 1"] = records.figure(fps / single, "x")
+        run.append([backbone, config.model.dtype, frame, f"{num_objects} obj",
+                    f"batch {batch}"], figures, kind="speed", table="video batch",
+                   params={"backbone": backbone, "dtype": config.model.dtype,
+                           "objects": num_objects, "frame": frame, "slots": slots,
+                           "batch": batch, "frames": args.frames})
+  lines = [
+      "- Random weights; B synthetic videos of one bucket stepped together "
+      "(`VideoPropagator.propagate_batch`, one device); frames/s = B x frames / seconds "
+      "after a warm-up batch (compilation excluded); device = the process's peak device "
+      "memory so far (0: not reported on CPU).",
+      "",
+      "| backbone | dtype | objects | frame | slots | batch | frames per video | frames/s "
+      "| vs batch 1 | peak device MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.0f} |".format(*row))
+  print("\n".join(lines))
+  print(run.summary())
+
+
 def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: int,
                 repeats: int) -> dict[str, float]:
   """ms per frame of embed, matching and head, each jitted alone at the padded frame size."""
@@ -105,11 +175,12 @@ def piece_times(model: Any, variables: Any, height: int, width: int, num_slots: 
 
   @jax.jit
   def match(query, reference, labels):
-    query, reference = query.astype(jnp.float32), reference.astype(jnp.float32)
     global_maps = matching.global_matching(query, reference, labels, num_slots,
-                                           chunk_size=model.matching_chunk_size)
+                                           chunk_size=model.matching_chunk_size,
+                                           dtype=model.dtype)
     local_maps = matching.local_matching(query, reference, labels, num_slots,
-                                         window=model.window, dilation=model.dilation)
+                                         window=model.window, dilation=model.dilation,
+                                         dtype=model.dtype)
     return global_maps, local_maps
 
   object_maps = jnp.zeros((1, h, w, num_slots, 3), model.dtype)
@@ -156,9 +227,19 @@ def main() -> None:
                       help="Folder for a jax.profiler trace of each row (none if empty).")
   parser.add_argument("--profile_frames", type=int, default=5,
                       help="Frames propagated inside each row's trace.")
+  parser.add_argument("--video_batch", default="",
+                      help="Comma-separated videos per step, e.g. 1,4,16: measure only "
+                      "frames/s per device of batched propagation (module docstring).")
   records.add_arguments(parser)
   args = parser.parse_args()
   run = records.Run("inference", write=not args.no_write, directory=args.results_dir)
+  sizes = {backbone: (args.height, args.width) for backbone in args.backbones.split(",")}
+  for override in filter(None, args.sizes.split(",")):
+    backbone, size = override.split("=")
+    sizes[backbone] = tuple(int(n) for n in size.split("x"))
+  if args.video_batch:
+    video_batch_rows(run, args, sizes)
+    return
 
   memory_height, memory_width = (tuple(int(n) for n in args.memory_size.split("x"))
                                  if args.memory_size else (args.height, args.width))
@@ -186,10 +267,6 @@ def main() -> None:
                                "objects": args.memory_objects, "frame": frame,
                                "frames": num_frames})
 
-  sizes = {backbone: (args.height, args.width) for backbone in args.backbones.split(",")}
-  for override in filter(None, args.sizes.split(",")):
-    backbone, size = override.split("=")
-    sizes[backbone] = tuple(int(n) for n in size.split("x"))
   rows = []
   for (backbone, (height, width)), dtype in itertools.product(sizes.items(), dtypes):
     config, model, variables = _setup(backbone, dtype=dtype)

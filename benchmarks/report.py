@@ -30,11 +30,13 @@ TITLES: dict[str, str] = {
     "matching": "Global and local matching",
     "cfbi_matching": "CFBI matching: atrous global, multi-local",
     "inference": "Video inference",
+    "segment": "Segmenting a video file (python -m feelvos_jax.segment)",
     "interactive": "Interactive segmentation",
     "layers": "Depthwise and 1x1 convolutions",
     "notebooks": "Notebook tests",
     "variants": "Model variants: FEELVOS, PML, CFBI options",
     "copy_first_mask": "Copy-the-first-mask baseline",
+    "precision": "bfloat16 against float32: J&F of one checkpoint",
     "synthetic_training": "Training runs on the synthetic set",
 }
 """Section titles by benchmark, in the order the sections appear (others follow by name)."""
@@ -88,9 +90,25 @@ DESCRIPTIONS: dict[tuple[str, str, str], str] = {
         "ms per frame of each piece jitted alone (median); slots: object slots of the compiled "
         "step; peak RSS of the process during the run (rows run in order); device memory: the "
         "most in use (not reported on CPU).",
+    ("inference", "speed", "video batch"):
+        "`--video_batch`: B synthetic videos of one bucket (frame size, object slots) stepped "
+        "together by `VideoPropagator.propagate_batch` (the per-frame step vmapped over the "
+        "videos) on one device; frames/s per device = B x frames per video / seconds after a "
+        "warm-up batch (compilation excluded); vs batch 1: against the batch-1 row of the "
+        "same run; peak device memory: the process's so far (0: not reported on CPU).",
     ("inference", "memory", ""):
         "Memory against video length: two videos of different lengths through one propagator "
         "(run first in the process); flat when inference keeps no per-frame state.",
+    ("segment", "memory", ""):
+        "`benchmarks/segment.py`: a synthetic H.264 video of each length written with PyAV and "
+        "segmented by `tools.segment.segment_video` with everything the command writes (PNG "
+        "masks, CSV, overlay mp4 and GIF); random weights; the lengths run one after the "
+        "other in one process after a warm-up video. Peak RSS sampled every 10 ms during each "
+        "run; flat when nothing grows with the video's length.",
+    ("segment", "speed", ""):
+        "The same runs: frames/s of the whole command (decoding, propagation and writing in "
+        "their threads) beside `VideoPropagator.propagate` alone on the same frames held in "
+        "memory (what `benchmarks.inference` measures).",
     ("interactive", "speed", ""):
         "Random weights, the synthetic video of the inference benchmark. First pass = a new "
         "session (embed all frames) + strokes on frame 0 + `propagate(0, 'forward')`; "
@@ -120,6 +138,12 @@ DESCRIPTIONS: dict[tuple[str, str, str], str] = {
         "videos (compilation excluded); train: the whole `train_and_evaluate` call (input "
         "pipeline and compilation included). One seed: differences under about 0.05 J&F are "
         "within what another seed could change.",
+    ("precision", "accuracy", ""):
+        "`benchmarks/precision.py`: the latest checkpoint of a configs/synthetic.py run (or "
+        "one trained for `--train_steps` in the run, float32) evaluated on the "
+        "`synthetic_vos/small` validation videos twice, `config.model.dtype` float32 and "
+        "bfloat16 (parameters float32 in both), with `main.py --mode=evaluate`'s protocol and "
+        "object buckets; seconds: the whole evaluation (compilation included).",
     ("copy_first_mask", "accuracy", ""):
         "Every object's mask from the frame it first appears in, copied unchanged to all "
         "later frames, scored with the official semi-supervised protocol "
@@ -190,8 +214,16 @@ TARGETS: tuple[Target, ...] = (
            ">= 30 frames/s for Xception-65 at 480x854 with 3 objects on one H100",
            at_least=30.0, device="H100",
            where=(("backbone", "xception65"), ("frame", "480x854"), ("objects", 3))),
+    Target("segment", "peak RSS / shortest video's", "segment: peak memory on a 1000-frame "
+           "480p video within 10 % of a 50-frame one", at_most=1.1, kind="memory",
+           where=(("frames", 1000), ("frame", "480x854"))),
+    Target("segment", "segment / propagation alone", "segment: frames/s on a 1000-frame 480p "
+           "video within 10 % of propagation alone (>= 0.9x)", at_least=0.9,
+           where=(("frames", 1000), ("frame", "480x854"))),
     Target("interactive", "ratio", "re-propagation after a correction >= 5x faster than the "
            "first pass", at_least=5.0),
+    Target("precision", "|J&F difference|", "bfloat16 J&F within 0.005 of float32 for the "
+           "same checkpoint", at_most=0.005, kind="accuracy"),
 )
 """The targets the figures are judged against (the train step's figures have none)."""
 

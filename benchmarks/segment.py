@@ -128,12 +128,12 @@ def main() -> None:
     params = {"backbone": args.backbone, "frame": frame, "objects": args.objects,
               "frames": figures["frames"]}
     parts = [args.backbone, frame, f"{args.objects} obj", f"{figures['frames']} frames"]
-    run.append(parts, {
+    run.append(parts + ["memory"], {
         "RSS at start": records.figure(figures["start_rss"], "MiB"),
         "peak RSS": records.figure(figures["peak_rss"], "MiB"),
         "peak RSS / shortest video's": records.figure(figures["peak_rss"] / rows[0]["peak_rss"]),
     }, kind="memory", params=params)
-    run.append(parts, {
+    run.append(parts + ["speed"], {
         "segment": records.figure(figures["segment"], "frames/s"),
         "propagation alone": records.figure(figures["propagate"], "frames/s"),
         "segment / propagation alone": records.figure(figures["segment"] / figures["propagate"]),

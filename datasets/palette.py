@@ -4,12 +4,19 @@ DAVIS and YouTube-VOS store annotations (and expect predictions) as palette-inde
 PNGs whose pixel values are object ids. Their palette is the PASCAL VOC colour map: the colour of
 index i interleaves the bits of i over the red, green and blue channels, most significant first.
 """
+import functools
+
 import numpy as np
 from PIL import Image
 
 
+@functools.cache
 def davis_palette() -> np.ndarray:
-  """The DAVIS/PASCAL VOC colour map as a [256, 3] uint8 array (index 1 is (128, 0, 0))."""
+  """The DAVIS/PASCAL VOC colour map as a [256, 3] uint8 array (index 1 is (128, 0, 0)).
+
+  Computed once (writers and overlays ask for it per frame): the array is read-only, copy it
+  to change colours.
+  """
   palette = np.zeros((256, 3), dtype=np.uint8)
   for index in range(256):
     code = index
@@ -17,6 +24,7 @@ def davis_palette() -> np.ndarray:
       for channel in range(3):
         palette[index, channel] |= ((code >> channel) & 1) << (7 - bit)
       code >>= 3
+  palette.flags.writeable = False
   return palette
 
 

@@ -1,5 +1,5 @@
-"""Test-wide setup: 8 fake CPU devices for sharding tests, TF kept off accelerators, and one
-persistent JAX compilation cache for the session.
+"""Test-wide setup: 8 fake CPU devices for sharding tests, TF kept off accelerators, one
+persistent JAX compilation cache for the session, and the `unoptimized` marker.
 
 `XLA_FLAGS` must be set before jax is first imported, which is why this lives in conftest.
 """
@@ -13,6 +13,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from tests import testing  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -49,3 +51,14 @@ def _persistent_compilation_cache(tmp_path_factory):
       jax.config.update(name, value)
       patch.setenv(name.upper(), str(value))
     yield directory
+
+
+@pytest.fixture(autouse=True)
+def _unoptimized_marker(request):
+  """Tests marked `unoptimized` compile inside `testing.unoptimized()` (fixtures of a wider
+  scope are set up before it: they enter the context themselves)."""
+  if request.node.get_closest_marker("unoptimized") is None:
+    yield
+    return
+  with testing.unoptimized():
+    yield

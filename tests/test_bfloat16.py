@@ -20,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
@@ -141,6 +142,7 @@ def test_propagated_masks_agree_on_99_percent_of_pixels():
     assert np.mean(got == expected) >= 0.99
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_are_float32_and_follow_float32():
   """A training gradient through the bfloat16 model (backbone, matching, head): float32 and
   finite; per module (backbone, DeepLab, embedding head, segmentation head) its cosine with

@@ -370,7 +370,7 @@ def test_all_options_train_one_step_and_propagate():
   assert set(np.unique(labels[2])) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("shard_mode", ["query", "reference"])
+@pytest.mark.parametrize("shard_mode", ["query", pytest.param("reference", marks=pytest.mark.slow)])
 def test_options_with_sharded_global_matching_equal_unsharded(shard_mode):
   model = models.build_model(tiny_config(background_matching=True, matching_bias=True,
                                          global_atrous_rate=2))

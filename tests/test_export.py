@@ -41,6 +41,7 @@ def bundle(tmp_path_factory):
   return workdir, path, export_lib.load(path)
 
 
+@pytest.mark.slow
 def test_bundle_layout(bundle):
   workdir, path, loaded = bundle
   assert path == workdir / "export"
@@ -56,6 +57,7 @@ def test_bundle_layout(bundle):
   assert set(loaded.variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.slow
 def test_exported_and_in_process_masks_are_identical(bundle):
   _, _, loaded = bundle
   in_process = testing.shared_setup()[3]

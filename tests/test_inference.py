@@ -152,6 +152,7 @@ def test_chunked_objects_equal_unchunked(setup):
   assert len(np.unique(expected[1:])) > 2  # Several objects are predicted, not just one.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard_axis", ["query", "reference"])
 def test_sharded_matching_gives_the_unsharded_masks(setup, shard_axis):
   """config.matching.shard_axis splits global matching over the 8 fake devices: same masks."""
@@ -299,6 +300,7 @@ def test_restore_variables_from_a_training_checkpoint(setup, tmp_path):
     checkpointing.restore_variables(config, os.fspath(tmp_path / "empty"), model)
 
 
+@pytest.mark.slow
 def test_run_evaluation_on_the_synthetic_set(setup, tmp_path, capsys):
   """main.py --mode=evaluate: checkpoint -> propagate the split -> PNGs, tables and CSVs."""
   config, model, variables, _, _ = setup
@@ -325,5 +327,6 @@ def test_run_evaluation_on_the_synthetic_set(setup, tmp_path, capsys):
   videos = sorted(p.name for p in output.iterdir() if p.is_dir())
   assert len(videos) == 8
   assert len(list((output / videos[0]).glob("*.png"))) == 8
-  assert (output / "global_results-validation.csv").exists()
-  assert (output / "per-sequence_results-validation.csv").exists()
+  assert "Scored with the protocol youtube_vos" in printed
+  assert (output / "global_results-validation-youtube_vos.csv").exists()
+  assert (output / "per-sequence_results-validation-youtube_vos.csv").exists()

@@ -16,7 +16,7 @@ from feelvos_jax.models import layers
 
 # (input shape [B, H, W, C], kernel side, stride, rate): odd and even sides and kernels.
 CASES = [
-    ((2, 9, 10, 3), 7, 1, 1),
+    pytest.param((2, 9, 10, 3), 7, 1, 1, marks=pytest.mark.slow),  # 7x7: the costly compile.
     ((1, 8, 7, 3), 3, 2, 1),
     ((2, 11, 6, 4), 3, 1, 2),
     ((1, 9, 9, 3), 3, 2, 2),

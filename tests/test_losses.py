@@ -209,7 +209,7 @@ def test_sample_anchors_keeps_at_most_the_count_per_object():
   assert len(seen) > 1  # The draw depends on the key.
 
 
-@pytest.mark.parametrize("anchors_per_object", [2, 100])
+@pytest.mark.parametrize("anchors_per_object", [2, pytest.param(100, marks=pytest.mark.slow)])
 def test_triplet_loss_matches_numpy(anchors_per_object):
   num_slots, margin = 4, 0.7
   case = _triplet_case(0, num_slots=num_slots)
@@ -230,6 +230,7 @@ def test_triplet_loss_matches_numpy(anchors_per_object):
   np.testing.assert_allclose(active, expected_active, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_triplet_loss_without_any_triplet_is_zero_with_finite_gradient():
   anchors, anchor_labels, references, reference_labels = _triplet_case(1, batch=1)
   reference_labels[:] = np.where(reference_labels == IGNORE_LABEL, IGNORE_LABEL, 1)

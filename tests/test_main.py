@@ -1,7 +1,10 @@
 """main.py end to end in subprocesses: command-line overrides, bad overrides, two processes.
 
 The runs use the synthetic `tiny` dataset (generated once per module into a temporary TFDS
-data dir) or the in-memory videos of tests/testing.py, the tiny backbone and 32x32 crops.
+data dir) or the in-memory videos of tests/testing.py, the tiny backbone and 32x32 crops. They
+check flags, files and control flow, never numerics, so the subprocesses compile with
+`jax_disable_most_optimizations` (about half the compile time of the train step), and they share
+the session's compilation cache (tests/conftest.py) through the environment.
 """
 import os
 import socket
@@ -31,7 +34,8 @@ TINY_OVERRIDES = [
 
 def _environment(num_devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   env["PYTHONPATH"] = os.pathsep.join([REPOSITORY] + [p for p in [env.get("PYTHONPATH")] if p])
   return env
 

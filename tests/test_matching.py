@@ -178,7 +178,9 @@ def test_global_matching_subsampling_spans_several_blocks():
                                                      subsets), atol=2e-6)
 
 
-@pytest.mark.parametrize("num_objects,num_pixels", [(1, 300), (3, 200), (4, 37)])
+@pytest.mark.parametrize("num_objects,num_pixels", [
+    pytest.param(1, 300, marks=pytest.mark.slow), pytest.param(3, 200, marks=pytest.mark.slow),
+    (4, 37)])
 def test_wide_and_scanned_block_minima_match_numpy(num_objects, num_pixels):
   """Both per-chunk forms of global matching (a scan over the reference blocks on CPU, one
   matmul over all blocks elsewhere) give, per object, min over its pixels y of

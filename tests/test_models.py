@@ -300,6 +300,7 @@ def test_segment_feeds_features_global_previous_local_to_one_head(tiny):
                                  rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_gradients_are_finite_and_batch_stats_update(tiny):
   model, variables = tiny.model, tiny.variables
   num_objects = np.asarray(tiny.inputs["num_objects"])

@@ -151,7 +151,8 @@ def test_train_in_colab(kernel_env, tmp_path):
   results = saved["results"]
   assert 0.0 <= results["J-Mean"] <= 1.0 and 0.0 <= results["F-Mean"] <= 1.0
   assert results["J&F-Mean"] == pytest.approx((results["J-Mean"] + results["F-Mean"]) / 2)
-  with open(pathlib.Path(saved["predictions_dir"]) / "global_results-validation.csv") as file:
+  with open(pathlib.Path(saved["predictions_dir"])
+            / "global_results-validation-youtube_vos.csv") as file:
     row = next(csv.DictReader(file))
   assert float(row["J&F-Mean"]) == pytest.approx(results["J&F-Mean"], abs=1e-3)
   videos = [path for path in pathlib.Path(saved["predictions_dir"]).iterdir() if path.is_dir()]

@@ -102,7 +102,8 @@ def single_device_step(initial_state):
   return numpy_state(state), metrics
 
 
-@pytest.mark.parametrize("fsdp", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [1, 2])
 def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_step):
   config = testing.tiny_config()
   config.mesh.fsdp = fsdp
@@ -121,13 +122,15 @@ def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_s
 def uninterrupted_run(tmp_path_factory):
   """(workdir, final state as numpy) of `testing.tiny_config` trained without interruption."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  with pytest.MonkeyPatch.context() as patch:
+  with pytest.MonkeyPatch.context() as patch, testing.unoptimized():
     patch.setattr(train, "_load_videos",
                   lambda dataset_config, split, decoders=None: testing.fake_videos())
     state = train.train_and_evaluate(testing.tiny_config(), str(workdir), evaluate=False)
   return workdir, numpy_state(state)
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, in_memory_videos,
                                                  uninterrupted_run):
   config = testing.tiny_config()
@@ -150,6 +153,8 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, in_memor
   assert_trees_equal(resumed, expected)
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_sigterm_saves_and_returns(tmp_path, monkeypatch, in_memory_videos):
   config = testing.tiny_config()
 
@@ -170,6 +175,8 @@ def test_sigterm_saves_and_returns(tmp_path, monkeypatch, in_memory_videos):
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
                                                                    in_memory_videos):
   config = testing.tiny_config()
@@ -212,6 +219,8 @@ def test_unknown_backbone_fails_before_anything(tmp_path, in_memory_videos):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, in_memory_videos,
                                                      uninterrupted_run):
   workdir = tmp_path / "copy"
@@ -227,6 +236,8 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, in_memory_videos,
   assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_evaluation_hook_feeds_checkpoints_keeping_latest_and_best(tmp_path, monkeypatch,
                                                                    in_memory_videos):
   from feelvos_jax.evaluation import split_evaluation  # pylint: disable=g-import-not-at-top
@@ -304,6 +315,8 @@ def test_load_pretrained_warns_of_unmatched_names_and_refuses_too_few(tmp_path, 
   assert any(r.levelno == logging.WARNING for r in caplog.records)
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_reached_num_train_steps_says_so_and_writes_nothing(tmp_path, in_memory_videos,
                                                             uninterrupted_run, caplog):
   workdir = tmp_path / "copy"
@@ -320,6 +333,8 @@ def test_reached_num_train_steps_says_so_and_writes_nothing(tmp_path, in_memory_
   assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
 
 
+@pytest.mark.slow
+@pytest.mark.unoptimized
 def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_earlier(tmp_path, monkeypatch,
                                                                          in_memory_videos):
   config = testing.tiny_config()  # Checkpoints at steps 2 and 4.
@@ -359,6 +374,7 @@ def nearest_neighbor_config():
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 def test_nearest_neighbor_trains_with_the_triplet_loss_and_propagates(tmp_path, monkeypatch,
                                                                       in_memory_videos):
   from feelvos_jax.inference import video_propagation  # pylint: disable=g-import-not-at-top

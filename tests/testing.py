@@ -8,7 +8,7 @@ so the benchmarks that run where TensorFlow is not installed can use `random_bat
 - Propagation: `small_config`, `shared_setup` (session-cached model and propagators),
   `map_reading_variables` (a head with decisive masks), `make_video`, `annotations_of`, `run`,
   on `SIZE` x `SIZE` frames.
-- Compilation: `count_traces`.
+- Compilation: `count_traces`, `unoptimized`.
 - Dataset builders: `build`, `examples`, `assert_matches`, `MAX_MEAN_JPEG_ERROR`.
 """
 import collections
@@ -196,6 +196,20 @@ def count_traces():
     yield counts
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@contextlib.contextmanager
+def unoptimized():
+  """Compiles inside the context with `jax_disable_most_optimizations` (XLA's CPU backend at
+  -O0): about half the compile time of the tiny train step on 2 cores, but other rounding than
+  optimised code. Only for plumbing (files, errors, control flow, runs compared with runs compiled
+  the same way), never for numerics checked against NumPy or against optimised code."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def build(builder_class, manual_dir, data_dir, config: str):

@@ -119,7 +119,7 @@ def evaluate_sequence(predictions_dir: str, dataset_root: str, sequence: str,
     first_frame = [0] * len(object_ids)
   else:
     read = range(len(frames))
-  gt = np.full((len(frames),) + first.shape, 255, np.uint8)
+  gt = np.full((len(frames),) + first.shape, 255, np.int64)  # Wide: 16-bit PNGs stay exact.
   gt[0] = first
   for t in read:
     gt[t] = _read_labels(os.path.join(annotation_folder, f"{frames[t]}.png"), sequence,

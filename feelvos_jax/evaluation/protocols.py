@@ -114,9 +114,9 @@ def scored_frames(protocol: str, first_frame: Sequence[int], annotated: Sequence
     inner = (frames >= 1) & (frames <= num_frames - 2)
     scorable = bool(np.all(annotated[inner]))
     return np.repeat((inner & scorable)[None], len(first_frame), axis=0)
-  ground_truth = annotated.copy()
-  ground_truth[first_frame] = False
-  if not ground_truth.any():
+  annotated_elsewhere = annotated.copy()  # Frames annotated beyond the objects given there.
+  annotated_elsewhere[first_frame] = False
+  if not annotated_elsewhere.any():
     return np.zeros((len(first_frame), num_frames), bool)
   return (frames[None] > first_frame[:, None]) & annotated[None]
 

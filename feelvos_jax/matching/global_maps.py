@@ -242,16 +242,25 @@ def _accelerator_rule(ctx, *args, num_objects, chunk_size, kernel, batch, fused_
   return _lower(ctx, fn, batch, *args)
 
 
+def _blocked_min_impl(*args, num_objects, chunk_size, kernel, batch):
+  """Eager evaluation (only under `jax.disable_jit`; global matching is jitted): the XLA form."""
+  del kernel
+  fn = functools.partial(_chunked_min_squared, num_objects=num_objects, chunk_size=chunk_size)
+  for _ in range(batch):
+    fn = jax.vmap(fn)
+  return fn(*args)
+
+
 def _blocked_min_batch_rule(args, dims, **params):
   """vmap: one more leading batch axis on every operand (broadcast where unbatched)."""
   size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
-  args = [batching.bdim_at_front(x, d, size) for x, d in zip(args, dims)]
+  args = [jnp.broadcast_to(x, (size,) + x.shape) if d is None else jnp.moveaxis(x, d, 0)
+          for x, d in zip(args, dims)]
   return _blocked_min_p.bind(*args, **dict(params, batch=params["batch"] + 1)), 0
 
 
 _blocked_min_p.def_abstract_eval(_blocked_min_abstract_eval)
-_blocked_min_p.def_impl(lambda *args, **params: jax.jit(
-    functools.partial(_blocked_min_p.bind, **params))(*args))
+_blocked_min_p.def_impl(_blocked_min_impl)
 batching.primitive_batchers[_blocked_min_p] = _blocked_min_batch_rule
 mlir.register_lowering(_blocked_min_p, _cpu_rule, platform="cpu")
 mlir.register_lowering(_blocked_min_p, functools.partial(_accelerator_rule, fused_auto=True),

@@ -159,6 +159,8 @@ def _per_object(folders: list[str], root: str, source: video_io.VideoSource) -> 
       logging.warning("object %r: only its earliest mask (%s) is read, not the %d later ones",
                       name, found[0][1], len(found) - 1)
     objects.append((found[0][0], name, os.path.join(root, name, found[0][1])))
+  if len(objects) >= IGNORE_LABEL:
+    raise MaskError(f"{root}: {len(objects)} object folders, at most {IGNORE_LABEL - 1}")
   objects.sort(key=lambda entry: entry[0])  # Stable: the folder order within a frame.
   annotations, files = {}, {}
   for number, (index, name, path) in enumerate(objects, start=1):
@@ -173,8 +175,6 @@ def _per_object(folders: list[str], root: str, source: video_io.VideoSource) -> 
       raise MaskError(f"{path}: object {name!r} is entirely covered by later objects' masks "
                       f"of frame {index}")
   numbers = tuple(range(1, len(objects) + 1))
-  if len(objects) >= IGNORE_LABEL:
-    raise MaskError(f"{root}: {len(objects)} objects, at most {IGNORE_LABEL - 1}")
   return GivenMasks(annotations, tuple(entry[0] for entry in objects), numbers,
                     tuple(entry[1] for entry in objects), files,
                     _digest([entry[2] for entry in objects], root))

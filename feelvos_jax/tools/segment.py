@@ -20,9 +20,11 @@ r"""Segments your own videos with a trained model, frame by frame, as a stream.
 
 Frames are decoded in a background thread, segmented by `propagation.run_video` (memory flat
 in the video's length) and written by two more (masks and CSV; overlays), so decoding and
-writing overlap the device work. A progress bar (frames/s, ETA) is drawn when stderr is a terminal; one
-summary line per video and one for the run are printed. More objects than `model.max_objects`
-run in chunks. Design notes: docs/own_videos.md.
+writing overlap the device work. A progress bar (frames/s, ETA) is drawn when stderr is a
+terminal; one summary line per video and one for the run are printed. More objects than
+`model.max_objects` run in chunks. Bad input ends the run with one line `error: ...` naming
+the file and frame at fault (`--verbosity=1`: the traceback). Design notes:
+docs/own_videos.md.
 """
 import collections
 import dataclasses
@@ -45,7 +47,6 @@ from feelvos_jax.tools import given_masks
 from feelvos_jax.tools import segment_outputs
 from feelvos_jax.tools import video_io
 from feelvos_jax.training import checkpointing
-from feelvos_jax.training import integrity
 
 DECODE_AHEAD = 8
 """Frames decoded ahead of the device (the decoding thread's queue)."""
@@ -53,10 +54,11 @@ DECODE_AHEAD = 8
 WRITE_BEHIND = 8
 """Segmented frames that may wait for each writing thread (masks; overlays)."""
 
-USER_ERRORS = (FileNotFoundError, video_io.VideoError, given_masks.MaskError,
-               segment_outputs.OutputExistsError, integrity.IntegrityError)
-"""Bad input: the command prints the message (which names the file, video or frame at fault)
-without a traceback, unless --verbosity >= 1."""
+USER_ERRORS = (ValueError, OSError)
+"""Bad input (video_io.VideoError, given_masks.MaskError, integrity.IntegrityError and bad
+values are ValueErrors; missing files and segment_outputs.OutputExistsError OSErrors): the
+command prints the message, which names the file, video or frame at fault, without a
+traceback, unless --verbosity >= 1."""
 
 FLAGS = flags.FlagValues()
 """This command's flags, apart from absl's global FLAGS (as `tools/data_check.py` does), so
@@ -284,9 +286,10 @@ def segment_video(model: Model, job: Job, output: str, *, overwrite: bool = Fals
     if stream.error is not None:
       raise stream.error
     if beyond:
-      frame, path = beyond[0]
-      raise given_masks.MaskError(f"{path}: names frame {frame}, but video {source.name!r} "
-                                  f"({source.path}) has {stream.count} frames") from failure
+      frame_index, path = beyond[0]
+      raise given_masks.MaskError(f"{path}: names frame {frame_index}, but video "
+                                  f"{source.name!r} ({source.path}) has {stream.count} frames"
+                                  ) from failure
     if failure is not None:
       raise failure
     for writer in writers:
@@ -342,7 +345,11 @@ def run(video: Optional[str], videos: Optional[str], masks: str, output: str, *,
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """This command's `FLAGS` first, then absl's global flags (--verbosity, ...) from the rest."""
+  """This command's `FLAGS` first, then absl's global flags (--verbosity, ...) from the rest;
+  --help prints this module's docstring and flags."""
+  if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):
+    print(f"{__doc__}\nFlags:\n{FLAGS.get_help()}")
+    sys.exit(0)
   try:
     return flags.FLAGS(FLAGS(argv, known_only=True), known_only=True)
   except flags.Error as error:
@@ -357,6 +364,11 @@ def main(argv: Sequence[str]) -> None:
   for name in ("masks", "output"):
     if FLAGS[name].value is None:
       raise app.UsageError(f"--{name} is required")
+  for first, second in (("video", "videos"), ("workdir", "export")):
+    if (FLAGS[first].value is None) == (FLAGS[second].value is None):
+      raise app.UsageError(f"pass exactly one of --{first} and --{second}")
+  if FLAGS.overwrite and FLAGS.resume:
+    raise app.UsageError("pass at most one of --overwrite and --resume")
   try:
     run(FLAGS.video, FLAGS.videos, FLAGS.masks, FLAGS.output, workdir=FLAGS.workdir,
         export_dir=FLAGS.export, overwrite=FLAGS.overwrite, resume=FLAGS.resume,

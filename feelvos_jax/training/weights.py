@@ -195,7 +195,7 @@ def _load_tensorflow(path: str) -> dict[str, Callable[[], np.ndarray]]:
           for name in reader.get_variable_to_shape_map() if not _TF_SKIPPED.search(name)}
 
 
-def strip_wrapper_prefixes(names: list[str], path: str) -> dict[str, str]:
+def _strip_wrapper_prefixes(names: list[str], path: str) -> dict[str, str]:
   """{state-dict key without `TORCH_WRAPPER_PREFIXES`: key as stored}.
 
   ValueError naming the file and both keys when two keys become one.
@@ -214,8 +214,8 @@ def strip_wrapper_prefixes(names: list[str], path: str) -> dict[str, str]:
 
 
 def _load_npz(path: str) -> dict[str, Callable[[], np.ndarray]]:
-  """{key: reader} of a .npz state dict, keys without wrapper prefixes (`strip_wrapper_prefixes`),
-  num_batches_tracked entries excluded."""
+  """{key: reader} of a .npz state dict, keys without wrapper prefixes
+  (`_strip_wrapper_prefixes`), num_batches_tracked entries excluded."""
   try:
     arrays = np.load(path)
   except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -234,7 +234,7 @@ def _load_npz(path: str) -> dict[str, Callable[[], np.ndarray]]:
                        f"({error})") from error
 
   return {name: (lambda stored=stored: read(stored))
-          for name, stored in strip_wrapper_prefixes(names, path).items()
+          for name, stored in _strip_wrapper_prefixes(names, path).items()
           if not name.endswith("num_batches_tracked")}
 
 
@@ -296,8 +296,8 @@ def _check_enough(report: LoadReport, missing_names: list[str], path: str, backb
       f"config.model.pretrained={path!r} filled {report.backbone_loaded} of the "
       f"{report.backbone_total} variables of the {backbone} backbone (needed: {needed}, "
       f"config.model.pretrained_min_fraction={min_backbone_fraction}); it lacks e.g. {examples}"
-      + (f" and holds {len(report.unexpected)} names the model does not take, e.g. {unused}"
-         if report.unexpected else "")
+      + (f" and holds {len(report.unexpected)} name{'s' * (len(report.unexpected) > 1)} the "
+         f"model does not take, e.g. {unused}" if report.unexpected else "")
       + "; set --config.model.pretrained_allow_partial=True to load it anyway")
 
 
