@@ -46,7 +46,7 @@ from configs import davis
 from configs import synthetic
 from feelvos_jax import matching
 from feelvos_jax import models
-from feelvos_jax.inference import propagation
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import video_propagation
 
 _CONFIGS = {"tiny": synthetic.get_config, "xception65": davis.get_config}
@@ -109,7 +109,7 @@ def batch_seconds(propagator: video_propagation.VideoPropagator, batch: int, num
   videos = []
   for seed in range(batch):
     frames, labels = synthetic_video(num_frames, height, width, num_objects, seed=seed)
-    videos.append(propagation.Video(frames, {0: labels}, [0] * num_objects,
+    videos.append(host_loop.Video(frames, {0: labels}, [0] * num_objects,
                                     name=f"synthetic{seed}"))
   start = time.perf_counter()
   list(propagator.propagate_batch(videos))

@@ -30,19 +30,23 @@ def _tensorflow_off_accelerators():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _persistent_compilation_cache(tmp_path_factory):
-  """Every compilation of the session, however small, goes through one persistent cache: a
-  program that several tests (or several processes) compile identically compiles once.
+def _persistent_compilation_cache(request, tmp_path_factory):
+  """Every compilation, however small, goes through one persistent cache: a program that several
+  tests, processes or sessions compile identically compiles once (a later session with unchanged
+  code compiles about a third of what a cold one does).
 
-  The settings are also exported as environment variables (JAX_COMPILATION_CACHE_DIR,
+  The folder is JAX_COMPILATION_CACHE_DIR when the environment names one, else
+  `jax_compilation_cache` in pytest's cache (.pytest_cache/, git-ignored; `--cache-clear` empties
+  it for a cold run; under `-p no:cacheprovider` a temporary folder of this session). The
+  settings are exported as environment variables (JAX_COMPILATION_CACHE_DIR,
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES), which
-  the subprocesses that tests start (main.py runs, notebook kernels) inherit. The cache lives
-  under pytest's temporary directory, so each session starts cold, unless the environment
-  already names a JAX_COMPILATION_CACHE_DIR: then that folder is used and kept. Yields the
-  cache folder.
+  the subprocesses that tests start (main.py runs, notebook kernels) inherit. Yields the folder.
   """
-  directory = (os.environ.get("JAX_COMPILATION_CACHE_DIR")
-               or str(tmp_path_factory.mktemp("jax_compilation_cache")))
+  directory = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if not directory:
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider.
+    directory = str(cache.mkdir("jax_compilation_cache") if cache is not None
+                    else tmp_path_factory.mktemp("jax_compilation_cache"))
   settings = {"jax_compilation_cache_dir": directory,
               "jax_persistent_cache_min_compile_time_secs": 0.0,
               "jax_persistent_cache_min_entry_size_bytes": -1}  # -1: no size limit.

@@ -1,4 +1,4 @@
-"""Many videos per step (`propagation.run_videos`, `VideoPropagator.propagate_batch` and
+"""Many videos per step (`host_loop.run_videos`, `VideoPropagator.propagate_batch` and
 `propagate_in_batches`, `config.inference.video_batch_size` in evaluation).
 
 Tiny backbone, 32x32 videos, the model of `testing.shared_setup` with the decisive hand-set
@@ -11,13 +11,12 @@ with this head is everywhere in these videos (a random head's near-ties flip).
 """
 import functools
 
-import jax
 import numpy as np
 import pytest
 
 from feelvos_jax.evaluation import protocols
 from feelvos_jax.evaluation import split_evaluation
-from feelvos_jax.inference import propagation
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import video_propagation
 from tests import testing
 
@@ -39,11 +38,11 @@ def setup_fixture():
 
 def _video(num_frames, num_objects, seed, appear=None, height=testing.SIZE,
            width=testing.SIZE):
-  """(propagation.Video, its frames' ground truth) of `testing.make_video`."""
+  """(host_loop.Video, its frames' ground truth) of `testing.make_video`."""
   frames, labels, first_frame = testing.make_video(num_frames, num_objects, height=height,
                                                    width=width, seed=seed, appear=appear)
   annotations = testing.annotations_of(labels, first_frame)
-  return propagation.Video(frames, annotations, first_frame, name=f"video{seed}"), labels
+  return host_loop.Video(frames, annotations, first_frame, name=f"video{seed}"), labels
 
 
 def _one_at_a_time(propagator, videos):
@@ -95,7 +94,7 @@ def _recording(plan_function, states, **options):
     def step(state, *rest):
       states.append(state)
       return plan.step(state, *rest)
-    return propagation.Plan(plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks,
+    return host_loop.Plan(plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks,
                             plan.start, step)
   return planner
 
@@ -104,14 +103,14 @@ def test_batched_state_has_a_leading_video_axis_and_close_probabilities(setup):
   _, _, _, propagator, _ = setup
   videos = [_video(3, 2, seed=40)[0], _video(4, 2, seed=41, appear=[0, 2])[0]]
   batched = []
-  propagation.run_videos(_recording(propagator.plan, batched, batched=True), videos)
+  host_loop.run_videos(_recording(propagator.plan, batched, batched=True), videos)
   h = testing.SIZE // 4
   assert [s["reference_labels"].shape for s in batched] == [(2, h, h), (2, h, h), (2, 2 * h, h)]
   assert batched[0]["previous_probs"].shape == (2, h, h, 6)
   assert batched[0]["previous_probs"].dtype == np.float32
   for index, video in enumerate(videos):
     alone = []
-    list(propagation.run_video(_recording(propagator.plan, alone), *video[:-1]))
+    list(host_loop.run_video(_recording(propagator.plan, alone), *video[:-1]))
     for step, state in enumerate(alone):
       np.testing.assert_allclose(batched[step]["previous_probs"][index],
                                  state["previous_probs"], atol=1e-5)
@@ -120,7 +119,8 @@ def test_batched_state_has_a_leading_video_axis_and_close_probabilities(setup):
 @pytest.mark.slow
 def test_propagate_in_batches_holds_at_most_batch_size_videos(setup):
   _, _, _, propagator, _ = setup
-  videos = [_video(3, n, seed=50 + n, height=testing.SIZE + 4 * (n % 2))[0]
+  # Two buckets, 32x32 and 32x48 (not 48x32, whose first compilation test_inference counts).
+  videos = [_video(3, n, seed=50 + n, width=testing.SIZE + 4 * (n % 2))[0]
             for n in (1, 2, 3, 4)]
   expected = _one_at_a_time(propagator, videos)
   pulled = []

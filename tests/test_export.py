@@ -70,6 +70,7 @@ def test_exported_and_in_process_masks_are_identical(bundle):
   assert len(np.unique(got[1:])) > 2
 
 
+@pytest.mark.slow
 def test_bucket_choice_and_limits(bundle):
   _, _, loaded = bundle
   assert loaded.bucket_for(40, 30, 2).name == "48x32x2"
@@ -81,6 +82,7 @@ def test_bucket_choice_and_limits(bundle):
     testing.run(loaded, frames, labels, first_frame)
 
 
+@pytest.mark.slow
 def test_a_bucket_larger_than_the_padded_frame_is_logged(bundle, caplog):
   """In-process inference pads 30x29 (output stride 16) to 32x32, the 32x32 bucket: no
   warning; 10x12 pads to 16x16 but runs in 32x32, with more padding: a warning."""
@@ -93,6 +95,7 @@ def test_a_bucket_larger_than_the_padded_frame_is_logged(bundle, caplog):
   assert "export a 16x16 bucket" in caplog.text
 
 
+@pytest.mark.slow
 def test_export_replaces_a_bundle_atomically(bundle, tmp_path):
   workdir, _, _ = bundle
   config = export_config()

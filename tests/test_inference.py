@@ -18,6 +18,7 @@ from feelvos_jax import models
 from feelvos_jax.data import augmentation
 from feelvos_jax.evaluation import split_evaluation
 from feelvos_jax.evaluation import writers
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import propagation
 from feelvos_jax.inference import video_propagation
 from feelvos_jax.models import upsampling
@@ -93,10 +94,10 @@ def test_shapes_ids_and_late_object(setup):
     def step(state, *rest):
       states.append(jax.tree.map(lambda x: x.shape, state))
       return plan.step(state, *rest)
-    return propagation.Plan(plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks,
+    return host_loop.Plan(plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks,
                           plan.start, step)
 
-  got = np.stack(list(propagation.run_video(recording_plan, frames,
+  got = np.stack(list(host_loop.run_video(recording_plan, frames,
                                             testing.annotations_of(labels, first_frame),
                                             first_frame, object_ids)))
   assert got.shape == (5, testing.SIZE, testing.SIZE) and got.dtype == np.int32

@@ -1,4 +1,5 @@
-"""Tests for feelvos_jax.tools.visualize: overlay numerics, strip layout, GIF/PNG files and the CLI."""
+"""Tests for feelvos_jax.tools.visualize: overlay numerics, strip layout, GIF/PNG files and the
+CLI."""
 import subprocess
 import sys
 

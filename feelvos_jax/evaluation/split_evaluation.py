@@ -24,7 +24,7 @@ from feelvos_jax.evaluation import davis_files
 from feelvos_jax.evaluation import protocols
 from feelvos_jax.evaluation import videos as video_scores
 from feelvos_jax.evaluation import writers
-from feelvos_jax.inference import propagation
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import video_propagation
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import workdir_lock
@@ -45,8 +45,8 @@ def predict_video(propagator: Any, video: Mapping[str, Any],
 
 
 def _propagation_input(video: Mapping[str, Any],
-                       given: Optional[np.ndarray] = None) -> propagation.Video:
-  """The `propagation.Video` of an eval video: its frames cropped to `original_size`, the
+                       given: Optional[np.ndarray] = None) -> host_loop.Video:
+  """The `host_loop.Video` of an eval video: its frames cropped to `original_size`, the
   masks of the `given` objects ([N] bool, default all) renumbered 1..M in their first
   frames."""
   height, width = (int(n) for n in video["original_size"])
@@ -59,7 +59,7 @@ def _propagation_input(video: Mapping[str, Any],
   slots[np.flatnonzero(given) + 1] = np.arange(1, int(given.sum()) + 1)
   first_frame, object_ids = first_frame[given], object_ids[given]
   annotations = {int(t): slots[segmentations[t]] for t in np.unique(first_frame)}
-  return propagation.Video(video["frames"][:, :height, :width], annotations, first_frame,
+  return host_loop.Video(video["frames"][:, :height, :width], annotations, first_frame,
                            object_ids, video["name"])
 
 
@@ -176,7 +176,8 @@ def evaluate_dataset(model: nn.Module, variables: Any, videos: Iterable[Mapping[
   Raises:
     ValueError: when no video has ground truth on the frames the protocol scores.
   """
-  propagator = video_propagation.propagator_from_config(model, video_propagation.to_local_device(variables), config)
+  propagator = video_propagation.propagator_from_config(
+      model, video_propagation.to_local_device(variables), config)
   protocol = protocols.protocol_for(config.dataset)
   logging.info("Validation J&F, %s.", protocols.describe(protocol))
   global_table, _, count = evaluate_videos(

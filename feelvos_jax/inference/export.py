@@ -13,7 +13,7 @@
                   with R reference frames)
 
 `load(path)` returns an `ExportedModel` that propagates videos with the deserialized functions
-and the same host loop as in-process inference (`propagation.run_video`), without building the
+and the same host loop as in-process inference (`host_loop.run_video`), without building the
 Flax model or a training state. A video runs in the smallest bucket whose height, width and
 object count hold it, its frames padded to that bucket's size (a bucket larger than the
 frames' padded size may give slightly different masks: docs/inference.md); object slots per
@@ -44,6 +44,7 @@ from feelvos_jax import config_checks
 from feelvos_jax import console
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import models
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import propagation
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import integrity
@@ -79,7 +80,7 @@ class Bucket:
 
 def export_buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
   """The Buckets of `config.export.buckets` (checked; ValueError names the key at fault)."""
-  object_buckets = propagation.check_object_buckets(
+  object_buckets = host_loop.check_object_buckets(
       config.inference.object_buckets or (config.model.max_objects,),
       "config.inference.object_buckets")
   multiple = max(FEATURE_STRIDE, config.model.output_stride)
@@ -93,7 +94,7 @@ def export_buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
     if objects > propagation.MAX_OBJECTS:
       raise ValueError(f"config.export.buckets entry {tuple(entry)}: at most "
                        f"{propagation.MAX_OBJECTS} objects")
-    objects_per_chunk, num_chunks = propagation.bucket_slots(objects, object_buckets)
+    objects_per_chunk, num_chunks = host_loop.bucket_slots(objects, object_buckets)
     buckets.append(Bucket(height, width, objects, objects_per_chunk, num_chunks))
   if not buckets:
     raise ValueError("config.export.buckets is empty: nothing to export")
@@ -337,11 +338,11 @@ class ExportedModel:
           f"{[(b.height, b.width, b.objects) for b in self.buckets]} (config.export.buckets)")
     return min(fitting, key=lambda b: (b.height * b.width, b.objects))
 
-  def plan(self, height: int, width: int, num_objects: int) -> propagation.Plan:
-    """The Plan of a video (see `propagation.run_video`) from the bundle's functions."""
+  def plan(self, height: int, width: int, num_objects: int) -> host_loop.Plan:
+    """The Plan of a video (see `host_loop.run_video`) from the bundle's functions."""
     bucket = self.bucket_for(height, width, num_objects)
     multiple = max(FEATURE_STRIDE, self.config.model.output_stride)
-    padded = (propagation.round_up(height, multiple), propagation.round_up(width, multiple))
+    padded = (host_loop.round_up(height, multiple), host_loop.round_up(width, multiple))
     if (bucket.height, bucket.width) != padded:
       logging.warning(
           "a %dx%d video runs in the %dx%d bucket: more padding than in-process inference "
@@ -363,7 +364,7 @@ class ExportedModel:
       function = self._function(files["steps"][str(reference_frames)])
       return function(variables, state, frame, paste_labels, num_objects, valid_size)
 
-    return propagation.Plan(height=bucket.height, width=bucket.width,
+    return host_loop.Plan(height=bucket.height, width=bucket.width,
                             objects_per_chunk=bucket.objects_per_chunk,
                             num_chunks=bucket.num_chunks,
                             start=functools.partial(start, variables), step=step)
@@ -372,7 +373,7 @@ class ExportedModel:
                 first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,
                 name: str = "video") -> Iterator[np.ndarray]:
     """Labels [H, W] int32 of every frame, as `video_propagation.VideoPropagator.propagate`."""
-    return propagation.run_video(self.plan, frames, annotations, first_frame, object_ids,
+    return host_loop.run_video(self.plan, frames, annotations, first_frame, object_ids,
                                  name=name)
 
 

@@ -3,7 +3,7 @@
 - `VideoPropagator` / `propagate_video`: masks of every frame of a video from the masks given
   where each object first appears (the algorithm, buckets and chunking: `propagation`);
   `VideoPropagator.propagate_batch` / `propagate_in_batches`: many videos per step, those of
-  one shape bucket stepped together (`propagation.run_videos`).
+  one shape bucket stepped together (`host_loop.run_videos`).
 - `propagator_from_config`: the propagator a run's config asks for (object buckets, sharded
   global matching).
 - `to_local_device`: variables gathered onto this process's first device.
@@ -20,6 +20,7 @@ import numpy as np
 
 from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import propagation
 
 
@@ -59,7 +60,7 @@ class VideoPropagator:
     """See the class docstring; `variables` = {'params', 'batch_stats'}."""
     self.model = model
     self.variables = jax.device_put(variables)
-    self.object_buckets = propagation.check_object_buckets(
+    self.object_buckets = host_loop.check_object_buckets(
         object_buckets if object_buckets else (model.max_objects,), "object_buckets")
     self.pad_multiple = max(FEATURE_STRIDE, model.output_stride if pad_multiple is None
                             else pad_multiple)
@@ -68,15 +69,15 @@ class VideoPropagator:
                        f"got {self.pad_multiple}")
 
   def plan(self, height: int, width: int, num_objects: int, *,
-           batched: bool = False) -> propagation.Plan:
+           batched: bool = False) -> host_loop.Plan:
     """The Plan of a video of `height` x `width` frames with `num_objects` objects; with
-    `batched`, its functions take a leading video axis (`propagation.run_videos`)."""
-    objects_per_chunk, num_chunks = propagation.bucket_slots(num_objects, self.object_buckets)
+    `batched`, its functions take a leading video axis (`host_loop.run_videos`)."""
+    objects_per_chunk, num_chunks = host_loop.bucket_slots(num_objects, self.object_buckets)
     compiled = _compiled_batch_functions if batched else _compiled_functions
     start, step = compiled(self.model.clone(max_objects=objects_per_chunk))
-    return propagation.Plan(
-        height=propagation.round_up(height, self.pad_multiple),
-        width=propagation.round_up(width, self.pad_multiple),
+    return host_loop.Plan(
+        height=host_loop.round_up(height, self.pad_multiple),
+        width=host_loop.round_up(width, self.pad_multiple),
         objects_per_chunk=objects_per_chunk, num_chunks=num_chunks,
         start=functools.partial(start, self.variables,
                                 num_slots=objects_per_chunk * num_chunks),
@@ -86,13 +87,13 @@ class VideoPropagator:
                 first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,
                 name: str = "video") -> Iterator[np.ndarray]:
     """Labels [H, W] int32 (in `object_ids`) of every frame, as a generator (see `run_video`)."""
-    return propagation.run_video(self.plan, frames, annotations, first_frame, object_ids,
+    return host_loop.run_video(self.plan, frames, annotations, first_frame, object_ids,
                                  name=name)
 
-  def propagate_batch(self, videos: Sequence[propagation.Video]) -> Iterator[np.ndarray]:
+  def propagate_batch(self, videos: Sequence[host_loop.Video]) -> Iterator[np.ndarray]:
     """Labels [T, H, W] int32 (in its `object_ids`) of each video, in order: the videos of one
     shape bucket (padded size, object slots and chunks) are stepped together, vmapped over
-    the videos (`propagation.run_videos`); the labels are those `propagate` gives.
+    the videos (`host_loop.run_videos`); the labels are those `propagate` gives.
 
     All the videos' labels are kept until the last video of the call ends. ValueError with
     sharded global matching, which does not batch under vmap.
@@ -101,9 +102,9 @@ class VideoPropagator:
       raise ValueError("videos propagated together (config.inference.video_batch_size > 1) "
                        "do not combine with sharded global matching "
                        f"(config.matching.shard_axis={self.model.matching_shard_mode!r})")
-    return iter(propagation.run_videos(functools.partial(self.plan, batched=True), videos))
+    return iter(host_loop.run_videos(functools.partial(self.plan, batched=True), videos))
 
-  def propagate_in_batches(self, videos: Iterable[tuple[Any, propagation.Video]],
+  def propagate_in_batches(self, videos: Iterable[tuple[Any, host_loop.Video]],
                            batch_size: int) -> Iterator[tuple[Any, np.ndarray]]:
     """(tag, labels [T, H, W] int32) of every (tag, video), as `propagate_batch` computes them,
     holding at most `batch_size` videos: when that many are waiting, those of the shape bucket
@@ -123,7 +124,7 @@ class VideoPropagator:
       yield from self._run_waiting(waiting, next(iter(waiting)))
 
   def _bucket(self, first_frame: Optional[np.ndarray],
-              video: propagation.Video) -> Optional[tuple[int, int, int, int]]:
+              video: host_loop.Video) -> Optional[tuple[int, int, int, int]]:
     """(padded height, padded width, slots per chunk, chunks) of a video whose first frame is
     `first_frame` (None without frames or objects: `run_videos` then raises)."""
     num_objects = np.size(video.first_frame)
@@ -132,7 +133,7 @@ class VideoPropagator:
     plan = self.plan(*np.shape(first_frame)[:2], num_objects)
     return plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks
 
-  def _run_waiting(self, waiting: dict[Any, list[tuple[Any, propagation.Video]]],
+  def _run_waiting(self, waiting: dict[Any, list[tuple[Any, host_loop.Video]]],
                    bucket: Any) -> Iterator[tuple[Any, np.ndarray]]:
     """Propagates and removes the waiting videos of one bucket: (tag, labels) each."""
     group = waiting.pop(bucket)

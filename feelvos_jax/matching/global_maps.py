@@ -143,7 +143,8 @@ def _chunk_min_squared(query: jax.Array, reference: jax.Array, reference_sq: jax
 
   def update(best, block):
     block_reference, block_sq, obj = block
-    row_min = jnp.min(block_sq[None, :] - 2.0 * distances.dot(query, block_reference, "qc,bc->qb"), 1)
+    products = distances.dot(query, block_reference, "qc,bc->qb")
+    row_min = jnp.min(block_sq[None, :] - 2.0 * products, 1)
     return jnp.minimum(best, jnp.where(objects == obj, row_min[:, None], jnp.inf))
 
   def step(best, block):
@@ -166,7 +167,8 @@ def _chunk_min_squared_wide(query: jax.Array, reference: jax.Array, reference_sq
   (docs/matching.md)."""
   num_blocks, block, channels = reference.shape
   partial = (reference_sq.reshape(1, num_blocks * block)
-             - 2.0 * distances.dot(query, reference.reshape(num_blocks * block, channels), "qc,rc->qr"))
+             - 2.0 * distances.dot(query, reference.reshape(num_blocks * block, channels),
+                                   "qc,rc->qr"))
   block_min = jnp.min(partial.reshape(query.shape[0], num_blocks, block), axis=2)
   hit = block_object[:, None] == jnp.arange(num_objects)
   return jnp.min(jnp.where(hit[None], block_min[:, :, None], jnp.inf), axis=1)

@@ -100,7 +100,8 @@ def local_matching(query: jax.typing.ArrayLike, previous: jax.typing.ArrayLike,
     raise ValueError(f"previous {previous.shape} and query {query.shape} must have the same "
                      f"spatial shape.")
   distances.check_channels("query", query, "previous", previous)
-  distances.check_label_map("previous_labels", previous_labels, query.shape[:2], "query's spatial shape")
+  distances.check_label_map("previous_labels", previous_labels, query.shape[:2],
+                            "query's spatial shape")
   distances.check_int("window", window, 0)
   distances.check_int("dilation", dilation, 1)
   dtype = distances.matmul_dtype(dtype)

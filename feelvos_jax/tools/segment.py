@@ -18,10 +18,10 @@ r"""Segments your own videos with a trained model, frame by frame, as a stream.
   (`feelvos_jax/tools/segment_outputs.py`); an output holding masks of the video is refused
   unless --overwrite or --resume.
 
-Frames are decoded in a background thread, segmented by `propagation.run_video` (memory flat
-in the video's length) and written by two more (masks and CSV; overlays), so decoding and
-writing overlap the device work. A progress bar (frames/s, ETA) is drawn when stderr is a
-terminal; one summary line per video and one for the run are printed. More objects than
+Frames are decoded in a background thread, segmented by `inference.host_loop.run_video`
+(memory flat in the video's length) and written by two more (masks and CSV; overlays), so
+decoding and writing overlap the device work. A progress bar (frames/s, ETA) is drawn when
+stderr is a terminal; one summary line per video and one for the run are printed. More objects than
 `model.max_objects` run in chunks. Bad input ends the run with one line `error: ...` naming
 the file and frame at fault (`--verbosity=1`: the traceback). Design notes:
 docs/own_videos.md.

@@ -36,6 +36,7 @@ import numpy as np
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
+from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import propagation
 from feelvos_jax.inference.interactive import routes
 from feelvos_jax.inference.interactive import scribbles
@@ -112,7 +113,7 @@ class InteractiveSession:
                        f"got {pad_multiple}")
     self.model = model
     self._variables = jax.device_put(variables)
-    self._object_buckets = propagation.check_object_buckets(
+    self._object_buckets = host_loop.check_object_buckets(
         object_buckets if object_buckets else (model.max_objects,), "object_buckets")
     self._object_ids: list[int] = []
     for object_id in (() if object_ids is None else object_ids):
@@ -120,8 +121,8 @@ class InteractiveSession:
                                                          "object_ids"))
 
     self.num_frames, self.height, self.width = frames.shape[:3]
-    self.padded_height = propagation.round_up(self.height, pad_multiple)
-    self.padded_width = propagation.round_up(self.width, pad_multiple)
+    self.padded_height = host_loop.round_up(self.height, pad_multiple)
+    self.padded_width = host_loop.round_up(self.width, pad_multiple)
     self._features, self._embeddings = self._embed(frames, embed_batch_size)
     cells = (self.num_frames, self.padded_height // FEATURE_STRIDE,
              self.padded_width // FEATURE_STRIDE)
@@ -258,7 +259,7 @@ class InteractiveSession:
                        f"that has one (frames with scribbles: {marked_frames.tolist()})")
 
     slots, slot_to_id = scribbles.slot_maps(self._references, present)
-    objects_per_chunk, num_chunks = propagation.bucket_slots(len(present),
+    objects_per_chunk, num_chunks = host_loop.bucket_slots(len(present),
                                                              self._object_buckets)
     chains = []
     if direction in ("forward", "both"):
