@@ -129,8 +129,8 @@ def previous_global(query, reference, labels, rng, num_objects, max_pixels, chun
   the block layout: a sort to subsample, then a second sort to lay the kept pixels out."""
   # pylint: disable=protected-access
   channels = query.shape[-1]
-  kept = global_maps._reference_pixel_labels(labels, num_objects, max_pixels, rng)
-  minima = global_maps._min_squared_distance(
+  kept = global_maps.reference_pixel_labels(labels, num_objects, max_pixels, rng)
+  minima = global_maps.min_squared_distance(
       query.reshape(-1, channels), reference.reshape(-1, channels), kept, num_objects,
       max_pixels, chunk_size, jnp.float32)
   return matching.distance_from_squared(minima).reshape(query.shape[:2] + (num_objects,))
@@ -145,11 +145,11 @@ def bf16_matmul(query, reference):
 
 @functools.partial(jax.jit, static_argnames=("num_objects",))
 def fused_inputs(query, reference, labels, num_objects):
-  """`global_maps._blocked_inputs` in bfloat16 with all reference pixels, for the kernel alone."""
+  """`global_maps.blocked_inputs` in bfloat16 with all reference pixels, for the kernel alone."""
   # pylint: disable=protected-access
   channels = query.shape[-1]
   labels = distances.valid_labels(labels.reshape(-1), num_objects)
-  return global_maps._blocked_inputs(query.reshape(-1, channels),
+  return global_maps.blocked_inputs(query.reshape(-1, channels),
                                      reference.reshape(-1, channels), labels, num_objects,
                                      None, jnp.dtype(jnp.bfloat16))
 

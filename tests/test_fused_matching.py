@@ -14,7 +14,7 @@ from feelvos_jax.matching import fused
 from feelvos_jax.matching import global_maps
 
 
-def _blocked_inputs(num_queries, channels, num_pixels, num_objects, dtype, seed):
+def blocked_inputs(num_queries, channels, num_pixels, num_objects, dtype, seed):
   """Rescaled, rounded query rows and the blocked reference layout of global matching, over
   labels with ignored pixels (-1) and, with 3+ objects, an object without pixels (1)."""
   rng = np.random.default_rng(seed)
@@ -28,7 +28,7 @@ def _blocked_inputs(num_queries, channels, num_pixels, num_objects, dtype, seed)
 
 @functools.partial(jax.jit, static_argnames=("num_objects", "dtype"))
 def _layout(query, reference, labels, *, num_objects, dtype):
-  query, _, _, reference, reference_sq, block_object = global_maps._blocked_inputs(
+  query, _, _, reference, reference_sq, block_object = global_maps.blocked_inputs(
       query, reference, labels, num_objects, None, dtype)
   return query, reference, reference_sq, block_object
 
@@ -44,7 +44,7 @@ def test_kernel_equals_xla_forms(num_queries, channels, num_pixels, num_objects,
   """The same per-object minima of ||y||^2 - 2 x.y as the scan and the wide matmul, from the
   same (bfloat16-rounded) inputs: query counts off the tile, channels padded, blocks smaller
   than a tile, several tiles per block, reference splits, unused blocks, empty objects."""
-  inputs = _blocked_inputs(num_queries, channels, num_pixels, num_objects, dtype, num_pixels)
+  inputs = blocked_inputs(num_queries, channels, num_pixels, num_objects, dtype, num_pixels)
   kernel = jax.jit(functools.partial(fused.pallas_min_squared, num_objects=num_objects,
                                      interpret=True, **tiles))
   got = np.asarray(kernel(*inputs))

@@ -67,7 +67,7 @@ def _subsample(labels: jax.Array, num_objects: int, max_pixels: int, rng: jax.Ar
   return jnp.where(keep, labels, -1)
 
 
-def _reference_pixel_labels(reference_labels: jax.Array, num_objects: int,
+def reference_pixel_labels(reference_labels: jax.Array, num_objects: int,
                             max_pixels: int | None, rng: jax.Array | None) -> jax.Array:
   """[H', W'] labels -> [R] labels of the pixels that take part (-1 for the others)."""
   labels = distances.valid_labels(reference_labels.reshape(-1), num_objects)
@@ -94,7 +94,7 @@ def select_reference_pixels(reference_labels: jax.typing.ArrayLike, num_objects:
 @functools.partial(jax.jit, static_argnames=("num_objects", "max_reference_pixels"))
 def _select_reference_pixels(reference_labels: jax.Array, rng: jax.Array, *, num_objects: int,
                              max_reference_pixels: int) -> jax.Array:
-  labels = _reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
+  labels = reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
   return jnp.where(labels >= 0, labels, IGNORE_LABEL).reshape(reference_labels.shape)
 
 
@@ -298,7 +298,7 @@ def _kernel_min_squared_bwd(num_objects, chunk_size, kernel, vjp_fn, cotangent):
 _kernel_min_squared.defvjp(_kernel_min_squared_fwd, _kernel_min_squared_bwd)
 
 
-def _blocked_inputs(query: jax.Array, reference: jax.Array, labels: jax.Array,
+def blocked_inputs(query: jax.Array, reference: jax.Array, labels: jax.Array,
                     num_objects: int, max_pixels: int | None, dtype: jnp.dtype,
                     rng: jax.Array | None = None) -> tuple[jax.Array, ...]:
   """What the per-object minima take: query [Q, C], reference [R, C] and labels [R] in
@@ -318,14 +318,14 @@ def _blocked_inputs(query: jax.Array, reference: jax.Array, labels: jax.Array,
   return query, query_sq, exponent, reference, reference_sq, block_object
 
 
-def _min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Array,
+def min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Array,
                           num_objects: int, max_pixels: int | None, chunk_size: int | None,
                           dtype: jnp.dtype, rng: jax.Array | None = None,
                           kernel: str = "xla") -> jax.Array:
   """Per-object minimum squared distance: query [Q, C], reference [R, C], labels [R] in
   {-1, 0..O-1} -> [Q, O] float32 (inf: no pixel); `rng` and `max_pixels` as in
-  `_blocked_inputs`. `kernel`: one of KERNELS."""
-  query, query_sq, exponent, reference, reference_sq, block_object = _blocked_inputs(
+  `blocked_inputs`. `kernel`: one of KERNELS."""
+  query, query_sq, exponent, reference, reference_sq, block_object = blocked_inputs(
       query, reference, labels, num_objects, max_pixels, dtype, rng)
   if kernel == "xla":
     best = _chunked_min_squared(query, reference, reference_sq, block_object,
@@ -336,7 +336,7 @@ def _min_squared_distance(query: jax.Array, reference: jax.Array, labels: jax.Ar
   return distances.unscale(jnp.maximum(best + query_sq[:, None], 0.0), exponent)
 
 
-def _check_global_args(query, reference, reference_labels, num_objects, max_reference_pixels,
+def check_global_args(query, reference, reference_labels, num_objects, max_reference_pixels,
                        rng, chunk_size, dtype) -> jnp.dtype:
   distances.check_int("num_objects", num_objects, 1)
   distances.check_embedding("query", query)
@@ -352,7 +352,7 @@ def _check_global_args(query, reference, reference_labels, num_objects, max_refe
   return distances.matmul_dtype(dtype)
 
 
-def _resolve_kernel(kernel: str | None) -> str:
+def resolve_kernel(kernel: str | None) -> str:
   """`kernel`, or GLOBAL_MATCHING_KERNEL if None; ValueError unless one of KERNELS."""
   kernel = GLOBAL_MATCHING_KERNEL if kernel is None else kernel
   if kernel not in KERNELS:
@@ -388,22 +388,22 @@ def global_matching(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike
   """
   query, reference = jnp.asarray(query), jnp.asarray(reference)
   reference_labels = jnp.asarray(reference_labels)
-  dtype = _check_global_args(query, reference, reference_labels, num_objects,
+  dtype = check_global_args(query, reference, reference_labels, num_objects,
                              max_reference_pixels, rng, chunk_size, dtype)
-  return _global_matching(query, reference, reference_labels, rng, num_objects=num_objects,
+  return global_matching_traced(query, reference, reference_labels, rng, num_objects=num_objects,
                           max_reference_pixels=max_reference_pixels, chunk_size=chunk_size,
-                          dtype=dtype, squared=squared, kernel=_resolve_kernel(kernel))
+                          dtype=dtype, squared=squared, kernel=resolve_kernel(kernel))
 
 
 @functools.partial(jax.jit, static_argnames=("num_objects", "max_reference_pixels",
                                              "chunk_size", "dtype", "squared", "kernel"))
-def _global_matching(query: jax.Array, reference: jax.Array, reference_labels: jax.Array,
+def global_matching_traced(query: jax.Array, reference: jax.Array, reference_labels: jax.Array,
                      rng: jax.Array | None, *, num_objects: int, max_reference_pixels: int | None,
                      chunk_size: int | None, dtype: jnp.dtype, squared: bool = False,
                      kernel: str = "auto") -> jax.Array:
   height, width, channels = query.shape
   labels = distances.valid_labels(reference_labels.reshape(-1), num_objects)
-  minima = _min_squared_distance(query.reshape(-1, channels), reference.reshape(-1, channels),
+  minima = min_squared_distance(query.reshape(-1, channels), reference.reshape(-1, channels),
                                  labels, num_objects, max_reference_pixels, chunk_size, dtype,
                                  rng=None if max_reference_pixels is None else rng,
                                  kernel=kernel)
@@ -452,89 +452,3 @@ def _nearest_squared_distance(query: jax.Array, reference: jax.Array, labels: ja
   best = jnp.stack([jnp.min(jnp.where(labels[None, :] == obj, partial, jnp.inf), axis=1)
                     for obj in range(num_objects)], axis=1)
   return distances.unscale(jnp.maximum(best + query_sq[:, None], 0.0), exponent)
-
-
-def global_matching_sharded(query: jax.typing.ArrayLike, reference: jax.typing.ArrayLike,
-                            reference_labels: jax.typing.ArrayLike, num_objects: int, *,
-                            mesh: jax.sharding.Mesh, axis_name: str, mode: str = "query",
-                            max_reference_pixels: int | None = None,
-                            rng: jax.Array | None = None, chunk_size: int | None = None,
-                            dtype: DTypeLike = jnp.float32, squared: bool = False) -> jax.Array:
-  """`global_matching` split over the devices of one mesh axis with `jax.shard_map`.
-
-  mode="query": the query rows are sharded (padded to a multiple of the axis size) and every
-  device matches its rows against the whole reference. mode="reference": the reference pixels
-  are sharded (padding pixels never match), every device computes per-object minimum squared
-  distances over its pixels and `lax.pmin` combines them. Subsampling selects the same pixels
-  as `global_matching` with the same rng. Returns [H, W, num_objects], replicated over the
-  mesh, equal to the unsharded result (minimum squared distances with `squared=True`).
-  mode="query" computes the minima in the form GLOBAL_MATCHING_KERNEL names, mode="reference"
-  in the XLA form (the fused kernel's result is typed like its query rows, which do not vary
-  over the axis there).
-  """
-  query, reference = jnp.asarray(query), jnp.asarray(reference)
-  reference_labels = jnp.asarray(reference_labels)
-  dtype = _check_global_args(query, reference, reference_labels, num_objects,
-                             max_reference_pixels, rng, chunk_size, dtype)
-  if axis_name not in mesh.shape:
-    raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}.")
-  if mode not in ("query", "reference"):
-    raise ValueError(f"mode must be 'query' or 'reference', got {mode!r}.")
-  return _global_matching_sharded(
-      query, reference, reference_labels, rng, mesh=mesh, axis_name=axis_name, mode=mode,
-      num_objects=num_objects, max_reference_pixels=max_reference_pixels,
-      chunk_size=chunk_size, dtype=dtype, squared=squared,
-      kernel=_resolve_kernel(None) if mode == "query" else "xla")
-
-
-def _place(mesh: jax.sharding.Mesh, specs: tuple[Any, ...],
-           arrays: tuple[jax.Array, ...]) -> list[jax.Array]:
-  """Lays arrays out as `specs` on `mesh` (required by Explicit mesh axes)."""
-  return [jax.device_put(x, jax.sharding.NamedSharding(mesh, s)) for x, s in zip(arrays, specs)]
-
-
-@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "mode", "num_objects",
-                                             "max_reference_pixels", "chunk_size", "dtype",
-                                             "squared", "kernel"))
-def _global_matching_sharded(query: jax.Array, reference: jax.Array,
-                             reference_labels: jax.Array, rng: jax.Array | None, *,
-                             mesh: jax.sharding.Mesh, axis_name: str, mode: str,
-                             num_objects: int, max_reference_pixels: int | None,
-                             chunk_size: int | None, dtype: jnp.dtype,
-                             squared: bool, kernel: str) -> jax.Array:
-  num_devices = mesh.shape[axis_name]
-  height, width, channels = query.shape
-  spec = jax.sharding.PartitionSpec
-  if mode == "query":
-    padded = jnp.pad(query, ((0, -height % num_devices), (0, 0), (0, 0)))
-    keys = () if rng is None else (rng,)
-
-    def match_rows(rows, ref, ref_labels, *keys):
-      return _global_matching(rows, ref, ref_labels, keys[0] if keys else None,
-                              num_objects=num_objects,
-                              max_reference_pixels=max_reference_pixels,
-                              chunk_size=chunk_size, dtype=dtype, squared=squared,
-                              kernel=kernel)
-
-    in_specs = (spec(axis_name), spec(), spec()) + (spec(),) * len(keys)
-    sharded = jax.shard_map(match_rows, mesh=mesh, in_specs=in_specs, out_specs=spec(axis_name))
-    rows = sharded(*_place(mesh, in_specs, (padded, reference, reference_labels) + keys))
-    return jax.device_put(rows, jax.sharding.NamedSharding(mesh, spec()))[:height]
-
-  labels = _reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
-  padding = -labels.shape[0] % num_devices
-  pixels = jnp.pad(reference.reshape(-1, channels), ((0, padding), (0, 0)))
-  labels = jnp.pad(labels, (0, padding), constant_values=-1)
-
-  def match_pixels(rows, ref_part, labels_part):
-    squared = _min_squared_distance(rows, ref_part, labels_part, num_objects,
-                                    max_reference_pixels, chunk_size, dtype)
-    return lax.pmin(squared, axis_name)
-
-  in_specs = (spec(), spec(axis_name), spec(axis_name))
-  sharded = jax.shard_map(match_pixels, mesh=mesh, in_specs=in_specs, out_specs=spec())
-  minima = sharded(*_place(mesh, in_specs, (query.reshape(-1, channels), pixels, labels)))
-  if not squared:
-    minima = distance_from_squared(minima)
-  return minima.reshape(height, width, num_objects)
-
