@@ -32,15 +32,17 @@ def _tensorflow_off_accelerators():
 @pytest.fixture(autouse=True, scope="session")
 def _persistent_compilation_cache(request, tmp_path_factory):
   """Every compilation, however small, goes through one persistent cache: a program that several
-  tests, processes or sessions compile identically compiles once (a later session with unchanged
-  code compiles about a third of what a cold one does).
+  tests, processes or sessions compile identically compiles once (with unchanged code, the
+  compile-bound test modules of a later session run about 3x faster).
 
   The folder is JAX_COMPILATION_CACHE_DIR when the environment names one, else
   `jax_compilation_cache` in pytest's cache (.pytest_cache/, git-ignored; `--cache-clear` empties
-  it for a cold run; under `-p no:cacheprovider` a temporary folder of this session). The
-  settings are exported as environment variables (JAX_COMPILATION_CACHE_DIR,
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES), which
-  the subprocesses that tests start (main.py runs, notebook kernels) inherit. Yields the folder.
+  it for a cold run; under `-p no:cacheprovider` a temporary folder of this session). Entries
+  are never evicted, and one that a killed session left half-written makes JAX warn and compile
+  again: `--cache-clear` removes both. The settings are exported as environment variables
+  (JAX_COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS,
+  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES), which the subprocesses that tests start (main.py
+  runs, notebook kernels) inherit. Yields the folder.
   """
   directory = os.environ.get("JAX_COMPILATION_CACHE_DIR")
   if not directory:
@@ -49,7 +51,7 @@ def _persistent_compilation_cache(request, tmp_path_factory):
                     else tmp_path_factory.mktemp("jax_compilation_cache"))
   settings = {"jax_compilation_cache_dir": directory,
               "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": -1}  # -1: no size limit.
+              "jax_persistent_cache_min_entry_size_bytes": -1}  # -1: entries of any size.
   with pytest.MonkeyPatch.context() as patch:
     for name, value in settings.items():
       jax.config.update(name, value)
@@ -59,8 +61,9 @@ def _persistent_compilation_cache(request, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _unoptimized_marker(request):
-  """Tests marked `unoptimized` compile inside `testing.unoptimized()` (fixtures of a wider
-  scope are set up before it: they enter the context themselves)."""
+  """Tests marked `unoptimized` (plumbing only: files, errors, control flow) compile inside
+  `testing.unoptimized()`; fixtures of a wider scope are set up before this one, so an expensive
+  one that such tests share enters the context itself."""
   if request.node.get_closest_marker("unoptimized") is None:
     yield
     return

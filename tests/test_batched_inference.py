@@ -50,6 +50,7 @@ def _one_at_a_time(propagator, videos):
           for video in videos]
 
 
+@pytest.mark.slow
 def test_batched_labels_equal_one_at_a_time(setup):
   """Different lengths, object counts, sizes of one bucket, objects appearing mid-video in
   some videos only, and frames before the first annotation."""

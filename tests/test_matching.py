@@ -423,7 +423,8 @@ def test_squared_option_returns_minimum_squared_distances(dilation):
 
 # ------------------------------------------------------------------ sharding
 @pytest.mark.parametrize("mode,mesh_kind", [
-    ("query", "explicit"), ("reference", "explicit"), ("query", "auto"), ("reference", "auto")])
+    ("query", "explicit"), pytest.param("reference", "explicit", marks=pytest.mark.slow),
+    pytest.param("query", "auto", marks=pytest.mark.slow), ("reference", "auto")])
 def test_sharded_equals_unsharded(mode, mesh_kind):
   assert jax.device_count() == 8
   if mesh_kind == "explicit":

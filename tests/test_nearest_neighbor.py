@@ -140,7 +140,8 @@ def test_padded_slots_are_minus_infinity_and_softmax_gives_smoothed_fractions():
   np.testing.assert_allclose(probs[0], (votes + 0.1) / (total + 0.1 * SLOTS), rtol=1e-5)
 
 
-@pytest.mark.parametrize("previous_frame_references", [True, False])
+@pytest.mark.parametrize("previous_frame_references",
+                         [pytest.param(True, marks=pytest.mark.slow), False])
 def test_one_neighbor_equals_the_global_matching_minimum(previous_frame_references):
   model = build_model(model_config(nearest_neighbors=1)).clone(
       previous_frame_references=previous_frame_references)

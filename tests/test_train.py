@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from feelvos_jax import IGNORE_LABEL
+from feelvos_jax import evaluation
 from feelvos_jax import models
 from feelvos_jax.data import input_pipeline
 from feelvos_jax.training import checkpointing
@@ -244,8 +245,10 @@ def test_evaluation_hook_feeds_checkpoints_keeping_latest_and_best(tmp_path, mon
   scores, calls = iter([0.9, 0.5]), []
 
   def fake_evaluate_dataset(model, variables, videos, config):
-    calls.append(([video["name"] for video in videos], sorted(variables), config.num_eval_videos))
-    return {"J&F-Mean": next(scores), "J-Mean": 0.25}
+    names = [video["name"] for video in videos]
+    calls.append((names, sorted(variables), config.num_eval_videos))
+    table = dict.fromkeys(evaluation.GLOBAL_COLUMNS, 0.25)
+    return dict(table, **{"J&F-Mean": next(scores), "num_videos": float(len(names))})
 
   monkeypatch.setattr(split_evaluation, "evaluate_dataset", fake_evaluate_dataset)
   config = testing.tiny_config()
