@@ -2,15 +2,10 @@
 import logging
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from feelvos_jax.inference import export as export_lib
-from feelvos_jax.training import checkpointing
-from feelvos_jax.training import optimizers
-from feelvos_jax.training import train
 from tests import testing
 
 
@@ -27,16 +22,8 @@ def bundle(tmp_path_factory):
   """(workdir, bundle path, the loaded bundle) from a saved training checkpoint."""
   config = export_config()
   _, model, variables, _, _ = testing.shared_setup()
-  tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,
-                                   config.num_train_steps)[0]
-  state = train.TrainState(step=jnp.array(7), params=variables["params"],
-                           batch_stats=variables["batch_stats"],
-                           opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(0),
-                           apply_fn=model.apply, tx=tx)
   workdir = tmp_path_factory.mktemp("workdir")
-  checkpointer = checkpointing.Checkpointer(os.fspath(workdir), keep=1)
-  checkpointer.save(7, state, config)
-  checkpointer.close()
+  testing.save_checkpoint(config, model, variables, workdir, 7)
   path = export_lib.export(config, os.fspath(workdir))
   return workdir, path, export_lib.load(path)
 

@@ -281,15 +281,7 @@ def test_propagate_write_evaluate_round_trip(setup, tmp_path):
 
 def test_restore_variables_from_a_training_checkpoint(setup, tmp_path):
   config, model, variables, _, _ = setup
-  tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,
-                                         config.num_train_steps)[0]
-  state = train.TrainState(step=jnp.array(3), params=variables["params"],
-                           batch_stats=variables["batch_stats"],
-                           opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(1),
-                           apply_fn=model.apply, tx=tx)
-  checkpointer = checkpointing.Checkpointer(os.fspath(tmp_path), keep=2)
-  checkpointer.save(3, state, config)
-  checkpointer.close()
+  testing.save_checkpoint(config, model, variables, tmp_path, 3)
   restored, step = checkpointing.restore_variables(config, os.fspath(tmp_path), model)
   assert step == 3
   jax.tree.map(np.testing.assert_array_equal, restored, variables)

@@ -12,8 +12,6 @@ import sys
 import threading
 
 import av
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -24,9 +22,6 @@ from feelvos_jax.tools import given_masks
 from feelvos_jax.tools import segment
 from feelvos_jax.tools import segment_outputs
 from feelvos_jax.tools import video_io
-from feelvos_jax.training import checkpointing
-from feelvos_jax.training import optimizers
-from feelvos_jax.training import train
 from tests import testing
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,16 +31,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def workdir(tmp_path_factory):
   """A training workdir holding one checkpoint (step 5) of the small model."""
   config, model, variables, _, _ = testing.shared_setup()
-  tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,
-                                   config.num_train_steps)[0]
-  state = train.TrainState(step=jnp.array(5), params=variables["params"],
-                           batch_stats=variables["batch_stats"],
-                           opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(0),
-                           apply_fn=model.apply, tx=tx)
   path = tmp_path_factory.mktemp("workdir")
-  checkpointer = checkpointing.Checkpointer(os.fspath(path), keep=1)
-  checkpointer.save(5, state, config)
-  checkpointer.close()
+  testing.save_checkpoint(config, model, variables, path, 5)
   return str(path)
 
 

@@ -244,3 +244,23 @@ def assert_matches(builder, truth) -> None:
       assert [n.decode() for n in example["video"]["frame_names"]] == expected.frame_names
       assert example["objects"]["ids"].tolist() == expected.ids
       assert example["objects"]["first_frame"].tolist() == expected.first_frame
+
+
+def save_checkpoint(config: ml_collections.ConfigDict, model, variables, workdir: str,
+                    step: int) -> None:
+  """Saves `variables` of `model` as the training checkpoint `step` in `workdir`, with a fresh
+  optimizer state (what `restore_variables`, `export` and `segment --workdir` read)."""
+  # Imported here: the training modules pull in Orbax, which most test modules never need.
+  import os  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.training import optimizers  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.training import train  # pylint: disable=g-import-not-at-top
+  tx = optimizers.create_optimizer(config.optimizer, config.learning_rate,
+                                   config.num_train_steps)[0]
+  state = train.TrainState(step=jnp.array(step), params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(0),
+                           apply_fn=model.apply, tx=tx)
+  checkpointer = checkpointing.Checkpointer(os.fspath(workdir), keep=1)
+  checkpointer.save(step, state, config)
+  checkpointer.close()
