@@ -138,6 +138,11 @@ DESCRIPTIONS: dict[tuple[str, str, str], str] = {
         "videos (compilation excluded); train: the whole `train_and_evaluate` call (input "
         "pipeline and compilation included). One seed: differences under about 0.05 J&F are "
         "within what another seed could change.",
+    ("variants", "accuracy", "synthetic_vos/long"):
+        "As above on `synthetic_vos/long` (`--dataset=synthetic_vos/long`): trained on its 24 "
+        "train videos, scored on its validation videos of 300 frames, where objects leave the "
+        "frame and come back many times and their colours drift: first-frame matching, growing "
+        "memory and recurrent memory part here.",
     ("precision", "accuracy", ""):
         "`benchmarks/precision.py`: the latest checkpoint of a configs/synthetic.py run (or "
         "one trained for `--train_steps` in the run, float32) evaluated on the "

@@ -49,14 +49,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """config.model changes of each variant against configs/synthetic.py."""
 
 
-def variant_config(name: str, steps: int) -> ml_collections.ConfigDict:
-  """configs/synthetic.py with variant `name` on, `steps` training steps, no in-training eval."""
+def variant_config(name: str, steps: int,
+                   dataset: str = "synthetic_vos/small") -> ml_collections.ConfigDict:
+  """configs/synthetic.py on `dataset` (a synthetic_vos config) with variant `name` on, `steps`
+  training steps, no in-training eval."""
   if name not in VARIANTS:
     raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
   if steps < 1:
     raise ValueError(f"--steps must be >= 1, got {steps}")
   config = synthetic.get_config()
   config.model.update(VARIANTS[name])
+  config.dataset.name = dataset
   config.num_train_steps = steps
   config.eval_every_steps = 0
   config.checkpoint_every_steps = steps
@@ -74,9 +77,10 @@ def evaluation_videos(config: ml_collections.ConfigDict) -> list[dict[str, Any]]
       config.dataset, videos, pad_multiple=config.dataset.eval_pad_multiple))
 
 
-def run_variant(name: str, steps: int, videos: list[dict[str, Any]]) -> dict[str, Any]:
-  """Trains, scores and times one variant; returns its table row as a dict."""
-  config = variant_config(name, steps)
+def run_variant(name: str, steps: int, videos: list[dict[str, Any]],
+                dataset: str = "synthetic_vos/small") -> dict[str, Any]:
+  """Trains on `dataset`, scores and times one variant on `videos`; returns its table row."""
+  config = variant_config(name, steps, dataset)
   with tempfile.TemporaryDirectory(prefix=f"variants_{name}_") as workdir:
     start = time.perf_counter()
     state = train.train_and_evaluate(config, workdir, evaluate=False)
@@ -104,10 +108,11 @@ def change_text(name: str) -> str:
   return ", ".join(f"{key}={value}" for key, value in VARIANTS[name].items()) or "(none)"
 
 
-def table_lines(rows: list[dict[str, Any]], steps: int, num_videos: int) -> list[str]:
+def table_lines(rows: list[dict[str, Any]], steps: int, num_videos: int,
+                dataset: str = "synthetic_vos/small") -> list[str]:
   """The markdown table and its notes."""
   lines = [
-      f"configs/synthetic.py (tiny backbone, synthetic_vos/small) with one config.model change "
+      f"configs/synthetic.py (tiny backbone, {dataset}) with one config.model change "
       f"per variant, {steps} training steps each (batch 8, from scratch, same seed), validation "
       f"J&F on {num_videos} videos (official semi-supervised protocol); frames/s: second timed "
       f"pass over the same videos on CPU, compilation excluded; train s: the whole "
@@ -129,27 +134,32 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=600, help="Training steps per variant.")
   parser.add_argument("--variants", default=",".join(VARIANTS),
                       help=f"Comma-separated, from {','.join(VARIANTS)}.")
+  parser.add_argument("--dataset", default="synthetic_vos/small",
+                      help="The synthetic_vos config to train and validate on, e.g. "
+                           "synthetic_vos/long (300-frame videos).")
   records.add_arguments(parser)
   args = parser.parse_args()
   run = records.Run("variants", write=not args.no_write, directory=args.results_dir)
   names = [name for name in args.variants.split(",") if name]
   for name in names:
-    variant_config(name, args.steps)  # Rejects unknown names before any training.
+    variant_config(name, args.steps, args.dataset)  # Rejects unknown names before training.
 
-  videos = evaluation_videos(variant_config(names[0], args.steps))
+  videos = evaluation_videos(variant_config(names[0], args.steps, args.dataset))
   rows = []
   for name in names:
-    rows.append(run_variant(name, args.steps, videos))
+    rows.append(run_variant(name, args.steps, videos, args.dataset))
     print(rows[-1], flush=True)
     row = rows[-1]
+    table = "" if args.dataset == "synthetic_vos/small" else args.dataset
     run.append(
-        [name, f"{args.steps} steps"],
+        [name, f"{args.steps} steps"] + ([args.dataset] if table else []),
         {"J&F": records.figure(row["jf"]), "J": records.figure(row["j"]),
          "F": records.figure(row["f"]), "throughput": records.figure(row["fps"], "frames/s"),
          "train": records.figure(row["train_s"], "s")},
-        kind="accuracy", params={"variant": name, "config.model change": change_text(name),
-                                 "steps": args.steps, "validation videos": len(videos)})
-  print("\n".join(table_lines(rows, args.steps, len(videos))))
+        kind="accuracy", table=table,
+        params={"variant": name, "config.model change": change_text(name), "steps": args.steps,
+                "validation videos": len(videos), "dataset": args.dataset})
+  print("\n".join(table_lines(rows, args.steps, len(videos), args.dataset)))
   print(run.summary())
 
 

@@ -1,4 +1,5 @@
 """The synthetic VOS builder and its generator (tiny config, data in tmp_path)."""
+import dataclasses
 import pathlib
 import socket
 
@@ -222,3 +223,41 @@ def test_bad_params_raise():
     generator.VideoParams(8, 64, 8)
   with pytest.raises(ValueError, match="max_objects"):
     generator.VideoParams(64, 64, 8, max_objects=1)
+  with pytest.raises(ValueError, match="motion_period"):
+    generator.VideoParams(64, 64, 8, motion_period=9)
+  with pytest.raises(ValueError, match="appearance_drift"):
+    generator.VideoParams(64, 64, 8, appearance_drift=1.0)
+
+
+def test_long_videos_repeat_the_exit_and_drift_in_colour():
+  """The long config's two properties on a small video: the exiting object leaves and returns
+  once per motion period, and the drift changes object colours but never the background."""
+  params = generator.VideoParams(48, 48, 64, use_photos=False, motion_period=16,
+                                 appearance_drift=0.25)
+  video = generator.generate_video(params, (0, 0, 2), *generator.video_scenario(2))
+  in_frame = video.amodal_masks[video.exiting_object].any(axis=(1, 2))
+  exits = np.flatnonzero(in_frame[:-1] & ~in_frame[1:])
+  assert len(exits) >= 3, in_frame.astype(int)
+  still = dataclasses.replace(params, appearance_drift=0.0)
+  plain = generator.generate_video(still, (0, 0, 2), *generator.video_scenario(2))
+  np.testing.assert_array_equal(video.segmentation, plain.segmentation)
+  background = video.segmentation == 0
+  np.testing.assert_array_equal(video.frames[background], plain.frames[background])
+  changed = np.abs(video.frames.astype(int) - plain.frames)[~background].mean()
+  assert changed > 5.0
+
+
+def test_apply_gains_scales_each_objects_pixels_of_each_frame():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+  segmentation = rng.integers(0, 3, (3, 4, 5)).astype(np.uint8)
+  gains = rng.uniform(0.7, 1.3, (2, 3, 3)).astype(np.float32)
+  expected = frames.astype(np.float32)
+  for t in range(3):
+    for j in range(2):
+      mask = segmentation[t] == j + 1
+      expected[t][mask] *= gains[j, t]
+  expected = np.clip(np.round(expected), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(generator.apply_gains(frames, segmentation, gains), expected)
+  drift = generator.drift_gains(rng, 10, 2, 0.25)
+  assert drift.shape == (2, 10, 3) and drift.min() >= 0.75 and drift.max() <= 1.25

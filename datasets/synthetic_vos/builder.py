@@ -47,6 +47,8 @@ class SyntheticVosConfig(tfds.core.BuilderConfig):
     max_objects: most objects in one video.
     use_photos: mix scikit-image's bundled photographs into backgrounds, textures and shapes
       (no download: they ship with scikit-image); False is purely procedural.
+    motion_period: frames per motion period (`generator.VideoParams`); 0 is the whole video.
+    appearance_drift: most relative colour change of an object over the video.
     seed: base seed of every video.
   """
   height: int = 128
@@ -56,6 +58,8 @@ class SyntheticVosConfig(tfds.core.BuilderConfig):
   num_validation_videos: int = 30
   max_objects: int = 5
   use_photos: bool = True
+  motion_period: int = 0
+  appearance_drift: float = 0.0
   seed: int = 0
 
   @property
@@ -63,7 +67,8 @@ class SyntheticVosConfig(tfds.core.BuilderConfig):
     """The generator's parameters for the videos of this config."""
     return generator.VideoParams(height=self.height, width=self.width,
                                  num_frames=self.num_frames, max_objects=self.max_objects,
-                                 use_photos=self.use_photos)
+                                 use_photos=self.use_photos, motion_period=self.motion_period,
+                                 appearance_drift=self.appearance_drift)
 
 
 def _config(name: str, description: str, **kwargs) -> SyntheticVosConfig:
@@ -89,6 +94,12 @@ class SyntheticVos(tfds.core.GeneratorBasedBuilder):
       _config("small_procedural", "As small, without photographs.",
               height=128, width=128, num_frames=24, num_train_videos=600,
               num_validation_videos=30, use_photos=False),
+      _config("long", "128x128, 300 frames, 24 train / 8 validation videos: the small config's "
+              "motion repeated every 24 frames (objects leave the frame and come back many "
+              "times, occlude each other), with object colours drifting by up to 25% over the "
+              "video; for memory-based models.",
+              height=128, width=128, num_frames=300, num_train_videos=24,
+              num_validation_videos=8, motion_period=24, appearance_drift=0.25),
   ]
   DEFAULT_CONFIG_NAME = "small"
 

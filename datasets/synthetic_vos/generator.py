@@ -3,7 +3,9 @@
 A video has 1..max_objects textured objects painted over a textured background seen by a slowly
 moving camera. Objects are painted in depth order (object 1 farthest, N nearest), so they occlude
 each other. Scenarios (see `video_scenario`) add an object born after frame 0, as in YouTube-VOS,
-and/or an object that leaves the frame and comes back. Layouts are re-drawn (from the same
+and/or an object that leaves the frame and comes back. Long videos (`motion_period` shorter than
+the video) repeat their motion pattern, so the exiting object leaves and returns once per
+period, and `appearance_drift` slowly changes each object's colours over the video. Layouts are re-drawn (from the same
 generator, so deterministically) until every object's first appearance is large enough to serve
 as a reference and the scenario's event really happens.
 """
@@ -32,12 +34,19 @@ class VideoParams:
     max_objects: most objects in one video (>= 2).
     use_photos: use scikit-image's bundled photographs for backgrounds, textures and shapes;
       False gives purely procedural videos.
+    motion_period: frames over which every motion advances its fixed phase (`motion`); 0 is
+      the whole video.
+    appearance_drift: most relative change of each object's colour channels over the video
+      (each channel's gain follows a slow sinusoid in [1 - drift, 1 + drift] with one period
+      per video); 0 keeps the colours.
   """
   height: int
   width: int
   num_frames: int
   max_objects: int = 5
   use_photos: bool = True
+  motion_period: int = 0
+  appearance_drift: float = 0.0
 
   def __post_init__(self):
     if min(self.height, self.width) < 16:
@@ -47,6 +56,12 @@ class VideoParams:
       raise ValueError(f"VideoParams: num_frames={self.num_frames} must be >= 4.")
     if not 2 <= self.max_objects <= 254:
       raise ValueError(f"VideoParams: max_objects={self.max_objects} must be in [2, 254].")
+    if self.motion_period != 0 and not 4 <= self.motion_period <= self.num_frames:
+      raise ValueError(f"VideoParams: motion_period={self.motion_period} must be 0 or in "
+                       f"[4, num_frames={self.num_frames}].")
+    if not 0.0 <= self.appearance_drift < 1.0:
+      raise ValueError(
+          f"VideoParams: appearance_drift={self.appearance_drift} must be in [0, 1).")
 
   @property
   def sprite_size(self) -> int:
@@ -111,9 +126,10 @@ def _sample_layout(rng: np.random.Generator, params: VideoParams, late_entry: bo
     base_scale = diameter / params.sprite_size
     if index == exiting_object:
       track = motion.excursion_track(rng, params.num_frames, frame_shape, base_scale,
-                                     params.sprite_size)
+                                     params.sprite_size, params.motion_period)
     else:
-      track = motion.wandering_track(rng, params.num_frames, frame_shape, base_scale)
+      track = motion.wandering_track(rng, params.num_frames, frame_shape, base_scale,
+                                     params.motion_period)
     birth = int(rng.integers(1, params.num_frames // 2 + 1)) if index == late_object else 0
     sprites.append(sprite)
     placements.append(rendering.place_sprite(sprite, track, frame_shape, birth))
@@ -149,6 +165,24 @@ def _acceptable(layout: _Layout, params: VideoParams) -> bool:
   return True
 
 
+def drift_gains(rng: np.random.Generator, num_frames: int, num_objects: int,
+                drift: float) -> np.ndarray:
+  """[N, T, 3] float32 colour gains: per object and channel 1 + drift sin(phase + 2 pi t / T),
+  one slow period over the video from a random phase."""
+  phases = rng.uniform(0.0, 2.0 * np.pi, (num_objects, 1, 3))
+  time = np.arange(num_frames, dtype=np.float64)[None, :, None] / num_frames
+  return (1.0 + drift * np.sin(phases + 2.0 * np.pi * time)).astype(np.float32)
+
+
+def apply_gains(frames: np.ndarray, segmentation: np.ndarray, gains: np.ndarray) -> np.ndarray:
+  """`frames` [T, H, W, 3] uint8 with object j's pixels (segmentation [T, H, W] == j + 1)
+  multiplied by gains [N, T, 3] of its frame, rounded and clipped to uint8; background kept."""
+  num_frames = frames.shape[0]
+  table = np.concatenate([np.ones((1, num_frames, 3), np.float32), gains])  # [1 + N, T, 3]
+  per_pixel = table[segmentation, np.arange(num_frames)[:, None, None]]  # [T, H, W, 3]
+  return np.clip(np.round(frames * per_pixel), 0, 255).astype(np.uint8)
+
+
 def generate_video(params: VideoParams, seed: Sequence[int], late_entry: bool = False,
                    exit_and_return: bool = False) -> SyntheticVideo:
   """Generates one video; the same `params`, `seed` and flags give byte-identical output.
@@ -177,9 +211,12 @@ def generate_video(params: VideoParams, seed: Sequence[int], late_entry: bool = 
   margin = (max(2, round(0.08 * params.height)), max(2, round(0.08 * params.width)))
   canvas = textures.background_canvas(
       rng, (params.height + 2 * margin[0] + 1, params.width + 2 * margin[1] + 1), params.use_photos)
-  offsets = motion.camera_path(rng, params.num_frames, margin)
+  offsets = motion.camera_path(rng, params.num_frames, margin, params.motion_period)
   background = rendering.view_canvas(canvas, offsets, (params.height, params.width))
   frames, segmentation = rendering.paint(background, layout.placements, object_textures)
+  if params.appearance_drift:
+    gains = drift_gains(rng, params.num_frames, num_objects, params.appearance_drift)
+    frames = apply_gains(frames, segmentation, gains)
   amodal = np.stack([placement.mask for placement in layout.placements])
   return SyntheticVideo(
       frames=frames,
