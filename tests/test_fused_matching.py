@@ -93,6 +93,7 @@ def test_global_matching_through_kernel_matches_numpy(seed, dtype, atol):
   np.testing.assert_array_equal(got[..., [1, 3]], 1.0)
 
 
+@pytest.mark.slow
 def test_kernel_subsampling_vmap_and_gradient_agree_with_xla():
   """Subsampled references, squared maps, a vmapped batch and the gradient (the XLA form's:
   the kernel has none) give what the XLA form gives."""

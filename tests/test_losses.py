@@ -1,5 +1,6 @@
 """Bootstrapped cross-entropy and PML's triplet loss against NumPy written from the formulas
 (nested loops, tiny sizes)."""
+import functools
 import math
 
 import jax
@@ -214,12 +215,15 @@ def test_triplet_loss_matches_numpy(anchors_per_object):
   num_slots, margin = 4, 0.7
   case = _triplet_case(0, num_slots=num_slots)
   key = jax.random.PRNGKey(3)
-  loss, active = losses.triplet_loss(*(jnp.asarray(x) for x in case), key, num_slots=num_slots,
-                                     margin=margin, anchors_per_object=anchors_per_object)
+  # Jitted: op-by-op dispatch compiles every primitive on its own (seconds on a cold cache).
+  triplet = jax.jit(functools.partial(losses.triplet_loss, num_slots=num_slots, margin=margin,
+                                      anchors_per_object=anchors_per_object))
+  sample = jax.jit(functools.partial(losses.sample_anchors, num_slots=num_slots,
+                                     anchors_per_object=anchors_per_object))
+  loss, active = triplet(*(jnp.asarray(x) for x in case), key)
   chosen = []
   for b, sample_key in enumerate(jax.random.split(key, len(case[0]))):
-    indices, valid = losses.sample_anchors(case[1][b], sample_key, num_slots=num_slots,
-                                           anchors_per_object=anchors_per_object)
+    indices, valid = sample(case[1][b], sample_key)
     chosen.append(np.asarray(indices)[np.asarray(valid)])
   if anchors_per_object == 100:  # Every labelled pixel of a slot is an anchor.
     for b in range(len(case[0])):
@@ -255,7 +259,7 @@ def test_triplet_loss_gradient_matches_numpy_hinge():
     return losses.triplet_loss(a, anchor_labels, r, reference_labels, jax.random.PRNGKey(0),
                                num_slots=2, margin=2.0, anchors_per_object=1)[0]
 
-  value, (grad_anchor, grad_reference) = jax.value_and_grad(loss, argnums=(0, 1))(
+  value, (grad_anchor, grad_reference) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
       anchors, references)
   np.testing.assert_allclose(value, 1.0 - 2.25 + 2.0, rtol=1e-6)
   # d/da (|a - p|^2 - |a - n|^2) = 2 (n - p); d/dp = 2 (p - a); d/dn = -2 (n - a).

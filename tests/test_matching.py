@@ -112,9 +112,10 @@ def test_global_matching_chunked_equals_unchunked():
   query = embeddings(rng, (5, 6, 4))
   reference = embeddings(rng, (4, 7, 4))
   labels = random_labels(rng, (4, 7), 3)
-  full = matching.global_matching(query, reference, labels, 3)
+  match = jax.jit(matching.global_matching, static_argnames=("num_objects", "chunk_size"))
+  full = match(query, reference, labels, num_objects=3)
   for chunk_size in (1, 7, 29):  # 30 query pixels: none of these divides it
-    chunked = matching.global_matching(query, reference, labels, 3, chunk_size=chunk_size)
+    chunked = match(query, reference, labels, num_objects=3, chunk_size=chunk_size)
     # Equal up to the rounding of the matmul kernel XLA picks per shape (a few ulp).
     np.testing.assert_allclose(chunked, full, rtol=0, atol=1e-6)
 
@@ -162,18 +163,21 @@ def test_global_matching_subsampling_spans_several_blocks():
   labels = random_labels(rng, (16, 16), num_objects, ignore_fraction=0.05)
   labels[:8] = 1  # Object 1 has > 128 pixels: several blocks before subsampling.
   key = jax.random.key(3)
-  selected = np.asarray(matching.select_reference_pixels(labels, num_objects, max_pixels, key))
+  selected = np.asarray(jax.jit(matching.select_reference_pixels, static_argnums=(1, 2))(
+      labels, num_objects, max_pixels, key))
   subsets = [np.flatnonzero(selected.reshape(-1) == obj) for obj in range(num_objects)]
   assert [s.size for s in subsets] == [min(np.sum(labels == obj), max_pixels)
                                        for obj in range(num_objects)]
-  self_match = np.asarray(matching.global_matching(
-      reference, reference, labels, num_objects, max_reference_pixels=max_pixels, rng=key))
+  match = jax.jit(matching.global_matching,
+                  static_argnames=("num_objects", "max_reference_pixels", "chunk_size"))
+  self_match = np.asarray(match(reference, reference, labels, num_objects=num_objects,
+                                max_reference_pixels=max_pixels, rng=key))
   for obj in range(num_objects):
     np.testing.assert_array_equal(np.flatnonzero(self_match.reshape(-1, 3)[:, obj] < 1e-4),
                                   subsets[obj])
   query = embeddings(rng, (3, 4, 5))
-  got = matching.global_matching(query, reference, labels, num_objects,
-                                 max_reference_pixels=max_pixels, rng=key, chunk_size=5)
+  got = match(query, reference, labels, num_objects=num_objects,
+              max_reference_pixels=max_pixels, rng=key, chunk_size=5)
   np.testing.assert_allclose(got, np_global_matching(query, reference, labels, num_objects,
                                                      subsets), atol=2e-6)
 
@@ -203,8 +207,8 @@ def test_wide_and_scanned_block_minima_match_numpy(num_objects, num_pixels):
         value = np.sum(reference[r] ** 2) - 2 * query[q] @ reference[r]
         expected[q, labels[r]] = min(expected[q, labels[r]], value)
   for form in (global_maps._chunk_min_squared, global_maps._chunk_min_squared_wide):
-    got = form(jnp.asarray(query), jnp.asarray(padded), jnp.asarray(padded_sq), block_object,
-               num_objects=num_objects)
+    got = jax.jit(functools.partial(form, num_objects=num_objects))(
+        jnp.asarray(query), jnp.asarray(padded), jnp.asarray(padded_sq), block_object)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
@@ -297,16 +301,17 @@ def test_vmap_over_batch_matches_per_example():
   reference = embeddings(rng, (3, 4, 5, 4))
   labels = np.stack([random_labels(rng, (4, 5), 3) for _ in range(3)])
   keys = jax.random.split(jax.random.key(0), 3)
-  batched_global = jax.vmap(lambda q, r, l, k: matching.global_matching(
-      q, r, l, 3, max_reference_pixels=4, rng=k, chunk_size=6))(query, reference, labels, keys)
-  batched_local = jax.vmap(lambda q, p, l: matching.local_matching(
-      q, p, l, 3, window=1, dilation=2))(query, reference, labels)
+  one_global = jax.jit(lambda q, r, l, k: matching.global_matching(
+      q, r, l, 3, max_reference_pixels=4, rng=k, chunk_size=6))
+  one_local = jax.jit(lambda q, p, l: matching.local_matching(q, p, l, 3, window=1,
+                                                              dilation=2))
+  batched_global = jax.jit(jax.vmap(one_global))(query, reference, labels, keys)
+  batched_local = jax.jit(jax.vmap(one_local))(query, reference, labels)
   for i in range(3):
-    np.testing.assert_allclose(batched_global[i], matching.global_matching(
-        query[i], reference[i], labels[i], 3, max_reference_pixels=4, rng=keys[i],
-        chunk_size=6), atol=1e-7)
-    np.testing.assert_allclose(batched_local[i], matching.local_matching(
-        query[i], reference[i], labels[i], 3, window=1, dilation=2), atol=1e-7)
+    np.testing.assert_allclose(batched_global[i],
+                               one_global(query[i], reference[i], labels[i], keys[i]), atol=1e-7)
+    np.testing.assert_allclose(batched_local[i], one_local(query[i], reference[i], labels[i]),
+                               atol=1e-7)
 
 
 def test_jit_compiles_once_per_shape():
@@ -334,10 +339,10 @@ def test_gradients_match_nearest_pixel_formula():
   query = embeddings(rng, (3, 4, 3))
   reference = embeddings(rng, (3, 4, 3))
   labels = random_labels(rng, (3, 4), 2, ignore_fraction=0.0)
-  grad = jax.grad(lambda q: jnp.sum(matching.global_matching(q, reference, labels, 2,
-                                                             chunk_size=5)))(query)
-  local_grad = jax.grad(lambda q: jnp.sum(matching.local_matching(q, reference, labels, 2,
-                                                                  window=1)))(query)
+  grad = jax.jit(jax.grad(lambda q: jnp.sum(matching.global_matching(
+      q, reference, labels, 2, chunk_size=5))))(query)
+  local_grad = jax.jit(jax.grad(lambda q: jnp.sum(matching.local_matching(
+      q, reference, labels, 2, window=1))))(query)
   expected = np.zeros_like(query, np.float64)
   local_expected = np.zeros_like(query, np.float64)
   ref, flat = reference.reshape(-1, 3), labels.reshape(-1)
@@ -363,8 +368,10 @@ def test_bfloat16_within_1e2_of_float32():
   reference[:2] = query[:2] + 0.05 * embeddings(rng, (2, 8, 100))
   labels = random_labels(rng, (8, 8), 3)
   for fn, kwargs in ((matching.global_matching, {}), (matching.local_matching, {"window": 3})):
-    full = np.asarray(fn(query, reference, labels, 3, **kwargs))
-    half = np.asarray(fn(query, reference, labels, 3, dtype=jnp.bfloat16, **kwargs))
+    full = np.asarray(jax.jit(functools.partial(fn, num_objects=3, **kwargs))(
+        query, reference, labels))
+    half = np.asarray(jax.jit(functools.partial(fn, num_objects=3, dtype=jnp.bfloat16,
+                                                **kwargs))(query, reference, labels))
     assert half.dtype == np.float32 and np.abs(half - full).max() < 1e-2
     assert full.min() < 0.5  # near matches, where the map is most sensitive, are covered
   close = matching.pairwise_distance(query[0], reference[0], dtype="bfloat16")
