@@ -5,8 +5,9 @@
 
 For each backbone: the paper's config (configs/common.py) with that backbone, crops of
 --crop x --crop and --batch samples per device (each sample is 3 frames), on random inputs.
-Reports the compile time and the median wall time of --steps compiled steps (after one
-untimed step). Then configs/synthetic.py as it trains (tiny backbone, its crop and batch) with
+Reports the compile time (split into tracing + lowering and XLA's compilation, with the
+operation counts of the lowered and the optimised modules: what a compile-time profile starts
+from) and the median wall time of --steps compiled steps (after one untimed step). Then configs/synthetic.py as it trains (tiny backbone, its crop and batch) with
 the rate of its input pipeline (synthetic_vos/small, frames decoded lazily) beside it. With
 --depthwise=both every row is also timed with XLA's grouped depthwise convolution forced, in
 the same process (the A/B of `layers.depthwise_conv_same`). Prints a table and appends one
@@ -32,15 +33,29 @@ from feelvos_jax.training import train
 from tests import testing
 
 
+def hlo_instructions(text: str) -> int:
+  """Instructions in an HLO module's text: lines that assign a value (`%x = ...` or
+  `x = ...`), over every computation (fusions and loop bodies included)."""
+  return sum(1 for line in text.splitlines() if " = " in line and not line.lstrip().startswith(
+      ("HloModule", "//", "#")))
+
+
 def time_train_step(config, steps: int) -> dict[str, float]:
-  """{'compile_s', 'step_s' (median of `steps`), 'steps_per_s', 'examples_per_s'}."""
+  """{'compile_s' (= 'lower_s' + 'xla_s'), 'lower_s' (tracing to a jaxpr and lowering to
+  StableHLO), 'xla_s' (XLA's compilation), 'stablehlo_ops' (operations of the lowered module),
+  'hlo_instructions' (of the optimised module), 'step_s' (median of `steps`), 'steps_per_s',
+  'examples_per_s'}."""
   mesh = sharding.create_mesh(config.mesh)
   model = models.build_model(config.model)
   state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
   batch = sharding.global_batch(testing.random_batch(config), mesh)
   start = time.perf_counter()
-  step_fn = train.compile_train_step(config, state, mesh).lower(state, batch).compile()
+  lowered = train.compile_train_step(config, state, mesh).lower(state, batch)
+  lower_s = time.perf_counter() - start
+  step_fn = lowered.compile()
   compile_s = time.perf_counter() - start
+  stablehlo_ops = sum(1 for line in lowered.as_text().splitlines() if " = " in line)
+  optimised = hlo_instructions(step_fn.as_text() or "")
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -50,8 +65,9 @@ def time_train_step(config, steps: int) -> dict[str, float]:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
-  return {"compile_s": compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
-          "examples_per_s": config.batch_size / step_s}
+  return {"compile_s": compile_s, "lower_s": lower_s, "xla_s": compile_s - lower_s,
+          "stablehlo_ops": stablehlo_ops, "hlo_instructions": optimised, "step_s": step_s,
+          "steps_per_s": 1 / step_s, "examples_per_s": config.batch_size / step_s}
 
 
 def input_batches_per_second(config, count: int) -> float:
@@ -147,13 +163,16 @@ def main() -> None:
       "shifted slices on CPU), `native` = XLA's grouped convolution forced. Peak device GiB: "
       "the first device's peak memory in use so far (0: not reported on CPU).",
       "",
-      "| model | dtype | depthwise | crop | batch | compile s | step s | steps/s | examples/s "
-      "| input pipeline | peak RSS GiB | peak device GiB |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "| model | dtype | depthwise | crop | batch | compile s (lower + XLA) | HLO ops "
+      "(StableHLO / optimised) | step s | steps/s | examples/s | input pipeline | peak RSS GiB "
+      "| peak device GiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, dtype, form, crop_text, batch, result, pipeline, rss, device in rows:
     lines.append(f"| {name} | {dtype} | {form} | {crop_text} | {batch} | "
-                 f"{result['compile_s']:.1f} | {result['step_s']:.4g} | "
+                 f"{result['compile_s']:.1f} ({result['lower_s']:.1f} + "
+                 f"{result['xla_s']:.1f}) | {result['stablehlo_ops']} / "
+                 f"{result['hlo_instructions']} | {result['step_s']:.4g} | "
                  f"{result['steps_per_s']:.3g} | {result['examples_per_s']:.3g} | {pipeline} | "
                  f"{rss:.1f} | {device:.1f} |")
   print("\n".join(lines))
@@ -165,6 +184,10 @@ def _record(run: records.Run, name: str, dtype: str, form: str, crop: str, batch
             device_gib: float) -> None:
   """Appends one row's record (case: backend / model / dtype / depthwise / crop / batch)."""
   figures = {"compile": records.figure(result["compile_s"], "s"),
+             "trace and lower": records.figure(result["lower_s"], "s"),
+             "XLA compile": records.figure(result["xla_s"], "s"),
+             "StableHLO ops": records.figure(result["stablehlo_ops"], "ops"),
+             "optimised HLO": records.figure(result["hlo_instructions"], "instructions"),
              "step": records.figure(result["step_s"], "s"),
              "step rate": records.figure(result["steps_per_s"], "steps/s"),
              "throughput": records.figure(result["examples_per_s"], "examples/s")}
