@@ -1,0 +1,160 @@
+"""RDE-VOS (Li et al., CVPR 2022): STM plus a recurrent dynamic embedding,
+`config.model.head = "rde"`.
+
+The recurrent dynamic embedding (RDE) is one memory slot per object, (key [M, h, w, C_k],
+value [M, h, w, C_v]), updated after every frame by the spatio-temporal aggregation module:
+
+  aggregate(RDE_{t-1}, (k_t, v_t)):
+    x = stack([RDE_{t-1}, encoding of frame t], time)            [N, 2, h, w, C]
+    extract  x <- x + W(softmax-free non-local: theta(x) phi(x_pool)^T / N  g(x_pool))
+             (1x1x1 convs theta, phi, g to C/2 and W back to C; phi and g max-pooled 1x2x2)
+    enhance  x <- x + ASPP(x)  (1x3x3 convs, rates 1 (1x1x1), 2, 4, 6 to C/4 each, ReLU,
+             concatenated, a 1x3x3 conv to C and ReLU; no bias)
+    squeeze  RDE_t = Conv3d 2x3x3 (no temporal padding) of x      [N, 1, h, w, C]
+  one module for the keys and one for the values (authors' `MemCrompress`: `key_encoder`,
+  `value_encoder`, `compress_key`, `compress_value`).
+
+`RDE` has STM's methods (`encode_query`, `encode_memory`, `read`, `decode`, `segment_memory`)
+plus `aggregate`, and its `__call__` (training) returns both readings of the query frame, the
+STM read over the memory frames and the read over (first memory frame, RDE of the others):
+`rde_forward`. The inference memory is the annotated frame(s) plus the RDE
+(`inference.memory_propagation`), so memory and time per frame stay constant.
+Losses (unbiased guidance, self-correction): `training.losses.rde_losses`.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from feelvos_jax.models.stm import STM
+
+ASPP_RATES = (1, 2, 4, 6)
+"""Rates of the four ASPP branches (1: a 1x1x1 conv), as the authors' `ASPP3D`."""
+
+
+class SpatialConv(nn.Module):
+  """A 1 x k x k conv of [N, T, h, w, C] (each time step alone), at `rate`, no bias."""
+  features: int
+  kernel_size: int = 3
+  rate: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pad = self.rate * (self.kernel_size // 2)
+    return nn.Conv(self.features, (1, self.kernel_size, self.kernel_size),
+                   padding=((0, 0), (pad, pad), (pad, pad)),
+                   kernel_dilation=(1, self.rate, self.rate), use_bias=self.use_bias,
+                   dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
+
+
+class NonLocal(nn.Module):
+  """x + W(theta(x) phi(pool(x))^T / N g(pool(x))) on [N, T, h, w, C] (authors'
+  `NONLocalBlock3D` with `bn_layer=False`)."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, steps, height, width, channels = x.shape
+    inner = max(1, channels // 2)
+
+    def dense(name, features=inner):
+      return nn.Conv(features, (1, 1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                     name=name)
+
+    def pooled(y):
+      return nn.max_pool(y, (1, 2, 2), strides=(1, 2, 2)) if min(height, width) >= 2 else y
+
+    theta = dense("theta")(x).reshape(batch, -1, inner).astype(jnp.float32)
+    phi = pooled(dense("phi")(x)).reshape(batch, -1, inner).astype(jnp.float32)
+    g = pooled(dense("g")(x)).reshape(batch, -1, inner).astype(jnp.float32)
+    affinity = jnp.einsum("bqc,bkc->bqk", theta, phi) / phi.shape[1]
+    y = jnp.einsum("bqk,bkc->bqc", affinity, g).reshape(batch, steps, height, width, inner)
+    return x + dense("W", channels)(y.astype(self.dtype))
+
+
+class ASPP3D(nn.Module):
+  """Four ReLU branches (rates `ASPP_RATES`, C/4 each) -> concat -> 1x3x3 conv -> ReLU."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    inner = max(1, channels // 4)
+    branches = [nn.relu(SpatialConv(inner, 1 if rate == 1 else 3, rate=rate, dtype=self.dtype,
+                                    name=f"aspp{index}")(x))
+                for index, rate in enumerate(ASPP_RATES, 1)]
+    return nn.relu(SpatialConv(channels, 3, dtype=self.dtype, name="conv1")(
+        jnp.concatenate(branches, -1)))
+
+
+class SpatioTemporalAggregation(nn.Module):
+  """SAM + squeeze: [N, 2, h, w, C] -> [N, h, w, C] (module docstring)."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = NonLocal(dtype=self.dtype, name="non_local")(x.astype(self.dtype))
+    x = x + ASPP3D(dtype=self.dtype, name="aspp")(x)
+    squeezed = nn.Conv(x.shape[-1], (2, 3, 3), padding=((0, 0), (1, 1), (1, 1)),
+                       dtype=self.dtype, param_dtype=jnp.float32, name="compress")(x)
+    return squeezed[:, 0]
+
+
+class RDE(STM):
+  """RDE-VOS; see the module docstring. Attributes: those of `STM`."""
+  recurrent_embedding = True
+
+  def setup(self):
+    super().setup()
+    self.key_aggregation = SpatioTemporalAggregation(dtype=self.dtype)
+    self.value_aggregation = SpatioTemporalAggregation(dtype=self.dtype)
+
+  def aggregate(self, rde_keys: jax.Array, rde_values: jax.Array, keys: jax.Array,
+                values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The next RDE: previous RDE and the new frame's encoding, keys [B, M, h, w, C_k] and
+    values [B, M, h, w, C_v] each -> (keys, values) of the same shapes, float32."""
+    def run(module, previous, current):
+      batch, slots = previous.shape[:2]
+      stacked = jnp.stack([previous, current], axis=2)  # [B, M, 2, h, w, C]
+      out = module(stacked.reshape((batch * slots,) + stacked.shape[2:]))
+      return out.reshape(previous.shape).astype(jnp.float32)
+    return (run(self.key_aggregation, rde_keys, keys),
+            run(self.value_aggregation, rde_values, values))
+
+  def rde_forward(self, frames: jax.Array, memory_frames: jax.Array, memory_probs: jax.Array,
+                  num_objects: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """Training's forward pass: frames [B, H, W, 3], memory frames [B, T, H, W, 3] (T >= 2,
+    so the RDE aggregates at least once) with probs [B, T, H, W, K], num_objects [B] ->
+    {stm_logits, rde_logits [B, h4, w4, K],
+    stm_read, rde_read [B, M, h16, w16, C_v], memory_values [B, T, M, h16, w16, C_v]}.
+
+    The RDE starts as memory frame 0's encoding and aggregates frames 1..T-1; the RDE read
+    is over (memory frame 0, the RDE), as the authors' training reads the first frame and the
+    compressed memory."""
+    batch, steps = memory_frames.shape[:2]
+    keys, values = self.encode_memory(memory_frames.reshape((-1,) + memory_frames.shape[2:]),
+                                      memory_probs.reshape((-1,) + memory_probs.shape[2:]),
+                                      train=train)
+    keys = keys.reshape((batch, steps) + keys.shape[1:])
+    values = values.reshape((batch, steps) + values.shape[1:])
+    rde_keys, rde_values = keys[:, 0].astype(jnp.float32), values[:, 0].astype(jnp.float32)
+    for step in range(1, steps):
+      rde_keys, rde_values = self.aggregate(rde_keys, rde_values, keys[:, step], values[:, step])
+    query = self.encode_query(frames, train=train)
+    valid = jnp.ones((batch, steps), bool)
+    stm_read = self.read(query["key"], keys, values, valid)
+    rde_memory_keys = jnp.stack([keys[:, 0].astype(jnp.float32), rde_keys], 1)
+    rde_memory_values = jnp.stack([values[:, 0].astype(jnp.float32), rde_values], 1)
+    rde_read = self.read(query["key"], rde_memory_keys, rde_memory_values, valid[:, :2])
+    return dict(stm_logits=self.decode(query, stm_read, num_objects),
+                rde_logits=self.decode(query, rde_read, num_objects),
+                stm_read=stm_read, rde_read=rde_read, memory_values=values)
+
+  def __call__(self, frames: jax.Array, memory_frames: jax.Array, memory_probs: jax.Array,
+               num_objects: jax.Array, train: bool = False) -> jax.Array:
+    """The RDE logits of `rde_forward` (also what initialises every parameter)."""
+    return self.rde_forward(frames, memory_frames, memory_probs, num_objects,
+                            train=train)["rde_logits"]
