@@ -26,6 +26,7 @@ from feelvos_jax import config_overrides
 from feelvos_jax import console
 from feelvos_jax.evaluation import split_evaluation
 from feelvos_jax.inference import export
+from feelvos_jax.inference import onnx_export
 from feelvos_jax.training import train
 from feelvos_jax.training import workdir_lock
 
@@ -46,7 +47,18 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "later runs reuse the compiled train, evaluation and export steps. Default: "
     "$JAX_COMPILATION_CACHE_DIR, which JAX reads itself; none if unset.")
 
-_DELEGATES = {"evaluate": split_evaluation.run_evaluation, "export": export.export}
+EXPORT_FORMATS = {"stablehlo": export.export, "onnx": onnx_export.export}
+"""config.export.format -> the exporter (`function(config, workdir)`)."""
+
+
+def _export(config, workdir: str):
+  if config.export.format not in EXPORT_FORMATS:
+    raise ValueError(f"config.export.format={config.export.format!r}: one of "
+                     f"{sorted(EXPORT_FORMATS)}")
+  return EXPORT_FORMATS[config.export.format](config, workdir)
+
+
+_DELEGATES = {"evaluate": split_evaluation.run_evaluation, "export": _export}
 """--mode=evaluate/export: `function(config, workdir)`."""
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError, workdir_lock.WorkdirLockedError)
@@ -64,6 +76,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _run() -> None:
+  if _CONFIG.value.get("task", "vos") == "vis":  # Video instance segmentation (configs/ytvis.py).
+    from feelvos_jax.vis import train as vis_train  # pylint: disable=g-import-not-at-top
+    if _MODE.value == "export":
+      raise ValueError("--mode=export is not available for video instance segmentation yet")
+    if _MODE.value == "evaluate":
+      vis_train.evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      vis_train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                   evaluate=_MODE.value == "train_and_evaluate")
+    return
   delegate = _DELEGATES.get(_MODE.value)
   if delegate is not None:
     delegate(_CONFIG.value, _WORKDIR.value)

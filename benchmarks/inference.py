@@ -206,6 +206,17 @@ def _setup(backbone: str, seed: int = 0, dtype: str = "") -> tuple[Any, Any, Any
   return config, model, variables
 
 
+def setup_propagator(backbone: str, dtype: str = "", seed: int = 0
+                     ) -> tuple[Any, Any, Any, video_propagation.VideoPropagator]:
+  """(config, model, random variables, propagator) of `backbone` ("tiny", "xception65") with
+  `model.dtype` set to `dtype` unless empty: the propagator of this benchmark's rows, with the
+  config's object buckets (for `benchmarks.peers`)."""
+  config, model, variables = _setup(backbone, seed=seed, dtype=dtype)
+  propagator = video_propagation.VideoPropagator(
+      model, variables, object_buckets=config.inference.object_buckets)
+  return config, model, variables, propagator
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--height", type=int, default=480, help="Frame height.")

@@ -31,13 +31,16 @@ TITLES: dict[str, str] = {
     "cfbi_matching": "CFBI matching: atrous global, multi-local",
     "inference": "Video inference",
     "segment": "Segmenting a video file (python -m feelvos_jax.segment)",
+    "peers": "Side by side with the peers: Cutie, DeAOT, STCN",
     "interactive": "Interactive segmentation",
     "layers": "Depthwise and 1x1 convolutions",
     "notebooks": "Notebook tests",
-    "variants": "Model variants: FEELVOS, PML, CFBI options",
+    "variants": "Model variants: FEELVOS, PML, CFBI options, STM, RDE-VOS",
+    "memory_length": "Memory models against video length: STM and RDE-VOS",
     "copy_first_mask": "Copy-the-first-mask baseline",
     "precision": "bfloat16 against float32: J&F of one checkpoint",
     "synthetic_training": "Training runs on the synthetic set",
+    "vis": "Video instance segmentation: MaskTrack R-CNN on synthetic VIS",
 }
 """Section titles by benchmark, in the order the sections appear (others follow by name)."""
 
@@ -106,9 +109,30 @@ DESCRIPTIONS: dict[tuple[str, str, str], str] = {
         "other in one process after a warm-up video. Peak RSS sampled every 10 ms during each "
         "run; flat when nothing grows with the video's length.",
     ("segment", "speed", ""):
-        "The same runs: frames/s of the whole command (decoding, propagation and writing in "
-        "their threads) beside `VideoPropagator.propagate` alone on the same frames held in "
-        "memory (what `benchmarks.inference` measures).",
+        "The same runs: frames/s of the whole command (decoding, propagation and writing: in "
+        "threads until the writing moved to a process of its own, in the records from "
+        "2026-12-04 on) beside `VideoPropagator.propagate` alone on the same frames held in "
+        "memory (what `benchmarks.inference` measures); with `--onnx`, the same video "
+        "segmented again with the ONNX models of the same weights under onnxruntime "
+        "(`segment --onnx`), and the fraction of mask pixels that differ from the JAX run "
+        "(random weights: the random head's slots nearly tie).",
+    ("peers", "speed", "side by side"):
+        "`python -m benchmarks.peers`: ours (Xception-65, configs/davis.py, through "
+        "`VideoPropagator`) and each peer installed in the environment (Cutie-base from "
+        "`rf-cutie`, DeAOT R50-L from `deaotpy`, STCN from `stcnbuf`), random weights, each in "
+        "a fresh process, over the same synthetic video from its frame-0 mask with the peer's "
+        "own inference loop and memory; seconds per frame after the warm-up frames (the "
+        "annotated one, compilation). CPU time = the process's CPU seconds per frame (all its "
+        "threads): on a shared machine the fairer figure; cores busy = CPU / wall. Speed-up = "
+        "the fastest peer's CPU seconds per frame (wall on a GPU) / ours. How to install the "
+        "peers: `python -m benchmarks.peers --list`.",
+    ("peers", "speed", "our frame by stage"):
+        "Where ours' frame goes: embed (backbone, ASPP, decoder, embedding head), matching "
+        "(global and local) and head (dynamic segmentation head over the object slots), each "
+        "jitted alone (`benchmarks.inference.piece_times`, median wall ms), against the "
+        "median end-to-end frame of the side-by-side run; rest = frame - pieces: host work "
+        "(padding, transfers, labels), upsampling and argmax, and what the pieces gain or "
+        "lose inside the fused step (negative when timed alone they cost more).",
     ("interactive", "speed", ""):
         "Random weights, the synthetic video of the inference benchmark. First pass = a new "
         "session (embed all frames) + strokes on frame 0 + `propagate(0, 'forward')`; "
@@ -143,6 +167,13 @@ DESCRIPTIONS: dict[tuple[str, str, str], str] = {
         "train videos, scored on its validation videos of 300 frames, where objects leave the "
         "frame and come back many times and their colours drift: first-frame matching, growing "
         "memory and recurrent memory part here.",
+    ("memory_length", "memory", ""):
+        "`benchmarks/memory_length.py`: the tiny model of configs/synthetic.py (random weights) "
+        "with `model.head` stm or rde, one video of random 64x64 frames with two objects per "
+        "fresh process: its peak RSS, the propagation state's bytes after the last frame and "
+        "frames/s after 6 warm-up frames; ratio: peak RSS over the same head's shortest "
+        "video's. STM's state is a fixed buffer of `model.memory_frames` entries, RDE's the "
+        "annotated frames and one recurrent slot.",
     ("precision", "accuracy", ""):
         "`benchmarks/precision.py`: the latest checkpoint of a configs/synthetic.py run (or "
         "one trained for `--train_steps` in the run, float32) evaluated on the "
@@ -164,6 +195,16 @@ DESCRIPTIONS: dict[tuple[str, str, str], str] = {
         "architecture measured 33-43 frames/s across these runs on a loaded machine: "
         "differences under about 25% are load). The k=1 and reference-frame-only rows are the "
         "same trained model with `nearest_neighbors=1` / `previous_frame_references=False`.",
+    ("vis", "accuracy", "accuracy"):
+        "`python -m benchmarks.vis --workdir=DIR`: the latest checkpoint of a "
+        "configs/synthetic_vis.py run (tiny backbone, `synthetic_vis/small`) on all validation "
+        "videos, YouTube-VIS AP (spatio-temporal mask IoU). masktrack: the paper's assignment; "
+        "no_tracking_head: the same detections matched by box IoU and category only; "
+        "no_association: every detection its own instance.",
+    ("vis", "speed", "speed"):
+        "Whole-video inference (`vis.inference.VideoSegmenter`: detection, tracking, masks "
+        "pasted at full resolution) on random 360x640 frames at the paper's test scale, "
+        "compilation excluded.",
 }
 """Text before each table, by (benchmark, kind, table)."""
 
@@ -225,8 +266,24 @@ TARGETS: tuple[Target, ...] = (
     Target("segment", "segment / propagation alone", "segment: frames/s on a 1000-frame 480p "
            "video within 10 % of propagation alone (>= 0.9x)", at_least=0.9,
            where=(("frames", 1000), ("frame", "480x854"))),
+    Target("peers", "speed-up over fastest peer", "the paper network >= 1.5x faster than "
+           "the fastest peer (Cutie, DeAOT, STCN) on CPU, CPU seconds per frame",
+           at_least=1.5, table="side by side", where=(("model", "ours"), ("device", "cpu")),
+           detail="fastest peer"),
+    Target("peers", "speed-up over fastest peer", "the paper network >= 1.5x faster than "
+           "the fastest peer (Cutie, DeAOT, STCN) on GPU", at_least=1.5, table="side by side",
+           where=(("model", "ours"), ("device", "gpu")), detail="fastest peer"),
     Target("interactive", "ratio", "re-propagation after a correction >= 5x faster than the "
            "first pass", at_least=5.0),
+    Target("memory_length", "peak RSS / shortest video's", "RDE: peak memory on a "
+           "5000-frame video within 5 % of a 50-frame one", at_most=1.05, kind="memory",
+           where=(("head", "rde"), ("frames", 5000))),
+    Target("memory_length", "peak RSS / shortest video's", "FEELVOS: peak memory on a "
+           "5000-frame video within 5 % of a 50-frame one", at_most=1.05, kind="memory",
+           where=(("head", "feelvos"), ("frames", 5000))),
+    Target("memory_length", "peak RSS / shortest video's", "STM: peak memory bounded by "
+           "model.memory_frames (5000 frames within 5 % of 50)", at_most=1.05, kind="memory",
+           where=(("head", "stm"), ("frames", 5000))),
     Target("precision", "|J&F difference|", "bfloat16 J&F within 0.005 of float32 for the "
            "same checkpoint", at_most=0.005, kind="accuracy"),
 )

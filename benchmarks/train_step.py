@@ -1,23 +1,27 @@
 """Compiled FEELVOS train-step time per backbone, and the synthetic demo's step beside its input.
 
     python -m benchmarks.train_step [--backbones=tiny,resnet50,xception65] [--crop=465] \\
-        [--batch=1] [--steps=5] [--depthwise=platform|both] [--no_write] [--results_dir=DIR]
+        [--batch=1] [--steps=5] [--depthwise=platform|both] [--lower_for=cuda] [--no_write] \\
+        [--results_dir=DIR]
 
 For each backbone: the paper's config (configs/common.py) with that backbone, crops of
 --crop x --crop and --batch samples per device (each sample is 3 frames), on random inputs.
 Reports the compile time (split into tracing + lowering and XLA's compilation, with the
 operation counts of the lowered and the optimised modules: what a compile-time profile starts
-from) and the median wall time of --steps compiled steps (after one untimed step). Then configs/synthetic.py as it trains (tiny backbone, its crop and batch) with
-the rate of its input pipeline (synthetic_vos/small, frames decoded lazily) beside it. With
---depthwise=both every row is also timed with XLA's grouped depthwise convolution forced, in
-the same process (the A/B of `layers.depthwise_conv_same`). Prints a table and appends one
-record per row to `benchmarks/results/train_step.jsonl` (`benchmarks.records`).
+from; `--lower_for=cuda` also counts the program lowered for another platform, without its
+device) and the median wall time of --steps compiled steps (after one untimed step). Then
+configs/synthetic.py as it trains (tiny backbone, its crop and batch) with the rate of its
+input pipeline (synthetic_vos/small, frames decoded lazily) beside it. With --depthwise=both
+every row is also timed with XLA's grouped depthwise convolution forced, in the same process
+(the A/B of `layers.depthwise_conv_same`). Prints a table and appends one record per row to
+`benchmarks/results/train_step.jsonl` (`benchmarks.records`).
 """
 import argparse
 import contextlib
 import resource
 import statistics
 import time
+from typing import Sequence
 
 import jax
 
@@ -40,11 +44,17 @@ def hlo_instructions(text: str) -> int:
       ("HloModule", "//", "#")))
 
 
-def time_train_step(config, steps: int) -> dict[str, float]:
+def stablehlo_ops(lowered) -> int:
+  """Operations of a lowered module (lines of its StableHLO text that assign a value)."""
+  return sum(1 for line in lowered.as_text().splitlines() if " = " in line)
+
+
+def time_train_step(config, steps: int, other_platforms: Sequence[str] = ()) -> dict[str, float]:
   """{'compile_s' (= 'lower_s' + 'xla_s'), 'lower_s' (tracing to a jaxpr and lowering to
   StableHLO), 'xla_s' (XLA's compilation), 'stablehlo_ops' (operations of the lowered module),
   'hlo_instructions' (of the optimised module), 'step_s' (median of `steps`), 'steps_per_s',
-  'examples_per_s'}."""
+  'examples_per_s'}, and per platform P of `other_platforms` (e.g. "cuda", lowered here
+  without that device: the program its compiler would get) 'stablehlo_ops_P'."""
   mesh = sharding.create_mesh(config.mesh)
   model = models.build_model(config.model)
   state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
@@ -54,8 +64,10 @@ def time_train_step(config, steps: int) -> dict[str, float]:
   lower_s = time.perf_counter() - start
   step_fn = lowered.compile()
   compile_s = time.perf_counter() - start
-  stablehlo_ops = sum(1 for line in lowered.as_text().splitlines() if " = " in line)
   optimised = hlo_instructions(step_fn.as_text() or "")
+  other = {f"stablehlo_ops_{platform}": stablehlo_ops(
+      train.compile_train_step(config, state, mesh).trace(state, batch).lower(
+          lowering_platforms=(platform,))) for platform in other_platforms}
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -66,8 +78,9 @@ def time_train_step(config, steps: int) -> dict[str, float]:
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
   return {"compile_s": compile_s, "lower_s": lower_s, "xla_s": compile_s - lower_s,
-          "stablehlo_ops": stablehlo_ops, "hlo_instructions": optimised, "step_s": step_s,
-          "steps_per_s": 1 / step_s, "examples_per_s": config.batch_size / step_s}
+          "stablehlo_ops": stablehlo_ops(lowered), "hlo_instructions": optimised,
+          "step_s": step_s, "steps_per_s": 1 / step_s,
+          "examples_per_s": config.batch_size / step_s, **other}
 
 
 def input_batches_per_second(config, count: int) -> float:
@@ -126,6 +139,10 @@ def main() -> None:
   parser.add_argument("--dtypes", default="float32",
                       help="Comma-separated compute dtypes of the paper-config rows (float32, "
                            "bfloat16).")
+  parser.add_argument("--lower_for", default="",
+                      help="Comma-separated other platforms (e.g. cuda, tpu) to lower each "
+                           "paper-config step for as well, recording the operation count of "
+                           "the program that platform's compiler would get.")
   records.add_arguments(parser)
   args = parser.parse_args()
   run = records.Run("train_step", write=not args.no_write, directory=args.results_dir)
@@ -146,7 +163,9 @@ def main() -> None:
   for name, config in configs:
     for form in forms:
       with _depthwise_form(form):
-        result = time_train_step(config, args.steps)
+        result = time_train_step(config, args.steps, [
+            platform for platform in args.lower_for.split(",") if platform
+            and name.endswith("paper config")])
       pipeline = ""
       if name.endswith("synthetic.py") and args.input_batches and form == "platform":
         pipeline = f"{input_batches_per_second(config, args.input_batches):.1f} batches/s"
@@ -188,6 +207,8 @@ def _record(run: records.Run, name: str, dtype: str, form: str, crop: str, batch
              "XLA compile": records.figure(result["xla_s"], "s"),
              "StableHLO ops": records.figure(result["stablehlo_ops"], "ops"),
              "optimised HLO": records.figure(result["hlo_instructions"], "instructions"),
+             **{f"StableHLO ops lowered for {key.rsplit('_', 1)[1]}": records.figure(value, "ops")
+                for key, value in result.items() if key.startswith("stablehlo_ops_")},
              "step": records.figure(result["step_s"], "s"),
              "step rate": records.figure(result["steps_per_s"], "steps/s"),
              "throughput": records.figure(result["examples_per_s"], "examples/s")}

@@ -1,7 +1,7 @@
-"""FEELVOS, PML and FEELVOS + each CFBI option side by side on synthetic_vos/small.
+"""FEELVOS, PML, FEELVOS + each CFBI option, STM and RDE-VOS side by side on synthetic_vos.
 
     python -m benchmarks.variants --steps=600 \
-        --variants=feelvos,pml,background_matching,matching_bias,multi_local,atrous,instance_attention
+        --variants=feelvos,pml,background_matching,matching_bias,multi_local,atrous,instance_attention,stm,rde
 
 For each variant, configs/synthetic.py with that one change (`VARIANTS`):
 - trains `--steps` steps with `train.train_and_evaluate` (no in-training evaluation) into a
@@ -10,8 +10,10 @@ For each variant, configs/synthetic.py with that one change (`VARIANTS`):
   `split_evaluation.evaluate_videos` (the dataset's protocol, `protocols.protocol_for`: the
   YouTube-VOS convention for synthetic_vos), which also compiles the propagation steps;
 - measures CPU inference frames/s: a second, timed pass of the same videos through the same
-  `video_propagation.VideoPropagator` (compiled already), end to end (padding, jitted steps, labels to
-  the host), frames of all videos / seconds.
+  `video_propagation.VideoPropagator` (compiled already), end to end (padding, jitted steps,
+  labels to the host), frames of all videos / seconds.
+`--validate_on=synthetic_vos/small,synthetic_vos/long` scores each trained variant on the
+validation videos of several datasets (one training, one table per validation set).
 Prints the table and appends one record per variant to `benchmarks/results/variants.jsonl`
 (`benchmarks.records`, kind "accuracy"; `--no_write` to skip).
 """
@@ -45,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "multi_local": {"local_windows": MULTI_LOCAL_WINDOWS},
     "atrous": {"global_atrous_rate": 2},
     "instance_attention": {"instance_attention": True},
+    "stm": {"head": "stm"},
+    "rde": {"head": "rde"},
 }
 """config.model changes of each variant against configs/synthetic.py."""
 
@@ -77,9 +81,10 @@ def evaluation_videos(config: ml_collections.ConfigDict) -> list[dict[str, Any]]
       config.dataset, videos, pad_multiple=config.dataset.eval_pad_multiple))
 
 
-def run_variant(name: str, steps: int, videos: list[dict[str, Any]],
-                dataset: str = "synthetic_vos/small") -> dict[str, Any]:
-  """Trains on `dataset`, scores and times one variant on `videos`; returns its table row."""
+def run_variant(name: str, steps: int, validations: dict[str, list[dict[str, Any]]],
+                dataset: str = "synthetic_vos/small") -> list[dict[str, Any]]:
+  """Trains one variant on `dataset`, then scores and times it on the videos of each validation
+  dataset (`validations`: dataset name -> videos); returns one table row per validation set."""
   config = variant_config(name, steps, dataset)
   with tempfile.TemporaryDirectory(prefix=f"variants_{name}_") as workdir:
     start = time.perf_counter()
@@ -89,18 +94,23 @@ def run_variant(name: str, steps: int, videos: list[dict[str, Any]],
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   propagator = video_propagation.VideoPropagator(model, variables,
                                          object_buckets=config.inference.object_buckets)
-  table, _, _ = split_evaluation.evaluate_videos(
-      propagator, videos, protocol=protocols.protocol_for(config.dataset))
-  if table is None:
-    raise ValueError(f"no validation video of {config.dataset.name} has ground truth to score")
-  start = time.perf_counter()
-  for video in videos:
-    split_evaluation.predict_video(propagator, video)
-  inference_seconds = time.perf_counter() - start
-  frames = sum(len(video["frames"]) for video in videos)
-  return {"variant": name, "change": VARIANTS[name], "train_s": train_seconds,
-          "jf": float(table["J&F-Mean"]), "j": float(table["J-Mean"]),
-          "f": float(table["F-Mean"]), "frames": frames, "fps": frames / inference_seconds}
+  rows = []
+  for validation, videos in validations.items():
+    table, _, _ = split_evaluation.evaluate_videos(
+        propagator, videos, protocol=protocols.protocol_for(config.dataset))
+    if table is None:
+      raise ValueError(f"no validation video of {validation} has ground truth to score")
+    start = time.perf_counter()
+    for video in videos:
+      split_evaluation.predict_video(propagator, video)
+    inference_seconds = time.perf_counter() - start
+    frames = sum(len(video["frames"]) for video in videos)
+    rows.append({"variant": name, "change": VARIANTS[name], "train_s": train_seconds,
+                 "validation": validation, "videos": len(videos),
+                 "jf": float(table["J&F-Mean"]), "j": float(table["J-Mean"]),
+                 "f": float(table["F-Mean"]), "frames": frames,
+                 "fps": frames / inference_seconds})
+  return rows
 
 
 def change_text(name: str) -> str:
@@ -109,23 +119,25 @@ def change_text(name: str) -> str:
 
 
 def table_lines(rows: list[dict[str, Any]], steps: int, num_videos: int,
-                dataset: str = "synthetic_vos/small") -> list[str]:
-  """The markdown table and its notes."""
+                dataset: str = "synthetic_vos/small", validation: str = "") -> list[str]:
+  """The markdown table and its notes (`validation`: the validation dataset, if not
+  `dataset`)."""
+  validated = f", validated on {validation}" if validation and validation != dataset else ""
   lines = [
-      f"configs/synthetic.py (tiny backbone, {dataset}) with one config.model change "
-      f"per variant, {steps} training steps each (batch 8, from scratch, same seed), validation "
-      f"J&F on {num_videos} videos (official semi-supervised protocol); frames/s: second timed "
-      f"pass over the same videos on CPU, compilation excluded; train s: the whole "
-      f"train_and_evaluate call (input pipeline and compilation included). multi_local radii "
-      f"{MULTI_LOCAL_WINDOWS}; pml = model.head=nearest_neighbor. Shared, loaded machine: "
-      f"timings are noisy.",
+      f"configs/synthetic.py (tiny backbone, trained on {dataset}{validated}) with one "
+      f"config.model change per variant, {steps} training steps each (batch 8, from scratch, "
+      f"same seed), validation J&F on {num_videos} videos (official semi-supervised "
+      f"protocol); frames/s: second timed pass over the same videos on CPU, compilation "
+      f"excluded; train s: the whole train_and_evaluate call (input pipeline and compilation "
+      f"included). multi_local radii {MULTI_LOCAL_WINDOWS}; pml = model.head=nearest_neighbor. "
+      f"Shared, loaded machine: timings are noisy.",
       "",
       "| variant | config.model change | J&F | J | F | frames/s | train s |",
       "|---|---|---|---|---|---|---|",
   ]
   for row in rows:
-    lines.append(f"| {row['variant']} | {change_text(row['variant'])} | {row['jf']:.3f} | {row['j']:.3f} | "
-                 f"{row['f']:.3f} | {row['fps']:.2f} | {row['train_s']:.0f} |")
+    lines.append(f"| {row['variant']} | {change_text(row['variant'])} | {row['jf']:.3f} | "
+                 f"{row['j']:.3f} | {row['f']:.3f} | {row['fps']:.2f} | {row['train_s']:.0f} |")
   return lines
 
 
@@ -137,6 +149,10 @@ def main() -> None:
   parser.add_argument("--dataset", default="synthetic_vos/small",
                       help="The synthetic_vos config to train and validate on, e.g. "
                            "synthetic_vos/long (300-frame videos).")
+  parser.add_argument("--validate_on", default="",
+                      help="Comma-separated synthetic_vos configs whose validation videos score "
+                           "each trained variant (default: --dataset), e.g. "
+                           "synthetic_vos/small,synthetic_vos/long.")
   records.add_arguments(parser)
   args = parser.parse_args()
   run = records.Run("variants", write=not args.no_write, directory=args.results_dir)
@@ -144,22 +160,31 @@ def main() -> None:
   for name in names:
     variant_config(name, args.steps, args.dataset)  # Rejects unknown names before training.
 
-  videos = evaluation_videos(variant_config(names[0], args.steps, args.dataset))
+  validations = {
+      validation: evaluation_videos(variant_config(names[0], args.steps, validation))
+      for validation in (args.validate_on or args.dataset).split(",") if validation}
   rows = []
   for name in names:
-    rows.append(run_variant(name, args.steps, videos, args.dataset))
-    print(rows[-1], flush=True)
-    row = rows[-1]
-    table = "" if args.dataset == "synthetic_vos/small" else args.dataset
-    run.append(
-        [name, f"{args.steps} steps"] + ([args.dataset] if table else []),
-        {"J&F": records.figure(row["jf"]), "J": records.figure(row["j"]),
-         "F": records.figure(row["f"]), "throughput": records.figure(row["fps"], "frames/s"),
-         "train": records.figure(row["train_s"], "s")},
-        kind="accuracy", table=table,
-        params={"variant": name, "config.model change": change_text(name), "steps": args.steps,
-                "validation videos": len(videos), "dataset": args.dataset})
-  print("\n".join(table_lines(rows, args.steps, len(videos), args.dataset)))
+    for row in run_variant(name, args.steps, validations, args.dataset):
+      rows.append(row)
+      print(row, flush=True)
+      validation = row["validation"]
+      table = ("" if validation == args.dataset == "synthetic_vos/small" else
+               validation if validation == args.dataset else
+               f"{validation} (trained on {args.dataset})")
+      run.append(
+          [name, f"{args.steps} steps"] + ([table] if table else []),
+          {"J&F": records.figure(row["jf"]), "J": records.figure(row["j"]),
+           "F": records.figure(row["f"]), "throughput": records.figure(row["fps"], "frames/s"),
+           "train": records.figure(row["train_s"], "s")},
+          kind="accuracy", table=table,
+          params={"variant": name, "config.model change": change_text(name),
+                  "steps": args.steps, "validation videos": row["videos"],
+                  "dataset": args.dataset, "validated on": validation})
+  for validation in validations:
+    print("\n".join(table_lines([row for row in rows if row["validation"] == validation],
+                                args.steps, len(validations[validation]), args.dataset,
+                                validation)))
   print(run.summary())
 
 

@@ -41,6 +41,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.upsample_logits = True  # Loss at label resolution (paper) instead of stride 4.
   config.loss.triplet_margin = 0.3  # PML (model.head="nearest_neighbor"): triplet hinge margin alpha.
   config.loss.triplet_anchors_per_object = 256  # PML: anchor pixels sampled per object and sample.
+  config.loss.rde_guidance_weight = 10.0  # RDE: unbiased guidance loss (RDE read -> STM read) weight.
+  config.loss.rde_correction_weight = 10.0  # RDE: self-correction loss (perturbed -> true reference values) weight.
 
   # --- Model ---
   config.model = ml_collections.ConfigDict()
@@ -61,8 +63,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.pretrained = ""  # Backbone weights file (feelvos_jax/training/weights.py); "" for none.
   config.model.pretrained_min_fraction = 1.0  # Fraction of the backbone's variables the file must fill.
   config.model.pretrained_allow_partial = False  # Load a file below that fraction anyway (with a warning).
-  config.model.head = "feelvos"  # "feelvos" (dynamic segmentation head) or "nearest_neighbor" (PML).
+  config.model.head = "feelvos"  # "feelvos", "nearest_neighbor" (PML), "stm" or "rde" (memory models).
   config.model.nearest_neighbors = 5  # PML: reference pixels voting for each pixel's label (k of k-NN).
+  # Memory models (model.head "stm" / "rde"; docs/models.md).
+  config.model.memory_frames = 20  # STM inference memory cap (annotated + every N-th frame, besides the previous one).
+  config.model.memory_every = 5  # STM: every N-th frame joins the inference memory (paper: 5).
+  config.model.memory_key_dim = 0  # Memory key channels (0: encoder channels / 8, STM's 128; RDE-VOS: 64).
   # CFBI options (Yang et al., ECCV 2020) for the FEELVOS head; each off by default.
   config.model.background_matching = False  # Also match each object against the pixels NOT of it.
   config.model.matching_bias = False  # Learnable fg/bg biases b: d = 1 - 2 / (1 + exp(||e_p - e_q||^2 + b)).
@@ -85,6 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.random_flip = True  # Random horizontal flip (one decision per sample).
   config.dataset.reference_frame = "random"  # "random" annotated frame (paper) or "first".
   config.dataset.max_frame_gap = 1  # Previous/current frames at most this far apart (paper: 1).
+  config.dataset.max_skip = 0  # Curriculum: the gap limit grows from max_frame_gap to this (STM: 25); 0 disables.
+  config.dataset.max_skip_ramp_steps = 0  # Steps over which the gap limit grows linearly to max_skip.
+  config.dataset.static_frames = False  # STM pre-training: previous/current = affine warps of the reference frame.
   config.dataset.min_object_pixels = 10  # Reject samples whose reference objects have fewer stride-4 pixels.
   config.dataset.shuffle_buffer = 256  # Videos in the tf.data shuffle buffer.
   config.dataset.prefetch = 2  # Batches prefetched to the devices.
@@ -107,4 +116,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.export.buckets = ((480, 864, 3), (480, 864, 10))  # (height, width, objects) shapes exported; sizes multiples of model.output_stride.
   config.export.max_reference_frames = 1  # Steps exported for 1..this many frames where objects first appear (DAVIS: 1).
   config.export.platforms = ("cpu", "cuda", "tpu")  # jax.export lowering platforms of the bundle.
+  config.export.format = "stablehlo"  # "stablehlo" (jax.export bundle, <workdir>/export) or "onnx" (<workdir>/export_onnx).
   return config

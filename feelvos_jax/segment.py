@@ -1,12 +1,11 @@
 """`python -m feelvos_jax.segment`: the command of `feelvos_jax.tools.segment` under its public
 name (same flags, same outputs): segment your own videos from the masks of their objects."""
-from absl import app
-
+from feelvos_jax.tools.segment import cli
 from feelvos_jax.tools.segment import main
 from feelvos_jax.tools.segment import parse_flags
 from feelvos_jax.tools.segment import run
 
-__all__ = ["main", "parse_flags", "run"]
+__all__ = ["cli", "main", "parse_flags", "run"]
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli()

@@ -17,6 +17,8 @@ from nbclient import NotebookClient
 import numpy as np
 import pytest
 
+from feelvos_jax.vis import draw as vis_draw
+
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPOSITORY / "notebooks"
 TIMEOUT_PER_CELL_S = 600
@@ -169,8 +171,10 @@ def test_inspect_feelvos(kernel_env, tmp_path):
       "reference_labels=reference_labels, previous_labels=previous_labels, "
       "global_maps=global_maps, local_maps=local_maps, previous_probs=previous_probs, "
       "predicted=predicted, ground_truth=ground_truth, j=scores.j, pca_rgb=pca_rgb, "
-      "window=config.model.window, num_objects=num_objects)")
-  assert image_outputs(notebook) >= 5  # Ground truth, maps, prediction, J/F plot, PCA.
+      "window=config.model.window, num_objects=num_objects, vis_strip=vis_strip, "
+      "vis_frames=vis_video.frames, vis_segmentation=vis_video.segmentation, "
+      "vis_categories=vis_video.categories)")
+  assert image_outputs(notebook) >= 6  # Ground truth, maps, prediction, J/F, PCA, VIS strip.
   data = np.load(saved)
   assert int(data["num_objects"]) >= 2  # The notebook picks a video with 2+ objects.
   num_slots = 1 + int(data["num_objects"])
@@ -197,3 +201,16 @@ def test_inspect_feelvos(kernel_env, tmp_path):
   assert np.all(data["j"][:, 0] == 1.0)  # Frame 0 is the given mask.
   assert data["pca_rgb"].shape == (h, w, 3)
   assert 0.0 <= data["pca_rgb"].min() and data["pca_rgb"].max() <= 1.0
+  # The VIS cell: every instance blended in its identity's colour over its frames' pixels.
+  vis_frames, vis_segmentation = data["vis_frames"], data["vis_segmentation"]
+  num_frames, vis_height, vis_width = vis_segmentation.shape
+  assert data["vis_strip"].shape == (vis_height, num_frames * vis_width, 3)
+  assert set(data["vis_categories"]) <= {1, 2, 3, 4}
+  tiles = data["vis_strip"].reshape(vis_height, num_frames, vis_width, 3).transpose(1, 0, 2, 3)
+  for identity in range(len(data["vis_categories"])):
+    mask = vis_segmentation == identity + 1
+    assert mask.any()
+    colour = np.asarray(vis_draw.identity_colour(identity), np.float32)
+    blended = 0.5 * vis_frames[mask].astype(np.float32) + 0.5 * colour
+    close = np.all(np.abs(tiles[mask].astype(np.float32) - blended) <= 1, axis=-1)
+    assert close.mean() > 0.5  # The rest: the box outline and the label text over the mask.

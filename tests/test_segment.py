@@ -267,19 +267,20 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(workdir, tmp_pat
     write_png(tmp_path / "masks" / f"{t}.png", labels[t])
   masks = str(tmp_path / "masks")
   segment.run(video, None, masks, str(tmp_path / "reference"), workdir=workdir)
-  original_write = segment_outputs.VideoOutputs.write_mask
+  original_write = segment_outputs.OutputsProcess.write_mask
 
-  def interrupted(self, index, labels):
+  def interrupted(self, index, labels):  # Ctrl-C in the main process at frame 6.
     if index == 6:
       raise KeyboardInterrupt
     original_write(self, index, labels)
 
-  monkeypatch.setattr(segment_outputs.VideoOutputs, "write_mask", interrupted)
+  monkeypatch.setattr(segment_outputs.OutputsProcess, "write_mask", interrupted)
   output = str(tmp_path / "out")
   with pytest.raises(KeyboardInterrupt):
     segment.run(video, None, masks, output, workdir=workdir)
-  monkeypatch.setattr(segment_outputs.VideoOutputs, "write_mask", original_write)
+  monkeypatch.setattr(segment_outputs.OutputsProcess, "write_mask", original_write)
   assert len(os.listdir(os.path.join(output, "masks", "clip"))) == 6
+  assert sorted(os.listdir(output)) == ["clip_manifest.json", "masks"]  # No temporary left.
   with pytest.raises(segment_outputs.OutputExistsError, match="pass --resume"):
     segment.run(video, None, masks, output, workdir=workdir)
   [summary] = segment.run(video, None, masks, output, workdir=workdir, resume=True)

@@ -79,7 +79,8 @@ def test_repeated_overrides_replace_tuples_included(monkeypatch):
 
 def _run_main(args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # Error paths only: no numerics.
   env["PYTHONPATH"] = os.pathsep.join([REPOSITORY] + [p for p in [env.get("PYTHONPATH")] if p])
   return subprocess.run([sys.executable, os.path.join(REPOSITORY, "main.py")] + args,
                         cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=timeout)

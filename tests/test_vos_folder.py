@@ -143,7 +143,8 @@ def test_folder_to_trained_model_to_segmented_video(tmp_path):
   fake_layouts.write_fake_vos_folder(str(tmp_path / "videos"), num_frames=6, annotated=(0, 3),
                                      size=(32, 32), validation=["clip_c"])
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # Plumbing: files and commands, no numerics.
   env["PYTHONPATH"] = os.pathsep.join([REPOSITORY] + [p for p in [env.get("PYTHONPATH")] if p])
   common = ["--config=configs/vos_folder.py",
             f"--config.dataset.manual_dir={tmp_path / 'videos'}",

@@ -106,3 +106,50 @@ def augment_frame(image: tf.Tensor, labels: tf.Tensor, window: CropWindow,
                         nearest_cols, axis=1)
   label_out = tf.where(valid, label_out, IGNORE_LABEL)
   return image_out, label_out
+
+
+def random_affine(image: tf.Tensor, labels: tf.Tensor, key: tf.Tensor, *,
+                  max_rotation: float = 0.26, max_shear: float = 0.15,
+                  max_scale_change: float = 0.15,
+                  max_shift: float = 0.1) -> tuple[tf.Tensor, tf.Tensor]:
+  """A random affine warp of one frame about its centre (STM's static-image pre-training).
+
+  Args:
+    image: [H, W, 3] uint8.
+    labels: [H, W] integer labels.
+    key: [2] stateless seed.
+    max_rotation: rotation angle uniform in [-max_rotation, max_rotation] radians.
+    max_shear: horizontal shear factor uniform in [-max_shear, max_shear].
+    max_scale_change: scale uniform in [1 - c, 1 + c].
+    max_shift: translation uniform in [-max_shift, max_shift] of each side.
+
+  Returns:
+    image [H, W, 3] uint8 (bilinear; PAD_PIXEL where the warp leaves the frame) and labels
+    [H, W] int32 (nearest; IGNORE_LABEL there).
+  """
+  angle, shear, scale, shift_y, shift_x = tf.unstack(tf.random.stateless_uniform(
+      [5], key, -1.0, 1.0))
+  angle, shear = angle * max_rotation, shear * max_shear
+  scale = 1.0 + scale * max_scale_change
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
+  centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+  # Output (x, y) reads input A (x - c) + c + t, A = rotation @ shear / scale.
+  cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+  a00, a01 = cos, cos * shear - sin
+  a10, a11 = sin, sin * shear + cos
+  shift_x, shift_y = shift_x * max_shift * width, shift_y * max_shift * height
+  offset_x = centre_x + shift_x - a00 * centre_x - a01 * centre_y
+  offset_y = centre_y + shift_y - a10 * centre_x - a11 * centre_y
+  transform = tf.stack([a00, a01, offset_x, a10, a11, offset_y, 0.0, 0.0])[None]
+  size = tf.shape(image)[:2]
+
+  def warp(x, interpolation, fill):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=transform, output_shape=size, fill_value=fill,
+        interpolation=interpolation, fill_mode="CONSTANT")[0]
+
+  pixels = warp(tf.cast(image, tf.float32), "BILINEAR", float(PAD_PIXEL))
+  image_out = tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+  label_out = warp(tf.cast(labels, tf.float32)[..., None], "NEAREST", float(IGNORE_LABEL))
+  return image_out, tf.cast(label_out[..., 0], tf.int32)

@@ -16,7 +16,11 @@ Training sample (one per visit of a video), as in FEELVOS:
 - Frames. A frame is *annotated* when any of its pixels is not 255. The previous and current frames
   are a uniformly random pair of annotated frames with 1 <= current - previous <= max_frame_gap,
   the gap counted in frames of the video (YouTube-VOS, annotated every 5th frame, uses
-  max_frame_gap = 5 so that the pair is two consecutive annotated frames). The reference frame is
+  max_frame_gap = 5 so that the pair is two consecutive annotated frames); with dataset.max_skip
+  (STM's curriculum) the limit grows with the training step up to max_skip. With
+  dataset.static_frames (STM's static-image pre-training) the previous and current frames are
+  instead two random affine warps (`augmentation.random_affine`) of the augmented reference
+  frame: synthetic videos of single images. The reference frame is
   the first annotated frame ("first") or a uniformly random annotated frame in which some object
   is visible ("random", the paper's choice; any annotated frame when none shows an object).
 - Augmentation. Random scale in [min_scale, max_scale] (bilinear for images, nearest for labels,
@@ -79,6 +83,20 @@ class TrainSettings:
   min_object_pixels: int
   shuffle_buffer: int
   prefetch: int
+  max_skip: int = 0
+  max_skip_ramp_steps: int = 0
+  static_frames: bool = False
+
+  def gap_limit(self, step: tf.Tensor) -> tf.Tensor:
+    """The largest previous/current gap at training step `step` (int64 scalar): max_frame_gap,
+    or with max_skip (STM's maximum-skip curriculum) growing linearly from max_frame_gap to
+    max_skip over max_skip_ramp_steps."""
+    if self.max_skip <= self.max_frame_gap:
+      return tf.constant(self.max_frame_gap, tf.int64)
+    progress = (tf.minimum(tf.cast(step, tf.float64) / self.max_skip_ramp_steps, 1.0)
+                if self.max_skip_ramp_steps else tf.constant(1.0, tf.float64))
+    extra = tf.floor(progress * (self.max_skip - self.max_frame_gap))
+    return self.max_frame_gap + tf.cast(extra, tf.int64)
 
   @property
   def window_options(self) -> dict[str, Any]:
@@ -97,10 +115,12 @@ def train_settings(dataset_config: ml_collections.ConfigDict) -> TrainSettings:
                      f"min_scale <= max_scale, got {min_scale} and {max_scale}")
   ints = {key: config_checks.int_at_least(dataset_config, f"dataset.{key}", minimum)
           for key, minimum in (("max_frame_gap", 1), ("min_object_pixels", 0),
-                               ("shuffle_buffer", 1), ("prefetch", 0))}
+                               ("shuffle_buffer", 1), ("prefetch", 0), ("max_skip", 0),
+                               ("max_skip_ramp_steps", 0))}
   return TrainSettings(
       crop_size=crop_size, min_scale=min_scale, max_scale=max_scale,
       random_flip=bool(dataset_config.random_flip),
+      static_frames=bool(dataset_config.get("static_frames", False)),
       reference_frame=config_checks.one_of(dataset_config, "dataset.reference_frame",
                                            REFERENCE_FRAME_MODES), **ints)
 
@@ -158,7 +178,7 @@ def _random_true_index(mask: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
   return candidates[choice]
 
 
-def _choose_pair(annotated: tf.Tensor, max_frame_gap: int, key: tf.Tensor,
+def _choose_pair(annotated: tf.Tensor, max_frame_gap: int | tf.Tensor, key: tf.Tensor,
                  name: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """A random (previous, current) pair of annotated frames at most max_frame_gap apart."""
   num_frames = tf.size(annotated)
@@ -180,7 +200,8 @@ def _object_counts(labels: tf.Tensor) -> tf.Tensor:
 
 
 def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings: TrainSettings,
-                 max_objects: int, base_key: tf.Tensor, max_attempts: int) -> dict[str, tf.Tensor]:
+                 max_objects: int, base_key: tf.Tensor, max_attempts: int,
+                 samples_per_step: int = 1) -> dict[str, tf.Tensor]:
   """One training sample of `video`, a pure function of (base_key, sample_index)."""
   frames = video["video"]["frames"]
   segmentations = video["video"]["segmentations"][..., 0]
@@ -195,13 +216,15 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
   key = tf.random.experimental.stateless_fold_in(base_key, sample_index)
   pair_key, pair_window_key, reference_key = tf.unstack(
       tf.random.experimental.stateless_split(key, 3))
-  previous, current = _choose_pair(annotated, settings.max_frame_gap, pair_key, name)
-  pair_window = augmentation.sample_crop_window(pair_window_key, height, width,
-                                                **settings.window_options)
-  previous_frame, previous_labels = augmentation.augment_frame(
-      _frame_at(frames, previous), segmentations[previous], pair_window, settings.crop_size)
-  current_frame, current_labels = augmentation.augment_frame(
-      _frame_at(frames, current), segmentations[current], pair_window, settings.crop_size)
+  if not settings.static_frames:
+    gap_limit = settings.gap_limit(sample_index // samples_per_step)
+    previous, current = _choose_pair(annotated, tf.cast(gap_limit, tf.int32), pair_key, name)
+    pair_window = augmentation.sample_crop_window(pair_window_key, height, width,
+                                                  **settings.window_options)
+    previous_frame, previous_labels = augmentation.augment_frame(
+        _frame_at(frames, previous), segmentations[previous], pair_window, settings.crop_size)
+    current_frame, current_labels = augmentation.augment_frame(
+        _frame_at(frames, current), segmentations[current], pair_window, settings.crop_size)
 
   def reference_candidate(attempt):
     frame_key, window_key = tf.unstack(tf.random.experimental.stateless_split(
@@ -230,6 +253,12 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
 
   _, reference_frame, reference_labels, present, large_enough, _ = tf.while_loop(
       not_done, retry, (tf.constant(0),) + reference_candidate(tf.constant(0)))
+  if settings.static_frames:
+    previous_key, current_key = tf.unstack(tf.random.experimental.stateless_split(pair_key, 2))
+    previous_frame, previous_labels = augmentation.random_affine(
+        reference_frame, reference_labels, previous_key)
+    current_frame, current_labels = augmentation.random_affine(
+        reference_frame, reference_labels, current_key)
 
   kept = large_enough & (tf.cumsum(tf.cast(large_enough, tf.int32)) <= max_objects)
   slots = tf.where(kept, tf.cumsum(tf.cast(kept, tf.int32)), IGNORE_LABEL)
@@ -262,8 +291,8 @@ def _count_videos(videos: tf.data.Dataset) -> int:
 
 def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.data.Dataset, *,
                        max_objects: int, seed: int, start_index: int = 0, process_index: int = 0,
-                       process_count: int = 1,
-                       max_attempts: int = MAX_ATTEMPTS) -> tf.data.Dataset:
+                       process_count: int = 1, max_attempts: int = MAX_ATTEMPTS,
+                       samples_per_step: int = 1) -> tf.data.Dataset:
   """The endless stream of this host's training samples, unbatched, from sample `start_index`.
 
   Args:
@@ -278,6 +307,8 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
     process_index: this host; it reads the videos `videos.shard(process_count, process_index)`.
     process_count: number of hosts.
     max_attempts: reference-frame candidates per sample (see the module docstring).
+    samples_per_step: this host's samples per training step (sample i belongs to step
+      i // samples_per_step, which sets the gap limit of the max-skip curriculum).
 
   Returns:
     Samples: reference_frame / previous_frame / current_frame [h, w, 3] uint8,
@@ -319,7 +350,8 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
   samples = tf.data.Dataset.zip(tf.data.Dataset.counter(start_index), video_stream)
   samples = samples.map(
       lambda index, video: _make_sample(index, video, settings=settings, max_objects=max_objects,
-                                        base_key=sample_key, max_attempts=max_attempts),
+                                        base_key=sample_key, max_attempts=max_attempts,
+                                        samples_per_step=samples_per_step),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.deterministic = True
@@ -367,7 +399,7 @@ def create_train_dataset(dataset_config: ml_collections.ConfigDict, videos: tf.d
   samples = make_train_samples(
       dataset_config, videos, max_objects=max_objects, seed=seed,
       start_index=start_step * batch_size_per_host, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count, samples_per_step=batch_size_per_host)
   batches = samples.batch(batch_size_per_host, drop_remainder=True,
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if dataset_config.prefetch:

@@ -10,7 +10,8 @@
   functions/      `jax.export`-serialized (StableHLO) functions, per bucket (H, W, objects):
                   start_<H>x<W>x<objects>.bin                    (`propagation.start_video`)
                   step_<H>x<W>x<objects>_r<R>.bin for R = 1..max (`propagation.propagation_step`
-                  with R reference frames)
+                  with R reference frames); memory models (STM, RDE) export one step, R = 1,
+                  of `memory_propagation`, whose state has one size whatever the video
 
 `load(path)` returns an `ExportedModel` that propagates videos with the deserialized functions
 and the same host loop as in-process inference (`host_loop.run_video`), without building the
@@ -45,6 +46,7 @@ from feelvos_jax import console
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import models
 from feelvos_jax.inference import host_loop
+from feelvos_jax.inference import memory_propagation
 from feelvos_jax.inference import propagation
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import integrity
@@ -101,6 +103,7 @@ def export_buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
   if len({b.name for b in buckets}) != len(buckets):
     raise ValueError(f"config.export.buckets has duplicates: {list(config.export.buckets)}")
   config_checks.positive_int(config, "export.max_reference_frames")
+  exported_reference_frames(config)
   return buckets
 
 
@@ -110,6 +113,19 @@ def _with_reference_frames(state: propagation.State, reference_frames: int) -> p
     return jax.ShapeDtypeStruct((reference_frames * x.shape[0],) + x.shape[1:], x.dtype)
   return dict(state, reference_embedding=stacked(state["reference_embedding"]),
               reference_labels=stacked(state["reference_labels"]))
+
+
+def exported_reference_frames(config: ml_collections.ConfigDict) -> int:
+  """Step files per bucket: config.export.max_reference_frames, or 1 for a memory model
+  (STM, RDE), whose one step serves any number of annotated frames up to
+  config.model.memory_frames (ValueError naming it when below max_reference_frames)."""
+  if config.model.head not in ("stm", "rde"):
+    return config.export.max_reference_frames
+  if config.model.memory_frames < config.export.max_reference_frames:
+    raise ValueError(f"config.model.memory_frames={config.model.memory_frames} is below "
+                     f"config.export.max_reference_frames={config.export.max_reference_frames}:"
+                     f" the memory could not hold the frames where objects are given")
+  return 1
 
 
 def _function_files(bucket: Bucket, max_reference_frames: int) -> dict[str, Any]:
@@ -126,17 +142,20 @@ def export_functions(model: Any, variables: Any, bucket: Bucket, max_reference_f
   frame = jax.ShapeDtypeStruct((bucket.height, bucket.width, 3), jnp.uint8)
   labels = jax.ShapeDtypeStruct((bucket.height, bucket.width), jnp.int32)
   num_slots = bucket.objects_per_chunk * bucket.num_chunks
-  start = jax.jit(functools.partial(propagation.start_video, model, num_slots=num_slots))
-  files = _function_files(bucket, max_reference_frames)
+  memory = memory_propagation.is_memory_model(model)
+  steps = memory_propagation if memory else propagation
+  start = jax.jit(functools.partial(steps.start_video, model, num_slots=num_slots))
+  files = _function_files(bucket, 1 if memory else max_reference_frames)
   serialized = {files["start"]: jax.export.export(start, platforms=platforms)(
       abstract_variables, frame, labels).serialize()}
   initial_state = jax.eval_shape(start, abstract_variables, frame, labels)
-  step = jax.jit(functools.partial(propagation.propagation_step, model,
+  step = jax.jit(functools.partial(steps.propagation_step, model,
                                    objects_per_chunk=bucket.objects_per_chunk))
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   valid_size = jax.ShapeDtypeStruct((2,), jnp.int32)
   for reference_frames, file_name in files["steps"].items():
-    state = _with_reference_frames(initial_state, int(reference_frames))
+    state = (initial_state if memory
+             else _with_reference_frames(initial_state, int(reference_frames)))
     exported = jax.export.export(step, platforms=platforms)(
         abstract_variables, state, frame, labels, scalar, valid_size)
     serialized[file_name] = exported.serialize()
@@ -169,7 +188,7 @@ def _write_bundle(folder: epath.Path, config: ml_collections.ConfigDict, variabl
       "platforms": list(config.export.platforms),
       "max_reference_frames": int(config.export.max_reference_frames),
       "buckets": [dict(dataclasses.asdict(b),
-                       **_function_files(b, config.export.max_reference_frames))
+                       **_function_files(b, exported_reference_frames(config)))
                   for b in buckets],
       "files": integrity.file_checksums(folder),
   }
@@ -355,7 +374,8 @@ class ExportedModel:
     variables = self.variables
 
     def step(state, frame, paste_labels, num_objects, valid_size):
-      reference_frames = state["reference_labels"].shape[0] // h
+      reference_frames = (state["reference_labels"].shape[0] // h
+                          if "reference_labels" in state else 1)
       if str(reference_frames) not in files["steps"]:
         raise ValueError(
             f"the video needs {reference_frames} reference frames (objects first appearing "
@@ -364,10 +384,13 @@ class ExportedModel:
       function = self._function(files["steps"][str(reference_frames)])
       return function(variables, state, frame, paste_labels, num_objects, valid_size)
 
+    memory = self.config.model.get("head", "feelvos") in ("stm", "rde")
     return host_loop.Plan(height=bucket.height, width=bucket.width,
                             objects_per_chunk=bucket.objects_per_chunk,
                             num_chunks=bucket.num_chunks,
-                            start=functools.partial(start, variables), step=step)
+                            start=functools.partial(start, variables), step=step,
+                            max_annotated_frames=(self.config.model.memory_frames if memory
+                                                  else None))
 
   def propagate(self, frames: Iterable[np.ndarray], annotations: Mapping[int, np.ndarray],
                 first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,

@@ -35,6 +35,8 @@ class Plan:
     num_chunks: C; the state holds S = C * M object slots.
     start: (frame [Hp, Wp, 3] uint8, given_labels [Hp, Wp] int32) -> State.
     step: (state, frame, paste_labels, num_objects, valid_size) -> (State, labels [Hp, Wp]).
+    max_annotated_frames: most frames where objects are given that the state can hold (a
+      memory model's `config.model.memory_frames`); None: no limit.
 
   The plans of `run_videos` have batched functions instead: the same arguments and results
   with a leading video axis (`start_videos`, `propagation_steps`).
@@ -45,6 +47,7 @@ class Plan:
   num_chunks: int
   start: Callable[..., State]
   step: Callable[..., tuple[State, jax.Array]]
+  max_annotated_frames: Optional[int] = None
 
 
 Planner = Callable[[int, int, int], Plan]
@@ -193,6 +196,15 @@ class _VideoFeed:
     height, width = self.size
     return self.objects.slot_to_id[np.asarray(labels)[:height, :width]].astype(np.int32)
 
+  def check_memory(self, plan: "Plan") -> None:
+    """ValueError unless the plan's state holds every frame where this video's objects are
+    given (`Plan.max_annotated_frames`)."""
+    annotated = len(np.unique(self.objects.first_frame))
+    if plan.max_annotated_frames is not None and annotated > plan.max_annotated_frames:
+      raise ValueError(f"video {self.name!r}: objects are given in {annotated} frames, more "
+                       f"than the memory holds (config.model.memory_frames="
+                       f"{plan.max_annotated_frames})")
+
   def check_started(self, num_frames: int) -> None:
     """ValueError unless the video's `num_frames` frames reach its first annotated frame."""
     if num_frames <= self.start_frame:
@@ -234,6 +246,7 @@ def run_video(planner: Planner, frames: Iterable[np.ndarray],
     frame = feed.check_frame(index, frame)
     if plan is None:
       plan = planner(*feed.size, feed.num_objects)
+      feed.check_memory(plan)
       valid_size = np.array(feed.size, np.int32)
     if index < feed.start_frame:
       pending.append(np.zeros((plan.height, plan.width), np.int32))
@@ -285,6 +298,7 @@ def run_videos(planner: Planner, videos: Sequence[Video]) -> list[np.ndarray]:
       feed.check_started(0)
     feed.check_frame(0, first)
     plan = planner(*feed.size, feed.num_objects)
+    feed.check_memory(plan)
     key = (plan.height, plan.width, plan.objects_per_chunk, plan.num_chunks)
     groups.setdefault(key, (plan, []))[1].append(index)
     feeds.append(feed)

@@ -187,7 +187,11 @@ def propagation_step(model: nn.Module, variables: Any, state: State, frame: jax.
 
 def add_reference(state: State, paste_labels: jax.Array) -> State:
   """Appends the last frame (its embedding, the pasted objects' stride-4 labels) to the
-  reference buffer: R -> R + 1. `paste_labels` [Hp, Wp] as given to `propagation_step`."""
+  reference buffer: R -> R + 1. `paste_labels` [Hp, Wp] as given to `propagation_step`.
+  A memory model's state (`memory_propagation`) is returned unchanged: its step already wrote
+  the frame into its memory."""
+  if "memory_keys" in state:
+    return state
   labels = paste_labels[::FEATURE_STRIDE, ::FEATURE_STRIDE]
   return dict(
       state,
@@ -225,8 +229,10 @@ def add_references(states: State, paste_labels: jax.Array, adds: jax.Array) -> S
   adds[b] appends its last frame as `add_reference` does; the others append a frame of zero
   embeddings labelled IGNORE_LABEL, which no matching, vote or pool reads (zeros also leave
   the power-of-two rescaling of matching unchanged), so their maps stay those of their own R
-  reference frames.
+  reference frames. Memory-model states are returned unchanged, as by `add_reference`.
   """
+  if "memory_keys" in states:
+    return states
   def append(state: State, paste: jax.Array, add: jax.Array) -> State:
     previous = state["previous_embedding"]
     labels = jnp.where(add, paste[::FEATURE_STRIDE, ::FEATURE_STRIDE], IGNORE_LABEL)

@@ -21,15 +21,18 @@ import numpy as np
 from feelvos_jax import config_checks
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax.inference import host_loop
+from feelvos_jax.inference import memory_propagation
 from feelvos_jax.inference import propagation
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_functions(model: nn.Module) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """Jitted `start_video` and `propagation_step` of a model, shared by every propagator (the
-  model is hashable, so in-training evaluations reuse the compiled steps)."""
-  start = jax.jit(functools.partial(propagation.start_video, model), static_argnames="num_slots")
-  step = jax.jit(functools.partial(propagation.propagation_step, model,
+  model is hashable, so in-training evaluations reuse the compiled steps); a memory model's
+  come from `memory_propagation`."""
+  steps = memory_propagation if memory_propagation.is_memory_model(model) else propagation
+  start = jax.jit(functools.partial(steps.start_video, model), static_argnames="num_slots")
+  step = jax.jit(functools.partial(steps.propagation_step, model,
                                    objects_per_chunk=model.max_objects))
   return start, step
 
@@ -38,9 +41,10 @@ def _compiled_functions(model: nn.Module) -> tuple[Callable[..., Any], Callable[
 def _compiled_batch_functions(model: nn.Module) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """Jitted `start_videos` and `propagation_steps` of a model (a leading video axis), shared
   as `_compiled_functions`; one compilation per number of videos as well."""
-  start = jax.jit(functools.partial(propagation.start_videos, model),
+  steps = memory_propagation if memory_propagation.is_memory_model(model) else propagation
+  start = jax.jit(functools.partial(steps.start_videos, model),
                   static_argnames="num_slots")
-  step = jax.jit(functools.partial(propagation.propagation_steps, model,
+  step = jax.jit(functools.partial(steps.propagation_steps, model,
                                    objects_per_chunk=model.max_objects))
   return start, step
 
@@ -81,7 +85,9 @@ class VideoPropagator:
         objects_per_chunk=objects_per_chunk, num_chunks=num_chunks,
         start=functools.partial(start, self.variables,
                                 num_slots=objects_per_chunk * num_chunks),
-        step=functools.partial(step, self.variables))
+        step=functools.partial(step, self.variables),
+        max_annotated_frames=(self.model.memory_frames
+                              if memory_propagation.is_memory_model(self.model) else None))
 
   def propagate(self, frames: Iterable[np.ndarray], annotations: Mapping[int, np.ndarray],
                 first_frame: Sequence[int], object_ids: Optional[Sequence[int]] = None, *,

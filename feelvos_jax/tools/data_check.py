@@ -196,6 +196,11 @@ def main(argv: list[str]) -> None:
           f"{config.model.max_objects}.")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `feelvos-data-check` console command (pyproject.toml): this module as a program."""
   config_overrides.replace_repeated_tuple_overrides()
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

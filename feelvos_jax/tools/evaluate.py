@@ -56,6 +56,11 @@ def main(argv: Sequence[str]) -> None:
   print(evaluation.format_results(split, protocol, global_table, per_sequence_table, paths))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `feelvos-evaluate` console command (pyproject.toml): this module as a program."""
   flags.mark_flags_as_required(["predictions", "dataset_root"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -4,6 +4,8 @@ r"""Segments your own videos with a trained model, frame by frame, as a stream.
       --workdir=/tmp/feelvos_synthetic --output=/tmp/clip_segmented
   python -m feelvos_jax.segment --videos=VIDEO_FOLDER --masks=MASK_FOLDER \
       --export=/tmp/feelvos_synthetic/export --output=DIR [--overwrite | --resume]
+  python -m feelvos_jax.segment --video=clip.mp4 --masks=clip_frame0.png \
+      --onnx=/tmp/feelvos_synthetic/export_onnx --output=/tmp/clip_segmented
 
 --video: a video file (mp4, mov, webm, avi, mkv, ...; decoded by PyAV's FFmpeg) or a folder of
   frame images. --videos: a folder of such videos (files and frame folders), segmented in one
@@ -13,22 +15,23 @@ r"""Segments your own videos with a trained model, frame by frame, as a stream.
   later, or one folder of binary PNGs per object (`feelvos_jax/tools/given_masks.py`).
 --workdir: a training workdir: its latest checkpoint, with the config saved beside it (any
   model a config names: FEELVOS, PML, CFBI options); --export: an inference bundle
-  (`main.py --mode=export`; a video runs in its smallest bucket that holds it).
+  (`main.py --mode=export`; a video runs in its smallest bucket that holds it); --onnx: the
+  ONNX models of `main.py --mode=export --config.export.format=onnx`, run by onnxruntime
+  (`inference/onnx_export.py`; buckets as --export).
 --output: masks, overlay mp4 and GIF, per-object CSV and a manifest per video
   (`feelvos_jax/tools/segment_outputs.py`); an output holding masks of the video is refused
   unless --overwrite or --resume.
 
 Frames are decoded in a background thread, segmented by `inference.host_loop.run_video`
-(memory flat in the video's length) and written by two more (masks and CSV; overlays), so
-decoding and writing overlap the device work. A progress bar (frames/s, ETA) is drawn when
-stderr is a terminal; one summary line per video and one for the run are printed. More objects than
-`model.max_objects` run in chunks. Bad input ends the run with one line `error: ...` naming
+(memory flat in the video's length) and written by a separate process (masks, CSV, overlays:
+`segment_outputs.OutputsProcess`), so decoding and writing overlap the device work. A
+progress bar (frames/s, ETA) is drawn when stderr is a terminal; one summary line per video
+and one for the run are printed. More objects than `model.max_objects` run in chunks. Bad input ends the run with one line `error: ...` naming
 the file and frame at fault (`--verbosity=1`: the traceback). Design notes:
 docs/own_videos.md.
 """
 import collections
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -36,12 +39,12 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 
 from feelvos_jax import console
 from feelvos_jax import models
 from feelvos_jax.inference import export
+from feelvos_jax.inference import onnx_export
 from feelvos_jax.inference import video_propagation
 from feelvos_jax.tools import given_masks
 from feelvos_jax.tools import segment_outputs
@@ -51,8 +54,8 @@ from feelvos_jax.training import checkpointing
 DECODE_AHEAD = 8
 """Frames decoded ahead of the device (the decoding thread's queue)."""
 
-WRITE_BEHIND = 8
-"""Segmented frames that may wait for each writing thread (masks; overlays)."""
+WRITE_BEHIND = 16
+"""Write calls (a frame's mask, its overlay) that may wait for the writing process."""
 
 USER_ERRORS = (ValueError, OSError)
 """Bad input (video_io.VideoError, given_masks.MaskError, integrity.IntegrityError and bad
@@ -76,6 +79,9 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string("workdir", None, "Training workdir: its latest checkpoint and config.",
                       flag_values=flag_values)
   flags.DEFINE_string("export", None, "Inference bundle folder (main.py --mode=export).",
+                      flag_values=flag_values)
+  flags.DEFINE_string("onnx", None, "ONNX models folder (main.py --mode=export "
+                      "--config.export.format=onnx), run with onnxruntime.",
                       flag_values=flag_values)
   flags.DEFINE_string("output", None, "Output folder.", flag_values=flag_values)
   flags.DEFINE_bool("overwrite", False, "Replace the masks an earlier run wrote.",
@@ -101,7 +107,8 @@ class Model:
     propagate: (frames, annotations, first_frame, object_ids, *, name) -> iterator of [H, W]
       labels (`VideoPropagator.propagate` / `ExportedModel.propagate`).
     config: the run's config.
-    identity: what the manifest records: kind ("workdir" or "export"), path, checkpoint step.
+    identity: what the manifest records: kind ("workdir", "export" or "onnx"), path,
+      checkpoint step.
     description: one line for the summary.
   """
   propagate: Callable[..., Iterator[Any]]
@@ -116,24 +123,29 @@ def _describe(config: ml_collections.ConfigDict) -> str:
   return f"{head}, {model.backbone} backbone"
 
 
-def load_model(workdir: Optional[str] = None, export_dir: Optional[str] = None) -> Model:
-  """The model of a training workdir (latest checkpoint, saved config) or of a bundle.
+def load_model(workdir: Optional[str] = None, export_dir: Optional[str] = None,
+               onnx_dir: Optional[str] = None) -> Model:
+  """The model of a training workdir (latest checkpoint, saved config), of a bundle or of
+  ONNX models.
 
   Raises:
-    ValueError: neither or both given.
-    FileNotFoundError: no checkpoint in the workdir, no bundle in the folder.
-    integrity.IntegrityError: a checkpoint or bundle file does not match its checksum.
+    ValueError: not exactly one given.
+    FileNotFoundError: no checkpoint in the workdir, no bundle or models in the folder.
+    integrity.IntegrityError: a checkpoint, bundle or model file does not match its checksum.
   """
-  if (workdir is None) == (export_dir is None):
-    raise ValueError("pass exactly one of --workdir (a training workdir) and --export (an "
-                     "inference bundle)")
-  if export_dir is not None:
-    bundle = export.load(export_dir)
-    return Model(bundle.propagate, bundle.config,
-                 {"kind": "export", "path": os.path.abspath(export_dir),
-                  "checkpoint_step": int(bundle.checkpoint_step)},
-                 f"bundle {export_dir} (step {bundle.checkpoint_step}; "
-                 f"{_describe(bundle.config)})")
+  if sum(path is not None for path in (workdir, export_dir, onnx_dir)) != 1:
+    raise ValueError("pass exactly one of --workdir (a training workdir), --export (an "
+                     "inference bundle) and --onnx (ONNX models)")
+  for kind, path, loader in (("export", export_dir, export.load),
+                             ("onnx", onnx_dir, onnx_export.load)):
+    if path is not None:
+      bundle = loader(path)
+      what = "bundle" if kind == "export" else "ONNX models"
+      return Model(bundle.propagate, bundle.config,
+                   {"kind": kind, "path": os.path.abspath(path),
+                    "checkpoint_step": int(bundle.checkpoint_step)},
+                   f"{what} {path} (step {bundle.checkpoint_step}; "
+                   f"{_describe(bundle.config)})")
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"--workdir={workdir}: no checkpoints folder {directory} (train "
@@ -259,14 +271,11 @@ def segment_video(model: Model, job: Job, output: str, *, overwrite: bool = Fals
   source, masks = job.source, job.masks
   identity = segment_outputs.run_identity(source, job.masks_path, masks, model.identity)
   os.makedirs(output, exist_ok=True)
-  outputs = segment_outputs.VideoOutputs(output, source, masks, identity, overwrite=overwrite,
-                                         resume=resume, overlay_video=overlay_video,
-                                         gif_seconds=gif_seconds)
+  # The writing (masks, CSV, overlays) runs in a process of its own, WRITE_BEHIND frames behind.
+  outputs = segment_outputs.OutputsProcess(WRITE_BEHIND, output, source, masks, identity,
+                                           overwrite=overwrite, resume=resume,
+                                           overlay_video=overlay_video, gif_seconds=gif_seconds)
   stream = _FrameStream(source)
-  # Two writing threads: masks and CSV rows; overlays (drawing and encoding), if any.
-  writers = [video_io.BackgroundWorker(WRITE_BEHIND, name=f"masks of {source.name}")]
-  if outputs.draws_overlays:
-    writers.append(video_io.BackgroundWorker(WRITE_BEHIND, name=f"overlays of {source.name}"))
   bar = console.progress(total=source.num_frames, desc=source.name, unit="frame")
   start = time.perf_counter()
   try:
@@ -276,9 +285,9 @@ def segment_video(model: Model, job: Job, output: str, *, overwrite: bool = Fals
                                          masks.object_ids, name=source.name)
       for index, labels in enumerate(labels_of_frames):
         frame = stream.pending.popleft()
-        writers[0].submit(functools.partial(outputs.write_mask, index, labels))
-        if len(writers) > 1:
-          writers[1].submit(functools.partial(outputs.write_overlay, index, frame, labels))
+        outputs.write_mask(index, labels)
+        if outputs.draws_overlays:
+          outputs.write_overlay(index, frame, labels)
         bar.update(1)
     except ValueError as error:  # `run_video`'s checks at the stream's end, restated below.
       failure = error
@@ -292,15 +301,8 @@ def segment_video(model: Model, job: Job, output: str, *, overwrite: bool = Fals
                                   ) from failure
     if failure is not None:
       raise failure
-    for writer in writers:
-      writer.close()
     outputs.finish(stream.count)
   except BaseException:
-    for writer in writers:
-      try:
-        writer.close()
-      except Exception as write_error:  # pylint: disable=broad-except (the first error wins)
-        logging.error("while stopping, writing %s failed too: %s", source.name, write_error)
     outputs.abort()
     raise
   finally:
@@ -322,14 +324,15 @@ def video_line(summary: VideoSummary, output: str) -> str:
 
 def run(video: Optional[str], videos: Optional[str], masks: str, output: str, *,
         workdir: Optional[str] = None, export_dir: Optional[str] = None,
-        overwrite: bool = False, resume: bool = False, overlay_video: bool = True,
-        gif_seconds: float = 5.0, fps: float = 24.0) -> list[VideoSummary]:
+        onnx_dir: Optional[str] = None, overwrite: bool = False, resume: bool = False,
+        overlay_video: bool = True, gif_seconds: float = 5.0,
+        fps: float = 24.0) -> list[VideoSummary]:
   """The command: reads every video's masks, loads the model, segments each video in turn and
   prints a line per video and a summary line. Arguments as the flags of the same names."""
   if overwrite and resume:
     raise ValueError("pass at most one of --overwrite and --resume")
   jobs = prepare_jobs(video, videos, masks, fps)
-  model = load_model(workdir, export_dir)
+  model = load_model(workdir, export_dir, onnx_dir)
   summaries = []
   start = time.perf_counter()
   for job in jobs:
@@ -364,14 +367,16 @@ def main(argv: Sequence[str]) -> None:
   for name in ("masks", "output"):
     if FLAGS[name].value is None:
       raise app.UsageError(f"--{name} is required")
-  for first, second in (("video", "videos"), ("workdir", "export")):
-    if (FLAGS[first].value is None) == (FLAGS[second].value is None):
-      raise app.UsageError(f"pass exactly one of --{first} and --{second}")
+  if (FLAGS.video is None) == (FLAGS.videos is None):
+    raise app.UsageError("pass exactly one of --video and --videos")
+  if sum(FLAGS[name].value is not None for name in ("workdir", "export", "onnx")) != 1:
+    raise app.UsageError("pass exactly one of --workdir, --export and --onnx")
   if FLAGS.overwrite and FLAGS.resume:
     raise app.UsageError("pass at most one of --overwrite and --resume")
   try:
     run(FLAGS.video, FLAGS.videos, FLAGS.masks, FLAGS.output, workdir=FLAGS.workdir,
-        export_dir=FLAGS.export, overwrite=FLAGS.overwrite, resume=FLAGS.resume,
+        export_dir=FLAGS.export, onnx_dir=FLAGS.onnx, overwrite=FLAGS.overwrite,
+        resume=FLAGS.resume,
         overlay_video=FLAGS.overlay_video, gif_seconds=FLAGS.gif_seconds, fps=FLAGS.fps)
   except USER_ERRORS as error:
     if flags.FLAGS.verbosity >= 1:
@@ -379,5 +384,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: {error}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `feelvos-segment` console command (pyproject.toml): this module as a program."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

@@ -21,8 +21,12 @@ so the result equals one uninterrupted run.
 """
 import csv
 import json
+import multiprocessing
 import os
+import queue
+import signal
 import tempfile
+import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -47,6 +51,9 @@ CSV_COLUMNS = ("frame", "frame_name", "time_s", "object_id", "object_name", "are
 
 RUN_KEYS = ("video", "masks", "model")
 """Manifest entries that must match for `resume`."""
+
+ABORT_SECONDS = 60.0
+"""How long `OutputsProcess.abort` waits for the writing process to finish the queued writes."""
 
 
 class OutputExistsError(FileExistsError):
@@ -88,6 +95,50 @@ def object_rows(index: int, name: str, time_s: float, labels: np.ndarray,
   return rows
 
 
+def _read_manifest(manifest_path: str, mask_folder: str) -> dict[str, Any]:
+  try:
+    with open(manifest_path) as file:
+      saved = json.load(file)
+  except FileNotFoundError as error:
+    raise OutputExistsError(f"{mask_folder} holds masks but {manifest_path} is missing: cannot "
+                            f"tell which run wrote them; pass --overwrite (nothing was "
+                            f"written)") from error
+  except (OSError, json.JSONDecodeError) as error:
+    raise OutputExistsError(f"{manifest_path}: unreadable ({error}); pass --overwrite "
+                            f"(nothing was written)") from error
+  if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+    raise OutputExistsError(f"{manifest_path}: not a manifest of this version ({FORMAT}); "
+                            f"pass --overwrite (nothing was written)")
+  return saved
+
+
+def check_output(output: str, source: video_io.VideoSource, identity: Mapping[str, Any], *,
+                 overwrite: bool = False, resume: bool = False) -> set[str]:
+  """The frame names whose masks `output` already holds and a `resume` keeps (empty unless
+  resuming); raises OutputExistsError when they may not be kept. Reads, writes nothing."""
+  mask_folder = os.path.join(output, "masks", source.name)
+  existing = set()
+  if os.path.isdir(mask_folder):
+    existing = {name[:-4] for name in os.listdir(mask_folder)
+                if name.endswith(".png") and not name.startswith(".")}
+  if not existing or overwrite:
+    return set()
+  if not resume:
+    raise OutputExistsError(
+        f"{mask_folder} already holds {len(existing)} masks of video {source.name!r}: pass "
+        f"--resume to finish that run or --overwrite to replace it (nothing was written)")
+  manifest_path = os.path.join(output, f"{source.name}_manifest.json")
+  saved = _read_manifest(manifest_path, mask_folder)
+  differing = [f"{key}: then {saved.get(key)}, now {identity[key]}"
+               for key in RUN_KEYS if saved.get(key) != identity[key]]
+  if differing:
+    raise OutputExistsError(
+        f"{manifest_path}: the masks in {mask_folder} were made by another run "
+        f"({'; '.join(differing)}): --resume would mix two runs; pass --overwrite to replace "
+        f"them (nothing was written)")
+  return existing
+
+
 class VideoOutputs:
   """The files of one video's run (see the module docstring): `write_mask` and `write_overlay`
   are called for every frame in order (each from one thread), then `finish` or `abort`."""
@@ -102,7 +153,8 @@ class VideoOutputs:
     self.mask_folder = os.path.join(self.masks_root, source.name)
     self.manifest_path = os.path.join(self.output, f"{source.name}_manifest.json")
     self._overwrite = overwrite
-    self.existing = self._check(resume)
+    self.existing = check_output(self.output, source, self.identity, overwrite=overwrite,
+                                 resume=resume)
     os.makedirs(self.mask_folder, exist_ok=True)
     self.written = self.skipped = 0
     self._names: set[str] = set()
@@ -117,45 +169,6 @@ class VideoOutputs:
     self._gif_step = max(1, round(source.fps / GIF_FPS))
     self._gif_frames = max(0, int(gif_seconds * source.fps))
     self._gif: list[Image.Image] = []
-
-  def _check(self, resume: bool) -> set[str]:
-    """The frame names already written; raises OutputExistsError when they may not be kept."""
-    existing = set()
-    if os.path.isdir(self.mask_folder):
-      existing = {name[:-4] for name in os.listdir(self.mask_folder)
-                  if name.endswith(".png") and not name.startswith(".")}
-    if not existing or self._overwrite:
-      return set()
-    if not resume:
-      raise OutputExistsError(
-          f"{self.mask_folder} already holds {len(existing)} masks of video "
-          f"{self.source.name!r}: pass --resume to finish that run or --overwrite to replace "
-          f"it (nothing was written)")
-    saved = self._read_manifest()
-    differing = [f"{key}: then {saved.get(key)}, now {self.identity[key]}"
-                 for key in RUN_KEYS if saved.get(key) != self.identity[key]]
-    if differing:
-      raise OutputExistsError(
-          f"{self.manifest_path}: the masks in {self.mask_folder} were made by another run "
-          f"({'; '.join(differing)}): --resume would mix two runs; pass --overwrite to "
-          f"replace them (nothing was written)")
-    return existing
-
-  def _read_manifest(self) -> dict[str, Any]:
-    try:
-      with open(self.manifest_path) as file:
-        saved = json.load(file)
-    except FileNotFoundError as error:
-      raise OutputExistsError(f"{self.mask_folder} holds masks but {self.manifest_path} is "
-                              f"missing: cannot tell which run wrote them; pass --overwrite "
-                              f"(nothing was written)") from error
-    except (OSError, json.JSONDecodeError) as error:
-      raise OutputExistsError(f"{self.manifest_path}: unreadable ({error}); pass --overwrite "
-                              f"(nothing was written)") from error
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-      raise OutputExistsError(f"{self.manifest_path}: not a manifest of this version "
-                              f"({FORMAT}); pass --overwrite (nothing was written)")
-    return saved
 
   def _write_manifest(self, complete: bool, frames: Optional[int]) -> None:
     manifest = dict(format=FORMAT, **self.identity, complete=complete, frames=frames,
@@ -235,3 +248,154 @@ class VideoOutputs:
     if self._video is not None:
       self._video.abort()
     self._write_manifest(complete=False, frames=None)
+
+
+def _serve(calls: Any, replies: Any) -> None:
+  """The writing process: for each ("open", arguments, options) a VideoOutputs, driven by the
+  calls that follow ((method, *arguments)) up to its "finish" or "abort". Replies ("error",
+  exception) for the first call that fails (later ones but "abort" are skipped) and ("done",
+  (written, skipped)) at the end of each video."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which aborts here.
+  while True:
+    _, arguments, options = calls.get()
+    try:
+      outputs = VideoOutputs(*arguments, **options)
+    except BaseException as error:  # pylint: disable=broad-except (raised in the parent)
+      outputs = None
+      replies.put(("error", error))
+    failed = outputs is None
+    while True:
+      method, *call_arguments = calls.get()
+      if method == "abort" and outputs is None:
+        replies.put(("done", (0, 0)))
+        break
+      if failed and method != "abort":
+        continue
+      try:
+        getattr(outputs, method)(*call_arguments)
+      except BaseException as error:  # pylint: disable=broad-except (raised in the parent)
+        failed = True
+        replies.put(("error", error))
+        if method != "abort":
+          continue
+        break
+      if method in ("finish", "abort"):
+        replies.put(("done", (outputs.written, outputs.skipped)))
+        break
+
+
+class _WritingProcess:
+  """The process `_serve` runs in (spawned), with its bounded call queue and its replies."""
+
+  def __init__(self, size: int):
+    context = multiprocessing.get_context("spawn")
+    self.calls = context.Queue(maxsize=size)
+    self.replies = context.Queue()
+    self.process = context.Process(target=_serve, args=(self.calls, self.replies),
+                                   name="segment outputs", daemon=True)
+    self.process.start()
+
+
+_WRITING_PROCESS: Optional[_WritingProcess] = None
+"""The writing process of this interpreter, started by the first OutputsProcess and reused by
+the next ones (starting one costs seconds: a fresh interpreter importing this module)."""
+
+
+def _writing_process(size: int) -> _WritingProcess:
+  global _WRITING_PROCESS
+  if _WRITING_PROCESS is None or not _WRITING_PROCESS.process.is_alive():
+    _WRITING_PROCESS = _WritingProcess(size)
+  return _WRITING_PROCESS
+
+
+class OutputsProcess:
+  """`VideoOutputs` in a process of its own (multiprocessing, spawned once and reused for every
+  video), fed through a bounded queue: PNG and CSV writing, overlay drawing and encoding run
+  beside the process that steps the model instead of sharing its interpreter lock. Same calls
+  as VideoOutputs (`write_mask`, `write_overlay` in frame order, then `finish` or `abort`);
+  `written` and `skipped` are set by `finish`. The output is checked here first
+  (`check_output`), so a refused output raises before any frame is computed; an error of the
+  writing process is raised by the next call."""
+
+  def __init__(self, size: int, output: str, source: video_io.VideoSource,
+               masks: given_masks.GivenMasks, identity: Mapping[str, Any], *,
+               overwrite: bool = False, resume: bool = False, overlay_video: bool = True,
+               gif_seconds: float = 5.0):
+    """`size`: the most calls waiting (the queue's capacity, set by the first one)."""
+    check_output(os.fspath(output), source, identity, overwrite=overwrite, resume=resume)
+    self.draws_overlays = overlay_video or int(gif_seconds * source.fps) > 0
+    self.written = self.skipped = 0
+    self._name = source.name
+    self._writer = _writing_process(size)
+    self._put(("open", (os.fspath(output), source, masks, dict(identity)),
+               dict(overwrite=overwrite, resume=resume, overlay_video=overlay_video,
+                    gif_seconds=gif_seconds)))
+
+  def _raise_error(self) -> None:
+    """Raises the writing process's error, if it reported one."""
+    try:
+      kind, value = self._writer.replies.get_nowait()
+    except queue.Empty:
+      return
+    if kind == "error":
+      raise value
+
+  def _check_alive(self) -> None:
+    self._raise_error()
+    if not self._writer.process.is_alive():
+      raise RuntimeError(f"the writing process of video {self._name!r} stopped (exit code "
+                         f"{self._writer.process.exitcode})")
+
+  def _put(self, call: tuple[Any, ...]) -> None:
+    self._raise_error()
+    while True:
+      try:
+        self._writer.calls.put(call, timeout=1.0)
+        return
+      except queue.Full:
+        self._check_alive()
+
+  def _wait_done(self) -> None:
+    while True:
+      try:
+        kind, value = self._writer.replies.get(timeout=1.0)
+      except queue.Empty:
+        self._check_alive()
+        continue
+      if kind == "error":
+        raise value
+      self.written, self.skipped = value
+      return
+
+  def write_mask(self, index: int, labels: np.ndarray) -> None:
+    """`VideoOutputs.write_mask` in the writing process (labels sent as uint8: ids 0..254)."""
+    self._put(("write_mask", index, np.asarray(labels).astype(np.uint8)))
+
+  def write_overlay(self, index: int, frame: np.ndarray, labels: np.ndarray) -> None:
+    """`VideoOutputs.write_overlay` in the writing process."""
+    self._put(("write_overlay", index, np.asarray(frame), np.asarray(labels).astype(np.uint8)))
+
+  def finish(self, num_frames: int) -> None:
+    """`VideoOutputs.finish` once every queued write is done."""
+    self._put(("finish", num_frames))
+    self._wait_done()
+
+  def abort(self) -> None:
+    """`VideoOutputs.abort` after the queued writes (errors it reports are dropped: the error
+    that led here is raised); a process that does not answer within ABORT_SECONDS is ended
+    (the next video starts another)."""
+    global _WRITING_PROCESS
+    deadline = time.monotonic() + ABORT_SECONDS
+    try:
+      self._writer.calls.put(("abort",), timeout=ABORT_SECONDS)
+      while time.monotonic() < deadline and self._writer.process.is_alive():
+        try:
+          kind, _ = self._writer.replies.get(timeout=1.0)
+        except queue.Empty:
+          continue
+        if kind == "done":
+          return
+    except queue.Full:
+      pass
+    self._writer.process.kill()
+    _WRITING_PROCESS = None

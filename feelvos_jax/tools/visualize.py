@@ -219,6 +219,11 @@ def main(argv: Sequence[str]) -> None:
   print(f"wrote {gif_path}\nwrote {strip_path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `feelvos-visualize` console command (pyproject.toml): this module as a program."""
   flags.mark_flags_as_required(["predictions", "video"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

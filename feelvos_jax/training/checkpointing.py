@@ -40,7 +40,7 @@ _ITEMS = ("state", "config")
 
 # Model knobs that change neither the parameters nor what they mean: a run may resume with others.
 _RUNTIME_MODEL_KEYS = ("dtype", "matching_chunk_size", "pretrained", "pretrained_min_fraction",
-                       "pretrained_allow_partial")
+                       "pretrained_allow_partial", "memory_frames", "memory_every")
 
 
 def _json_round_trip(value: Any) -> Any:
@@ -314,6 +314,18 @@ def _variable_shapes(model: nn.Module) -> Any:
                         {"params": key, "matching": key}, *models.example_inputs(model))
 
 
+def _check_same_head(manager: ocp.CheckpointManager, step: int, directory: epath.Path,
+                     config: ml_collections.ConfigDict) -> None:
+  """ValueError naming config.model.head when checkpoint `step` was trained as another model
+  (an RDE checkpoint holds every STM variable, so the shapes alone would not tell)."""
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  saved_head = (saved or {}).get("model", {}).get("head", "feelvos")
+  if saved_head != config.model.head:
+    raise ValueError(f"checkpoint step {step} in {directory} was trained with "
+                     f"config.model.head={saved_head!r}, not {config.model.head!r}: evaluate "
+                     f"it with --config.model.head={saved_head}")
+
+
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
                       step: Optional[int] = None) -> tuple[Any, int]:
   """{'params', 'batch_stats'} of a training checkpoint, without the optimizer state.
@@ -343,6 +355,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model: nn
       raise FileNotFoundError(f"no checkpoint in {directory} (train first: main.py "
                               f"--mode=train --workdir={workdir})")
     verify_checkpoint(directory, step, list(manager.all_steps()))
+    _check_same_head(manager, step, directory, config)
     saved = manager.item_metadata(step)["state"].tree
     expected = _variable_shapes(model)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

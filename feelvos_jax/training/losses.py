@@ -198,3 +198,40 @@ def triplet_loss(anchor_embeddings: jax.Array, anchor_labels: jax.Array,
                                            reference_embeddings, reference_labels, rngs)
   count = jnp.maximum(jnp.sum(valid), 1)
   return jnp.sum(hinge) / count, jnp.sum(valid & (hinge > 0)) / count
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                       loss_config: ml_collections.ConfigDict) -> jax.Array:
+  """Plain cross-entropy (every valid pixel) of stride-4 logits [B, h, w, K] against labels
+  [B, H, W], at the labels' resolution with `loss_config.upsample_logits` (the memory models'
+  loss, STM's)."""
+  if loss_config.upsample_logits:
+    logits = upsample_logits(logits, labels.shape[1:3])
+  else:
+    labels = labels[:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  return bootstrapped_cross_entropy(logits, labels, jnp.float32(1.0))
+
+
+def channel_kl_divergence(student: jax.Array, teacher: jax.Array) -> jax.Array:
+  """Mean over positions of KL(softmax(teacher) || softmax(student)) over the last axis:
+  [..., C] each -> scalar float32 (the authors' `KLDivLoss` at temperature 1, averaged per
+  position instead of per element)."""
+  log_student = jax.nn.log_softmax(student.astype(jnp.float32), axis=-1)
+  log_teacher = jax.nn.log_softmax(teacher.astype(jnp.float32), axis=-1)
+  return jnp.mean(jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1))
+
+
+def perturb_masks(probs: jax.Array, rng: jax.Array, *, radius: int = 2) -> jax.Array:
+  """RDE's self-correction input: each sample's object masks [B, H, W, K] (slot 0 the
+  background) dilated or eroded (one random choice per sample) by a (2 radius + 1)^2 max
+  pool; the background becomes 1 - the clipped sum of the objects."""
+  objects = probs[..., 1:].astype(jnp.float32)
+  window = (1, 2 * radius + 1, 2 * radius + 1, 1)
+
+  def pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, (1, 1, 1, 1), "SAME")
+
+  dilate = jax.random.bernoulli(rng, 0.5, (probs.shape[0], 1, 1, 1))
+  objects = jnp.where(dilate, pool(objects), -pool(-objects))
+  background = 1.0 - jnp.clip(jnp.sum(objects, -1, keepdims=True), 0.0, 1.0)
+  return jnp.concatenate([background, objects], -1)

@@ -5,8 +5,10 @@ API: `train_and_evaluate(config, workdir)` (what `main.py` runs), `validate_conf
 `compile_train_step` / `train_step`, `load_pretrained`, `object_iou`.
 
 The loss follows `config.model.head`: bootstrapped cross-entropy of the segmentation head's
-logits ("feelvos"), or PML's triplet loss on the embeddings ("nearest_neighbor", whose
-nearest-neighbour vote then gives the logits of the training IoU).
+logits ("feelvos"), PML's triplet loss on the embeddings ("nearest_neighbor", whose
+nearest-neighbour vote then gives the logits of the training IoU), or for the memory models
+("stm", "rde") the cross-entropy of the current frame read from the reference and previous
+frames (RDE: plus its guidance and self-correction losses, `_memory_loss`).
 
 The SPMD recipe of big_vision: `jax.eval_shape` of the initialiser gives the state's shapes, from
 which the shardings follow (`training.sharding`); `jax.jit(init, out_shardings=...)` creates the
@@ -84,6 +86,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_checks.one_of(config, "model.pretrained_allow_partial", (False, True))
   losses.hard_mining_fraction(0, top_k_percent=config.loss.top_k_percent,
                               ramp_steps=config.loss.hard_mining_ramp_steps)
+  if config.model.head == "rde":
+    config_checks.float_in(config, "loss.rde_guidance_weight", 0.0)
+    config_checks.float_in(config, "loss.rde_correction_weight", 0.0)
   if config.model.head == "nearest_neighbor":  # PML's triplet loss.
     config_checks.positive_int(config, "loss.triplet_anchors_per_object")
     config_checks.float_in(config, "loss.triplet_margin", 0.0)
@@ -167,8 +172,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: flax.linen.Modu
 
 
 def load_pretrained(state: TrainState, path: str, backbone: str, *,
-                    min_backbone_fraction: float = 1.0, allow_partial: bool = False
-                    ) -> TrainState:
+                    min_backbone_fraction: float = 1.0, allow_partial: bool = False,
+                    head: str = "feelvos") -> TrainState:
   """`state` with the variables of a pretrained file (see feelvos_jax/training/weights.py) in
   place of their initialisation, in the same shardings; the optimizer state is untouched (it
   does not depend on the parameter values at step 0).
@@ -181,7 +186,7 @@ def load_pretrained(state: TrainState, path: str, backbone: str, *,
                                                           tiled=True)
   params, batch_stats, report = weights.load_pretrained(
       params, batch_stats, path, backbone, min_backbone_fraction=min_backbone_fraction,
-      allow_partial=allow_partial)
+      allow_partial=allow_partial, head=head)
   level = logging.WARNING if report.missing or report.unexpected else logging.INFO
   logging.log(level, "Pretrained %s: %s", path, report.summary())
 
@@ -232,6 +237,45 @@ def _forward_nearest_neighbor(module: flax.linen.Module, batch: dict[str, jax.Ar
   return current_embedding, reference_embedding, logits
 
 
+def _forward_memory(module: flax.linen.Module, batch: dict[str, jax.Array], num_slots: int,
+                    rng: jax.Array) -> dict[str, jax.Array]:
+  """Memory-model training forward pass (STM, RDE): memory = (reference, previous) frames with
+  their ground-truth masks (one-hot, all zeros where IGNORE_LABEL), query = the current frame.
+
+  STM: {logits}. RDE: `RDE.rde_forward`'s entries with the reference mask perturbed
+  (`losses.perturb_masks`, self-correction) plus true_reference_values, the reference
+  encoded from its true mask."""
+  frames = jnp.stack([batch["reference_frame"], batch["previous_frame"]], axis=1)
+  probs = jax.nn.one_hot(jnp.stack([batch["reference_labels"], batch["previous_labels"]], 1),
+                         num_slots)
+  if not module.recurrent_embedding:
+    return {"logits": module(batch["current_frame"], frames, probs, batch["num_objects"],
+                             train=True)}
+  perturbed = losses.perturb_masks(probs[:, 0], rng)
+  outputs = module.rde_forward(batch["current_frame"], frames,
+                               probs.at[:, 0].set(perturbed), batch["num_objects"], train=True)
+  _, outputs["true_reference_values"] = module.encode_memory(batch["reference_frame"],
+                                                             probs[:, 0], train=True)
+  return outputs
+
+
+def _memory_loss(outputs: dict[str, jax.Array], labels: jax.Array,
+                 config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """(loss, logits for the metrics) of `_forward_memory`'s outputs: STM's cross-entropy; for
+  RDE the cross-entropy of the STM and the RDE readings, plus the unbiased guidance loss (the
+  RDE read drawn to the STM read) and the self-correction loss (the perturbed reference's
+  values drawn to the true ones), weighted by config.loss.rde_*_weight."""
+  if "rde_logits" not in outputs:
+    return losses.cross_entropy_loss(outputs["logits"], labels, config.loss), outputs["logits"]
+  loss = (losses.cross_entropy_loss(outputs["stm_logits"], labels, config.loss)
+          + losses.cross_entropy_loss(outputs["rde_logits"], labels, config.loss))
+  loss += config.loss.rde_guidance_weight * losses.channel_kl_divergence(
+      outputs["rde_read"], outputs["stm_read"])
+  loss += config.loss.rde_correction_weight * losses.channel_kl_divergence(
+      outputs["memory_values"][:, 0], outputs["true_reference_values"])
+  return loss, outputs["rde_logits"]
+
+
 def object_iou(logits: jax.Array, labels: jax.Array, num_objects: jax.Array) -> jax.Array:
   """Mean IoU over the real objects of a batch, at stride 4.
 
@@ -272,10 +316,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   num_slots = 1 + config.model.max_objects
   matching_rng = jax.random.fold_in(state.rng, state.step)
   nearest_neighbor = config.model.head == "nearest_neighbor"
+  memory_model = config.model.head in ("stm", "rde")
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    if nearest_neighbor:
+    if memory_model:
+      outputs, mutated = state.apply_fn(
+          variables, batch, num_slots, jax.random.fold_in(matching_rng, 2),
+          method=_forward_memory, mutable=["batch_stats"])
+      loss, logits = _memory_loss(outputs, batch["current_labels"], config)
+      fraction = jnp.float32(1.0)
+    elif nearest_neighbor:
       (current, reference, logits), mutated = state.apply_fn(
           variables, batch, num_slots, method=_forward_nearest_neighbor,
           mutable=["batch_stats"], rngs={"matching": matching_rng})
@@ -389,7 +440,8 @@ def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
   if config.model.pretrained:
     state = load_pretrained(state, config.model.pretrained, config.model.backbone,
                             min_backbone_fraction=config.model.pretrained_min_fraction,
-                            allow_partial=config.model.pretrained_allow_partial)
+                            allow_partial=config.model.pretrained_allow_partial,
+                            head=config.model.head)
   return state
 
 

@@ -49,6 +49,19 @@ torchvision name map (backbone only): `layer3.4.conv2.weight` -> backbone/layer3
 `downsample_0|1`); conv `weight` [out, in, kh, kw] -> `kernel` [kh, kw, in, out]; batch norm
 `weight|bias` -> `scale|bias`, `running_mean|running_var` -> batch_stats `mean|var`.
 
+Memory models (`head="stm"` / `"rde"`, ResNet-50 only): the authors' whole-model state dicts
+saved as .npz the same way. STM (`stm_name`): `Encoder_M|Encoder_Q.{conv1,bn1,res2..res4}` ->
+memory_encoder|query_encoder/{conv1,bn1,layer1..layer3_<b>} (plus `Encoder_M.conv1_m|conv1_o`),
+`KV_M_r4|KV_Q_r4.Key|Value` -> memory_key_value|query_key_value/key|value, `Decoder.*` ->
+decoder/* (same module names). RDE-VOS (`rde_name`): `key_encoder.{res2,layer2,layer3}` ->
+query_encoder, `mem_compress.{key,value}_encoder.non_local.{theta,phi.0,g.0,W}` and
+`.conv1.{aspp<i>.atrous_conv,conv1}` -> {key,value}_aggregation/non_local/* and /aspp/*,
+`mem_compress.compress_{key,value}` -> {key,value}_aggregation/compress (with
+`model.memory_key_dim=64`); their ResNet-18 value encoder and decoder are another layout than
+the STM ones used here and stay unloaded. Conv3d kernels [out, in, kt, kh, kw] become
+[kt, kh, kw, in, out]. The "backbone" of `min_backbone_fraction` is both encoders (STM) or the
+query encoder (RDE).
+
 Bookkeeping entries are skipped, neither loaded nor reported: TF's `global_step` and optimizer
 or moving-average slots (`.../Momentum`, `.../Adam*`, `.../ExponentialMovingAverage`), and
 torchvision's `num_batches_tracked`.
@@ -183,6 +196,73 @@ def torchvision_name(collection: str, path: Path) -> tuple[str, bool] | None:
   return f"{modules}.{_TORCH_LEAVES[collection, path[-1]]}", path[-1] == "kernel"
 
 
+_STM_MODULES = {"memory_encoder": "Encoder_M", "query_encoder": "Encoder_Q",
+                "memory_key_value": "KV_M_r4", "query_key_value": "KV_Q_r4",
+                "decoder": "Decoder"}
+_STM_LAYERS = {"layer1": "res2", "layer2": "res3", "layer3": "res4"}
+_KEY_VALUE = {"key": "Key", "value": "Value"}
+
+
+def _torch_module(name: str, layers: Mapping[str, str]) -> str:
+  """One Flax module name as a torch module path: `layer2_0` -> `<layers[layer2]>.0`,
+  `downsample_1` -> `downsample.1`, `key` -> `Key`; others unchanged."""
+  head, _, index = name.rpartition("_")
+  if head in layers and index.isdigit():
+    return f"{layers[head]}.{index}"
+  if head == "downsample":
+    return f"downsample.{index}"
+  return _KEY_VALUE.get(name, name)
+
+
+def stm_name(collection: str, path: Path) -> tuple[str, bool] | None:
+  """The official STM state-dict key of an STM leaf (`model.py` of the authors' code:
+  `Encoder_M` / `Encoder_Q` with `res2..res4`, `KV_M_r4` / `KV_Q_r4` with `Key` / `Value`,
+  `Decoder` with `convFM`, `ResMM`, `RF3`, `RF2`, `pred2`) and whether it is a conv kernel."""
+  if path[0] not in _STM_MODULES or (collection, path[-1]) not in _TORCH_LEAVES:
+    return None
+  modules = [_STM_MODULES[path[0]]] + [_torch_module(m, _STM_LAYERS) for m in path[1:-1]]
+  return f"{'.'.join(modules)}.{_TORCH_LEAVES[collection, path[-1]]}", path[-1] == "kernel"
+
+
+_RDE_AGGREGATION = {"key_aggregation": ("mem_compress.key_encoder", "mem_compress.compress_key"),
+                    "value_aggregation": ("mem_compress.value_encoder",
+                                          "mem_compress.compress_value")}
+_RDE_NON_LOCAL = {"theta": "theta", "phi": "phi.0", "g": "g.0", "W": "W"}
+
+
+def rde_name(collection: str, path: Path) -> tuple[str, bool] | None:
+  """The RDE-VOS authors' state-dict key (`model/network.py`, `model/modules.py`) of an RDE
+  leaf they have: the query encoder from their `key_encoder` (ResNet-50 `res2`, `layer2`,
+  `layer3`) and the two aggregation modules from `mem_compress` (`non_local.{theta,phi.0,g.0,W}`,
+  `conv1.aspp<i>.atrous_conv`, `conv1.conv1`, `compress_key` / `compress_value`). Their value
+  encoder (ResNet-18 + fuser) and decoder have another layout than STM's, kept here: those
+  leaves have no name."""
+  if (collection, path[-1]) not in _TORCH_LEAVES:
+    return None
+  leaf = _TORCH_LEAVES[collection, path[-1]]
+  if path[0] == "query_encoder":
+    layers = {"layer1": "res2", "layer2": "layer2", "layer3": "layer3"}
+    modules = ["key_encoder"] + [_torch_module(m, layers) for m in path[1:-1]]
+    return f"{'.'.join(modules)}.{leaf}", path[-1] == "kernel"
+  if path[0] not in _RDE_AGGREGATION:
+    return None
+  sam, compress = _RDE_AGGREGATION[path[0]]
+  inner = path[1:-1]
+  if inner == ("compress",):
+    return f"{compress}.{leaf}", path[-1] == "kernel"
+  if inner[0] == "non_local" and inner[1] in _RDE_NON_LOCAL:
+    return f"{sam}.non_local.{_RDE_NON_LOCAL[inner[1]]}.{leaf}", path[-1] == "kernel"
+  if inner[0] == "aspp" and inner[-1] == "conv":
+    name = "conv1" if inner[1] == "conv1" else f"{inner[1]}.atrous_conv"
+    return f"{sam}.conv1.{name}.{leaf}", path[-1] == "kernel"
+  return None
+
+
+def _torch_kernel_to_flax(kernel: np.ndarray) -> np.ndarray:
+  """A torch conv kernel [out, in, (kt,) kh, kw] in Flax's [(kt,) kh, kw, in, out] layout."""
+  return np.transpose(kernel, tuple(range(2, kernel.ndim)) + (1, 0))
+
+
 def _load_tensorflow(path: str) -> dict[str, Callable[[], np.ndarray]]:
   """{variable name: reader} of a TF checkpoint (prefix or folder)."""
   import tensorflow as tf  # Imported on use: heavy, and only this format needs it.
@@ -246,6 +326,7 @@ class _Format:
   read: Callable[[str], dict[str, Callable[[], np.ndarray]]]
   leaf_name: Callable[[str, Path], tuple[str, bool] | None]
   kernel_to_flax: Callable[[np.ndarray], np.ndarray]
+  backbone_roots: tuple[str, ...] = ("backbone",)
 
 
 _TF_FORMAT = _Format("a TensorFlow checkpoint (DeepLab Xception-65 or FEELVOS)", False,
@@ -255,6 +336,15 @@ _TORCH_FORMAT = _Format("a torchvision state dict saved as .npz", True, _load_np
                         torchvision_name, lambda kernel: np.transpose(kernel, (2, 3, 1, 0)))
 FORMATS = {"xception65": _TF_FORMAT, "resnet50": _TORCH_FORMAT, "resnet101": _TORCH_FORMAT}
 """The pretrained-weight format of each backbone that has one."""
+
+HEAD_FORMATS = {
+    "stm": _Format("the authors' STM state dict saved as .npz", True, _load_npz, stm_name,
+                   _torch_kernel_to_flax, ("memory_encoder", "query_encoder")),
+    "rde": _Format("the authors' RDE-VOS state dict saved as .npz", True, _load_npz, rde_name,
+                   _torch_kernel_to_flax, ("query_encoder",)),
+}
+"""Formats of the memory models (`config.model.head`), whole-model checkpoints with a ResNet-50
+encoder; their "backbone" (for `min_backbone_fraction`) is `backbone_roots`."""
 
 
 def _check_path(path: str, file_format: _Format) -> None:
@@ -279,8 +369,8 @@ def _check_values(stored: np.ndarray, name: str, where: str, path: str) -> None:
                      f"{bad} NaN or infinite values of {np.size(stored)}")
 
 
-def _is_backbone(where: str) -> bool:
-  return where.split("/")[1] == "backbone"
+def _is_backbone(where: str, roots: tuple[str, ...] = ("backbone",)) -> bool:
+  return where.split("/")[1] in roots
 
 
 def _check_enough(report: LoadReport, missing_names: list[str], path: str, backbone: str,
@@ -303,7 +393,8 @@ def _check_enough(report: LoadReport, missing_names: list[str], path: str, backb
 
 def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], path: str,
                     backbone: str, *, allow_shape_mismatch: bool = False,
-                    min_backbone_fraction: float = 1.0, allow_partial: bool = False
+                    min_backbone_fraction: float = 1.0, allow_partial: bool = False,
+                    head: str = "feelvos"
                     ) -> tuple[dict[str, Any], dict[str, Any], LoadReport]:
   """Copies the variables of a pretrained file into the FEELVOS variable trees.
 
@@ -319,6 +410,8 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
       that must load (config.model.pretrained_min_fraction).
     allow_partial: return whatever loaded, even below `min_backbone_fraction`
       (config.model.pretrained_allow_partial).
+    head: config.model.head; "stm" and "rde" read the authors' whole-model checkpoints
+      (`HEAD_FORMATS`, ResNet-50 only) instead of a backbone file.
 
   Returns:
     (params, batch_stats, report): new nested dicts and a LoadReport.
@@ -329,10 +422,16 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
       that is not real floating point or holds NaN / inf (naming it); fewer backbone variables
       loaded than `min_backbone_fraction` asks, unless `allow_partial`. Each names the file.
   """
-  if backbone not in FORMATS:
+  if head in HEAD_FORMATS:
+    if backbone != "resnet50":
+      raise ValueError(f"config.model.backbone={backbone!r}: the {head.upper()} weights of "
+                       f"config.model.pretrained are for 'resnet50'")
+    file_format = HEAD_FORMATS[head]
+  elif backbone not in FORMATS:
     raise ValueError(f"config.model.backbone={backbone!r} has no pretrained weight format; "
                      f"config.model.pretrained works with {sorted(FORMATS)}")
-  file_format = FORMATS[backbone]
+  else:
+    file_format = FORMATS[backbone]
   _check_path(path, file_format)
   source = file_format.read(path)
   trees = {"params": flax.traverse_util.flatten_dict(flax.core.unfreeze(params)),
@@ -347,10 +446,10 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
       name, is_kernel = named
       where = f"{collection}/{'/'.join(leaf_path)}"
       total += 1
-      backbone_total += _is_backbone(where)
+      backbone_total += _is_backbone(where, file_format.backbone_roots)
       if name not in source:
         missing.append(where)
-        if _is_backbone(where):
+        if _is_backbone(where, file_format.backbone_roots):
           missing_names.append(name)
         continue
       used.add(name)
@@ -367,7 +466,7 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
         continue
       flat[leaf_path] = jnp.asarray(value, dtype=leaf.dtype)
       loaded.append(name)
-      backbone_loaded += _is_backbone(where)
+      backbone_loaded += _is_backbone(where, file_format.backbone_roots)
   if mismatched and not allow_shape_mismatch:
     raise ValueError(f"config.model.pretrained={path!r}: shape mismatch for "
                      + "; ".join(mismatched))

@@ -43,6 +43,13 @@ class BoundedCache:
   def items(self) -> list[tuple[Hashable, Any]]:
     return list(self._values.items())
 
+  def pop(self, key: Hashable) -> Optional[Any]:
+    """Drops the value of `key` (None if not kept) and returns it; counts nothing."""
+    value = self._values.pop(key, None)
+    if value is not None:
+      self.used_bytes -= value_bytes(value)
+    return value
+
   def get(self, key: Hashable) -> Optional[Any]:
     """The kept value of `key`, or None; counts a hit or a miss."""
     value = self._values.get(key)

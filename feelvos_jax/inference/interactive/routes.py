@@ -47,6 +47,11 @@ class Propagation:
     from_frame: the frame of interaction.
     first_next: the frame the chains step to right after it (None: no chain).
     valid_size: [2] int32, the frames' (height, width) before padding.
+    start: the state at the frame of interaction, {previous_labels [h, w] int32 slots,
+      previous_probs [h, w, 1 + S] float32} (NumPy): its marked cells and their one-hot
+      (`steps.marked_state`), or its current labels and probabilities overridden there.
+    from_marks: whether `start` holds the marked cells alone (the frame of interaction may
+      then be matched locally against its cells directly).
   """
   references: np.ndarray
   present: tuple[int, ...]
@@ -56,6 +61,8 @@ class Propagation:
   from_frame: int
   first_next: Optional[int]
   valid_size: np.ndarray
+  start: dict[str, np.ndarray]
+  from_marks: bool
 
   @property
   def num_objects(self) -> np.int32:
@@ -75,7 +82,7 @@ class GenericRoute:
     slots, frame = plan.slots, plan.from_frame
     state = steps.compiled_start_state(
         self._embeddings, *scribbles.reference_index(slots, slots != IGNORE_LABEL),
-        np.int32(frame), steps.marked_state(slots[frame], num_slots=plan.num_slots))
+        np.int32(frame), plan.start)
     step = steps.compiled_generic_step(self._model.clone(max_objects=plan.objects_per_chunk))
 
     def run(state, frame, previous):
@@ -115,8 +122,8 @@ class IncrementalRoute:
     self._distances, self._feature_parts, self._minima = distances, feature_parts, minima
 
   def start(self, plan: Propagation) -> tuple[dict[str, np.ndarray], Runner]:
-    """(`steps.marked_state` of the frame of interaction, run); run stores each frame's new
-    minima under this propagation's `MarkedVersion`."""
+    """(`plan.start`, run); run stores each frame's new minima under this propagation's
+    `MarkedVersion`."""
     version = MarkedVersion(plan.present, plan.references.copy())
     marked = plan.references != IGNORE_LABEL
     rows: dict[Optional[MarkedVersion], tuple[jax.Array, jax.Array]] = {}
@@ -149,7 +156,7 @@ class IncrementalRoute:
           *rows[base], minima, plan.num_objects, plan.valid_size)
       self._minima.put(frame, (version, minima))
       return state, labels
-    return steps.marked_state(plan.slots[plan.from_frame], num_slots=plan.num_slots), run
+    return plan.start, run
 
   def _local_operands(self, plan: Propagation, frame: int, previous: int,
                       no_maps: jax.Array) -> tuple[jax.Array, jax.Array, np.bool_, np.bool_]:
@@ -161,7 +168,7 @@ class IncrementalRoute:
     window, dilation = self._model.window, self._model.dilation
     if frame == previous:
       own = plan.references[frame] != IGNORE_LABEL
-      if np.count_nonzero(own) <= MAX_CELL_MATCHING:
+      if plan.from_marks and np.count_nonzero(own) <= MAX_CELL_MATCHING:
         cell_maps = steps.compiled_cell_maps(window, dilation, 1 + plan.num_slots)(
             self._embeddings, np.int32(frame), *scribbles.reference_index(plan.slots[frame],
                                                                           own))

@@ -27,12 +27,14 @@ Contract:
 """
 import functools
 import math
+import time
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
@@ -55,6 +57,25 @@ HEAD_CACHE_BYTES = 2**30
 MINIMA_CACHE_BYTES = 2**28
 """Default bound of the stored global-matching minima (256 MiB)."""
 
+BACKGROUND_PRIORS = ("far", "border", "none")
+"""The values of `background_prior`: which unmarked cells of a frame holding object marks
+but no background mark count as background (docs/interactive.md)."""
+
+PRIOR_FAR_FRACTION = 0.25
+"""'far' prior: cells farther than this fraction of the frame's longer side (in cells) from
+every object mark of their frame."""
+
+PRIOR_BORDER_MARGIN = 2
+"""'border' prior: cells of the frame's outer ring at least this many cells from every object
+mark of their frame."""
+
+PRIOR_GRID = 2
+"""Prior cells are taken on a grid of this step (every PRIOR_GRID-th row and column) to keep
+the reference row short."""
+
+_CONFLICT = -2
+"""`_claims` value of a cell claimed by two labels in one interaction."""
+
 
 class InteractiveSession:
   """Interactive segmentation of one video (see the module docstring).
@@ -71,7 +92,8 @@ class InteractiveSession:
                pad_multiple: Optional[int] = None,
                distance_cache_bytes: int = DISTANCE_CACHE_BYTES,
                head_cache_bytes: int = HEAD_CACHE_BYTES,
-               minima_cache_bytes: int = MINIMA_CACHE_BYTES):
+               minima_cache_bytes: int = MINIMA_CACHE_BYTES,
+               background_prior: str = "far"):
     """Embeds every frame once.
 
     Args:
@@ -92,6 +114,10 @@ class InteractiveSession:
       minima_cache_bytes: most bytes of per-frame global-matching minima kept between
         propagations (h x w x (1 + S) float32 per frame); frames beyond it are matched
         against every reference pixel at each propagation. Unused by the generic route.
+      background_prior: on a frame holding object marks but no background mark, which
+        unmarked cells are matched as background until marked otherwise: 'far' (those far
+        from every object mark, `PRIOR_FAR_FRACTION`), 'border' (the frame's outer ring away
+        from the object marks) or 'none'. Never shown in `references`.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -106,6 +132,10 @@ class InteractiveSession:
     for name, value in budgets.items():
       if not scribbles.is_int(value) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if background_prior not in BACKGROUND_PRIORS:
+      raise ValueError(f"background_prior must be one of {BACKGROUND_PRIORS}, got "
+                       f"{background_prior!r}")
+    self.background_prior = background_prior
     pad_multiple = max(FEATURE_STRIDE,
                        model.output_stride if pad_multiple is None else pad_multiple)
     if pad_multiple % FEATURE_STRIDE:
@@ -128,6 +158,11 @@ class InteractiveSession:
              self.padded_width // FEATURE_STRIDE)
     self._references = np.full(cells, IGNORE_LABEL, np.uint8)
     self._labels = np.zeros((self.num_frames, self.height, self.width), np.int32)
+    self._claims: Optional[np.ndarray] = None  # [T, h, w] int16 labels of this interaction.
+    self._interaction_start: Optional[np.ndarray] = None  # The references before it.
+    self._probs: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
+    self._interacted: list[int] = []
+    self.timings: list[dict[str, Any]] = []
     self._distances = BoundedCache(int(distance_cache_bytes))
     self._feature_parts = BoundedCache(int(head_cache_bytes))
     self._minima = BoundedCache(int(minima_cache_bytes))
@@ -170,6 +205,11 @@ class InteractiveSession:
     """[T, h, w] uint8 (a copy): object id of each marked stride-4 cell, 0 background,
     IGNORE_LABEL unmarked."""
     return self._references.copy()
+
+  @property
+  def interacted_frames(self) -> tuple[int, ...]:
+    """The frames propagated from so far (since the last `clear_references`), in order."""
+    return tuple(self._interacted)
 
   @property
   def labels(self) -> np.ndarray:
@@ -227,20 +267,83 @@ class InteractiveSession:
     object_id = scribbles.check_object(frame, object_id, self._object_ids)
     cells = scribbles.marked_cells(mask_or_points, (self.height, self.width),
                                    f"frame {frame}, object {object_id}")
-    self._references[frame, :cells.shape[0], :cells.shape[1]][cells] = object_id
+    self._claim(frame, object_id, cells)
+
+  def add_scribbles(self, scribbles_data: Any) -> list[int]:
+    """Marks the strokes of scribbles in the DAVIS interactive format.
+
+    Args:
+      scribbles_data: {"scribbles": [T lists of {"path": [[x, y], ...], "object_id": k}]},
+        coordinates normalised to [0, 1] (`scribbles.davis_strokes`); object ids registered
+        (or 0, the background). Each path is rasterised as a connected stroke and marks cells
+        as `add_scribble`'s masks do.
+
+    Returns:
+      The frames holding a stroke, in order (where to `propagate` from).
+
+    Raises:
+      ValueError naming the frame and the object (frame count, unknown object, path outside
+      [0, 1]); the session is then unchanged.
+    """
+    strokes = scribbles.davis_strokes(scribbles_data, self.num_frames,
+                                      (self.height, self.width), self._object_ids)
+    marked = [(frame, object_id, scribbles.mask_cells(stroke))
+              for frame, object_id, stroke in strokes]
+    for frame, object_id, cells in marked:
+      self._claim(frame, object_id, cells)
+    return sorted({frame for frame, _, _ in marked})
+
+  def _claim(self, frame: int, label: int, cells: np.ndarray) -> None:
+    """Marks `cells` ([ceil(H/4), ceil(W/4)] bool) of `frame` with `label`. A cell already
+    claimed by another label in this interaction (since the last propagation) is left as it
+    was before the interaction; a later interaction replaces earlier marks."""
+    if self._claims is None:
+      self._claims = np.full(self._references.shape, -1, np.int16)
+      self._interaction_start = self._references.copy()
+    rows, cols = cells.shape
+    claims = self._claims[frame, :rows, :cols]
+    references = self._references[frame, :rows, :cols]
+    conflict = cells & (claims != -1) & (claims != label)
+    claims[cells] = label
+    claims[conflict] = _CONFLICT
+    references[cells] = label
+    references[claims == _CONFLICT] = self._interaction_start[frame, :rows, :cols][
+        claims == _CONFLICT]
+
+  def end_interaction(self) -> None:
+    """Closes the current interaction without propagating: later marks replace these instead
+    of conflicting with them (`propagate` closes it too)."""
+    self._claims = self._interaction_start = None
+
+  def clear_references(self) -> None:
+    """Drops every mark, label and stored probability: a new scribble set on the same
+    embeddings. The embeddings, the objects and the label-free caches are kept."""
+    self._references.fill(IGNORE_LABEL)
+    self._labels.fill(0)
+    self._claims = self._interaction_start = None
+    self._probs.clear()
+    self._interacted.clear()
 
   def add_background_scribble(self, frame: int, mask_or_points: Any) -> None:
     """Marks background reference cells on `frame` (as `add_scribble` with object 0)."""
     self.add_scribble(frame, 0, mask_or_points)
 
   # ------------------------------------------------------------------ propagation
-  def propagate(self, from_frame: int, direction: str = "forward") -> np.ndarray:
+  def propagate(self, from_frame: int, direction: str = "forward", *,
+                stop_at_interacted: bool = False) -> np.ndarray:
     """Re-segments the frames from `from_frame` in `direction` with the current references.
+
+    The frame of interaction starts from its current labels and probabilities (once it has
+    any), overridden on its marked cells; every other frame of a chain is fused with its
+    earlier prediction where a previously interacted frame lies between it and `from_frame`
+    (new weight |t - a| / (|t - a| + |t - from_frame|), a the nearest such frame), and
+    overwritten otherwise. See docs/interactive.md.
 
     Args:
       from_frame: the frame of interaction (it must hold marked cells).
       direction: 'forward' (from_frame..T-1), 'backward' (from_frame..0) or 'both' (both
         chains start from the frame of interaction's result).
+      stop_at_interacted: end each chain before the nearest previously interacted frame.
 
     Returns:
       [T, H, W] int32 labels of every frame in object ids (a copy of `labels`); frames outside
@@ -257,29 +360,183 @@ class InteractiveSession:
       marked_frames = np.flatnonzero((self._references != IGNORE_LABEL).any(axis=(1, 2)))
       raise ValueError(f"from_frame {from_frame} holds no scribble: propagate from a frame "
                        f"that has one (frames with scribbles: {marked_frames.tolist()})")
-
-    slots, slot_to_id = scribbles.slot_maps(self._references, present)
+    began = time.perf_counter()
+    references = self.effective_references()
+    slots, slot_to_id = scribbles.slot_maps(references, present)
     objects_per_chunk, num_chunks = host_loop.bucket_slots(len(present),
                                                              self._object_buckets)
+    num_slots = objects_per_chunk * num_chunks
+    weights = self._chain_weights(from_frame, direction, stop_at_interacted)
+    chains = [list(chain) for chain in weights]
+    start, from_marks = self._start(from_frame, slots[from_frame], present, num_slots)
+    state, run = self._route.start(routes.Propagation(
+        references=references, present=present, slots=slots,
+        objects_per_chunk=objects_per_chunk, num_slots=num_slots,
+        from_frame=from_frame, first_next=next((c[0] for c in chains if c), None),
+        valid_size=np.array([self.height, self.width], np.int32), start=start,
+        from_marks=from_marks))
+    after_interaction, first = run(state, from_frame, from_frame)
+    results = {from_frame: (first, after_interaction["previous_probs"], 1.0)}
+    for chain in weights:
+      state, previous = after_interaction, from_frame
+      for frame, weight in chain.items():
+        state, labels = run(state, frame, previous)
+        results[frame] = (labels, state["previous_probs"], weight)
+        previous = frame
+    for frame, (labels, probs, weight) in results.items():
+      if weight == 0.0:  # A previously interacted frame keeps its prediction.
+        continue
+      if weight < 1.0:
+        labels, probs = steps.compiled_fuse_predictions(
+            probs, self._slot_probs(frame, present, num_slots), np.float32(weight),
+            np.int32(len(present)), np.array([self.height, self.width], np.int32))
+      self._labels[frame] = slot_to_id[np.asarray(labels)[:self.height, :self.width]]
+      self._probs[frame] = (present, np.asarray(probs)[..., :1 + len(present)])
+    if from_frame not in self._interacted:
+      self._interacted.append(from_frame)
+    self._claims = self._interaction_start = None
+    self.timings.append({
+        "from_frame": from_frame, "direction": direction, "frames": len(results),
+        "reference_cells": int(np.count_nonzero(references != IGNORE_LABEL)),
+        "objects": len(present), "seconds": time.perf_counter() - began})
+    return self.labels
+
+  def _chain_weights(self, from_frame: int, direction: str,
+                     stop_at_interacted: bool) -> list[dict[int, float]]:
+    """Per chain, {frame: the new prediction's weight}, in stepping order."""
+    earlier = set(self._interacted) - {from_frame}
     chains = []
     if direction in ("forward", "both"):
       chains.append(range(from_frame + 1, self.num_frames))
     if direction in ("backward", "both"):
       chains.append(range(from_frame - 1, -1, -1))
-    state, run = self._route.start(routes.Propagation(
-        references=self._references, present=present, slots=slots,
-        objects_per_chunk=objects_per_chunk, num_slots=objects_per_chunk * num_chunks,
-        from_frame=from_frame, first_next=next((c[0] for c in chains if len(c)), None),
-        valid_size=np.array([self.height, self.width], np.int32)))
-    after_interaction, first = run(state, from_frame, from_frame)
-    results = {from_frame: first}
+    weights = []
     for chain in chains:
-      state, previous = after_interaction, from_frame
+      anchor, chain_weights = None, {}
       for frame in chain:
-        state, results[frame] = run(state, frame, previous)
-        previous = frame
-    fetched = {frame: slot_to_id[np.asarray(labels)[:self.height, :self.width]]
-               for frame, labels in results.items()}
-    for frame, labels in fetched.items():
-      self._labels[frame] = labels
-    return self.labels
+        if frame in earlier:
+          if stop_at_interacted:
+            break
+          anchor = frame
+        if anchor is None or frame not in self._probs:
+          chain_weights[frame] = 1.0
+        else:
+          behind, ahead = abs(frame - anchor), abs(frame - from_frame)
+          chain_weights[frame] = behind / (behind + ahead)
+      weights.append(chain_weights)
+    return weights
+
+  def _start(self, frame: int, frame_slots: np.ndarray, present: tuple[int, ...],
+             num_slots: int) -> tuple[dict[str, np.ndarray], bool]:
+    """(the state at the frame of interaction, whether it holds the marks alone): its current
+    labels (sampled at stride 4) and probabilities, overridden by the one-hot of its marked
+    cells; only the marks while the frame has no prediction yet."""
+    marked = steps.marked_state(frame_slots, num_slots=num_slots)
+    if frame not in self._probs:
+      return marked, True
+    id_to_slot = np.full(256, IGNORE_LABEL, np.int32)
+    id_to_slot[0] = 0
+    id_to_slot[list(present)] = np.arange(1, len(present) + 1)
+    labels = np.full(frame_slots.shape, IGNORE_LABEL, np.int32)
+    sampled = self._labels[frame, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
+    labels[:sampled.shape[0], :sampled.shape[1]] = id_to_slot[sampled]
+    probs = self._slot_probs(frame, present, num_slots)
+    cells = frame_slots != IGNORE_LABEL
+    labels[cells] = frame_slots[cells]
+    probs[cells] = marked["previous_probs"][cells]
+    return {"previous_labels": labels, "previous_probs": probs}, False
+
+  def _slot_probs(self, frame: int, present: tuple[int, ...], num_slots: int) -> np.ndarray:
+    """[h, w, 1 + S] float32: the frame's stored probabilities in this propagation's slots
+    (0 for an object it did not hold)."""
+    ids, stored = self._probs[frame]
+    probs = np.zeros(stored.shape[:2] + (1 + num_slots,), np.float32)
+    probs[..., 0] = stored[..., 0]
+    for slot, object_id in enumerate(present, start=1):
+      if object_id in ids:
+        probs[..., slot] = stored[..., 1 + ids.index(object_id)]
+    return probs
+
+  def effective_references(self) -> np.ndarray:
+    """[T, h, w] uint8: the references plus the background prior's cells (0) on every frame
+    holding object marks but no background mark (`background_prior`)."""
+    references = self._references.copy()
+    if self.background_prior == "none":
+      return references
+    rows = -(-self.height // FEATURE_STRIDE)
+    cols = -(-self.width // FEATURE_STRIDE)
+    grid = np.zeros((rows, cols), bool)
+    grid[::PRIOR_GRID, ::PRIOR_GRID] = True
+    for frame in range(self.num_frames):
+      marks = references[frame, :rows, :cols]
+      objects = (marks != IGNORE_LABEL) & (marks != 0)
+      if not objects.any() or (marks == 0).any():
+        continue
+      distance = ndimage.distance_transform_edt(~objects)
+      if self.background_prior == "far":
+        prior = distance > PRIOR_FAR_FRACTION * max(rows, cols)
+      else:
+        ring = np.ones((rows, cols), bool)
+        ring[1:-1, 1:-1] = False
+        prior = ring & (distance >= PRIOR_BORDER_MARGIN)
+      marks[prior & grid & (marks == IGNORE_LABEL)] = 0
+    return references
+
+  def warm_up(self, max_reference_pixels: int, num_objects: int) -> float:
+    """Compiles every step a propagation may take, up front: for each reference bucket up to
+    that of `max_reference_pixels` marked cells (background prior included) and each object
+    bucket of 1..`num_objects` objects, one frame of interaction from marks, one from labels
+    and one chain step, on stand-in marks. Leaves the marks, labels and stored minima as they
+    were (the label-free caches may gain entries).
+
+    Returns:
+      The seconds it took.
+    """
+    if not scribbles.is_int(max_reference_pixels) or max_reference_pixels < 1:
+      raise ValueError(f"max_reference_pixels must be an int >= 1, got "
+                       f"{max_reference_pixels!r}")
+    if not scribbles.is_int(num_objects) or not 1 <= num_objects <= self.model.max_objects:
+      raise ValueError(f"num_objects must be an int in 1..{self.model.max_objects}, got "
+                       f"{num_objects!r}")
+    began = time.perf_counter()
+    shape = self._references.shape
+    buckets = []
+    bucket = scribbles.MIN_REFERENCE_PIXELS
+    while bucket <= min(scribbles.reference_bucket(max_reference_pixels),
+                        scribbles.reference_bucket(self._references.size)):
+      buckets.append(min(bucket, self._references.size))
+      bucket *= 2
+    slot_buckets = sorted({host_loop.bucket_slots(n, self._object_buckets)
+                           for n in range(1, num_objects + 1)})
+    minima_before = dict(self._minima.items())
+    valid = np.array([self.height, self.width], np.int32)
+    for objects_per_chunk, num_chunks in slot_buckets:
+      num_slots = objects_per_chunk * num_chunks
+      present = tuple(range(1, num_slots + 1))
+      for count in buckets:
+        references = np.full(shape, IGNORE_LABEL, np.uint8)
+        references.reshape(-1)[:count] = np.arange(count) % (1 + len(present))
+        slots = references.astype(np.int32)
+        slots[references == IGNORE_LABEL] = IGNORE_LABEL
+        marked = steps.marked_state(slots[0], num_slots=num_slots)
+        from_labels = {"previous_labels": np.zeros(shape[1:], np.int32),
+                       "previous_probs": np.full(shape[1:] + (1 + num_slots,),
+                                                 1.0 / (1 + num_slots), np.float32)}
+        for start, from_marks in ((marked, True), (from_labels, False)):
+          state, run = self._route.start(routes.Propagation(
+              references=references, present=present, slots=slots,
+              objects_per_chunk=objects_per_chunk, num_slots=num_slots, from_frame=0,
+              first_next=1 if self.num_frames > 1 else None, valid_size=valid, start=start,
+              from_marks=from_marks))
+          state, _ = run(state, 0, 0)
+          if self.num_frames > 1:
+            state, _ = run(state, 1, 0)
+          jax.block_until_ready(state)
+      probs = np.zeros(shape[1:] + (1 + num_slots,), np.float32)
+      jax.block_until_ready(steps.compiled_fuse_predictions(
+          probs, probs, np.float32(0.5), np.int32(len(present)), valid))
+    for frame in (0, 1):
+      self._minima.pop(frame)
+      if frame in minima_before:
+        self._minima.put(frame, minima_before[frame])
+    return time.perf_counter() - began

@@ -113,6 +113,30 @@ def next_state(state: propagation.State, logits: jax.Array, valid_size: jax.Arra
   return new_state, labels.astype(jnp.uint8)
 
 
+def fuse_predictions(new_probs: jax.Array, old_probs: jax.Array, new_weight: jax.Array,
+                     num_objects: jax.Array,
+                     valid_size: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A frame's new prediction fused with its earlier one, as MiVOS and IPN fuse rounds.
+
+  Args:
+    new_probs: [h, w, K] float32 slot probabilities of this propagation.
+    old_probs: [h, w, K] float32 the frame's earlier probabilities in the same slots.
+    new_weight: float32 scalar in [0, 1], the new prediction's weight.
+    num_objects: int32 scalar, objects taking part (slots 1..num_objects; the rest absent).
+    valid_size: [2] int32, the frame's (height, width) before padding.
+
+  Returns:
+    (labels [4h, 4w] uint8 slots, IGNORE_LABEL outside `valid_size`: the argmax of the fused
+    probabilities' logarithm upsampled as `propagation.labels_and_probs` upsamples logits;
+    fused probs [h, w, K] float32, new_weight x new + (1 - new_weight) x old, renormalised).
+  """
+  fused = new_weight * new_probs + (1.0 - new_weight) * old_probs
+  present = jnp.arange(fused.shape[-1]) <= num_objects
+  logits = jnp.where(present, jnp.log(jnp.maximum(fused, 1e-30)), -jnp.inf)
+  labels, probs = propagation.labels_and_probs(logits, valid_size)
+  return labels.astype(jnp.uint8), probs
+
+
 def generic_step(model: nn.Module, variables: Any, state: propagation.State,
                  features: jax.Array, embeddings: jax.Array, frame: jax.Array,
                  num_objects: jax.Array, valid_size: jax.Array, *,
@@ -257,6 +281,7 @@ def compiled_embed(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Array
 
 
 compiled_start_state = jax.jit(start_state)
+compiled_fuse_predictions = jax.jit(fuse_predictions)
 compiled_reference_rows = jax.jit(reference_rows)
 
 
