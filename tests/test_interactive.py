@@ -23,57 +23,13 @@ from feelvos_jax.inference import propagation
 from feelvos_jax.models import feelvos
 from tests import testing
 
-NUM_FRAMES, HEIGHT, WIDTH = 5, 30, 29
+NUM_FRAMES, HEIGHT, WIDTH = testing.INTERACTIVE_SHAPE
 PADDED = 32  # The tiny backbone's output stride 16 pads 30x29 to 32x32.
-
-
-@functools.cache
-def shared_setup():
-  """(model, variables): the narrow model of `testing.small_config`, random weights."""
-  model = models.build_model(testing.small_config().model)
-  return model, random_variables(model)
-
-
-def random_variables(model, seed=0):
-  """Random weights without compiling `model.init` (seconds instead of half a minute): shapes
-  from `jax.eval_shape`, values from NumPy: kernels N(0, 2 / fan_in), biases N(0, 0.1^2),
-  batch-norm scales 1 and running statistics mean 0, variance 1."""
-  shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)},
-                          *models.example_inputs(model))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    if name == "mean":
-      return np.zeros(leaf.shape, np.float32)
-    if name.endswith("kernel"):
-      return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape).astype(
-          np.float32)
-    return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(name="setup")
 def setup_fixture():
-  return shared_setup()
-
-
-def make_frames(seed=0, height=HEIGHT):
-  """[T, height, 29, 3] uint8 noise with a bright box moving right by one pixel per frame."""
-  rng = np.random.default_rng(seed)
-  frames = rng.integers(0, 256, (NUM_FRAMES, height, WIDTH, 3), dtype=np.uint8)
-  for t in range(NUM_FRAMES):
-    frames[t, 8:20, 6 + t:16 + t] = 230
-  return frames
-
-
-def box(top, left, bottom, right, height=HEIGHT):
-  mask = np.zeros((height, WIDTH), bool)
-  mask[top:bottom, left:right] = True
-  return mask
+  return testing.interactive_setup()
 
 
 def cells_by_loops(mask):
@@ -123,7 +79,7 @@ def test_marked_cells_of_points_and_masks():
   cells = scribbles.marked_cells([(1, 2), (13, 14.9), (29.9, 28.5)], (HEIGHT, WIDTH), "here")
   assert cells.shape == (8, 8)
   assert np.argwhere(cells).tolist() == [[0, 0], [3, 3], [7, 7]]
-  mask = box(5, 3, 9, 13) | box(27, 26, 30, 29)
+  mask = testing.box_mask(5, 3, 9, 13) | testing.box_mask(27, 26, 30, 29)
   np.testing.assert_array_equal(scribbles.marked_cells(mask, (HEIGHT, WIDTH), "here"),
                                 cells_by_loops(mask))
   assert cells_by_loops(mask)[7, 7]
@@ -198,11 +154,11 @@ def direct_labels(model, variables, features, embeddings, marks, from_frame, cha
 def test_matches_direct_segment_calls(setup):
   """Both chains from frame 2, recomputed from `embed`/`segment` on a stacked reference."""
   model, variables = setup
-  frames = make_frames()
+  frames = testing.interactive_frames()
   session = interactive.InteractiveSession(model, variables, frames, object_ids=[4, 9, 2],
                                            background_prior="none")
-  object4_frame0 = box(8, 6, 20, 16)
-  object9_frame3 = box(22, 20, 27, 25)
+  object4_frame0 = testing.box_mask(8, 6, 20, 16)
+  object9_frame3 = testing.box_mask(22, 20, 27, 25)
   background2 = np.eye(HEIGHT, WIDTH, dtype=bool)
   session.add_scribble(0, 4, object4_frame0)
   session.add_background_scribble(0, [(29, 28), (0.5, 27.9)])
@@ -251,16 +207,18 @@ def test_directions_cover_the_right_frames(setup, monkeypatch):
     return record
 
   monkeypatch.setattr(steps, "compiled_incremental_step", recording)
-  session = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
-  session.add_scribble(2, 1, box(9, 9, 18, 18))
-  session.add_background_scribble(2, box(0, 0, 3, 29))
+  session = interactive.InteractiveSession(model, variables, testing.interactive_frames(1),
+                                           object_ids=[1])
+  session.add_scribble(2, 1, testing.box_mask(9, 9, 18, 18))
+  session.add_background_scribble(2, testing.box_mask(0, 0, 3, 29))
   both = session.propagate(2, "both")
   assert stepped == [2, 3, 4, 1, 0]
   assert all((both[t] != 0).any() for t in range(NUM_FRAMES))
 
-  fresh = interactive.InteractiveSession(model, variables, make_frames(1), object_ids=[1])
-  fresh.add_scribble(2, 1, box(9, 9, 18, 18))
-  fresh.add_background_scribble(2, box(0, 0, 3, 29))
+  fresh = interactive.InteractiveSession(model, variables, testing.interactive_frames(1),
+                                         object_ids=[1])
+  fresh.add_scribble(2, 1, testing.box_mask(9, 9, 18, 18))
+  fresh.add_background_scribble(2, testing.box_mask(0, 0, 3, 29))
   del stepped[:]
   forward = fresh.propagate(2, "forward")
   assert stepped == [2, 3, 4]
@@ -278,12 +236,12 @@ def test_a_video_of_one_frame(setup):
   """No neighbouring pair of frames: the frame of interaction is segmented as in a longer
   video (its result depends on its own marked cells alone)."""
   model, variables = setup
-  frames = make_frames(3)
+  frames = testing.interactive_frames(3)
   labels = []
   for length in (1, 2):
     session = interactive.InteractiveSession(model, variables, frames[:length], object_ids=[1])
-    session.add_scribble(0, 1, box(8, 6, 20, 16))
-    session.add_background_scribble(0, box(0, 0, 2, 29))
+    session.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16))
+    session.add_background_scribble(0, testing.box_mask(0, 0, 2, 29))
     labels.append(session.propagate(0, "both")[0])
   assert set(np.unique(labels[0])) == {0, 1}
   np.testing.assert_array_equal(labels[0], labels[1])
@@ -291,7 +249,7 @@ def test_a_video_of_one_frame(setup):
 
 def test_points_and_mask_on_the_same_cells_agree(setup):
   model, variables = setup
-  frames = make_frames(2)
+  frames = testing.interactive_frames(2)
   with_points = interactive.InteractiveSession(model, variables, frames, object_ids=[1])
   with_points.add_scribble(1, 1, [(1, 2), (13, 14), (29.9, 28.5)])
   with_points.add_background_scribble(1, np.array([[20, 3], [0, 27]]))
@@ -332,12 +290,13 @@ def _bad_calls():
 
 def test_bad_input_raises_and_leaves_the_state_unchanged(setup):
   model, variables = setup
-  session = interactive.InteractiveSession(model, variables, make_frames(3), object_ids=[1])
+  session = interactive.InteractiveSession(model, variables, testing.interactive_frames(3),
+                                           object_ids=[1])
   session.add_object(2)
-  session.add_background_scribble(0, box(0, 0, 2, 29))
+  session.add_background_scribble(0, testing.box_mask(0, 0, 2, 29))
   with pytest.raises(ValueError, match="no object of this video"):
     session.propagate(0)
-  session.add_scribble(0, 1, box(8, 6, 20, 16))
+  session.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16))
   session.propagate(0, "forward")
 
   def snapshot():
@@ -353,12 +312,14 @@ def test_bad_input_raises_and_leaves_the_state_unchanged(setup):
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_array_equal(after[2], before[2])
   with pytest.raises(ValueError, match="already an object"):
-    interactive.InteractiveSession(model, variables, make_frames(), object_ids=[3, 3])
+    interactive.InteractiveSession(model, variables, testing.interactive_frames(),
+                                   object_ids=[3, 3])
   with pytest.raises(ValueError, match="uint8"):
-    interactive.InteractiveSession(model, variables, make_frames().astype(np.float32))
+    interactive.InteractiveSession(model, variables,
+                                   testing.interactive_frames().astype(np.float32))
   for name in ("distance_cache_bytes", "head_cache_bytes"):
     with pytest.raises(ValueError, match=f"{name} must be an int >= 0, got -1"):
-      interactive.InteractiveSession(model, variables, make_frames(), **{name: -1})
+      interactive.InteractiveSession(model, variables, testing.interactive_frames(), **{name: -1})
 
 
 def test_embeds_once_and_compiles_once(setup, monkeypatch):
@@ -377,7 +338,8 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
 
   monkeypatch.setattr(feelvos.FEELVOS, "embed", counting_embed)
   with testing.count_traces() as traces:
-    session = interactive.InteractiveSession(model, variables, make_frames(4, height=36),
+    session = interactive.InteractiveSession(model, variables,
+                                             testing.interactive_frames(4, height=36),
                                              object_ids=[1, 2], embed_batch_size=2)
     jax.effects_barrier()
   assert embedded == [2, 2, 2]  # 5 frames in 3 batches of 2 (one padding frame).
@@ -385,9 +347,9 @@ def test_embeds_once_and_compiles_once(setup, monkeypatch):
   assert session.embedding_bytes == 6 * 12 * 8 * (8 + 8) * 4  # Tp x h x w x (D + E) x 4.
 
   with testing.count_traces() as traces:
-    session.add_scribble(0, 1, box(8, 6, 20, 16, height=36))
+    session.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16, height=36))
     session.add_scribble(0, 2, [(25, 3)])
-    session.add_background_scribble(0, box(0, 0, 2, 29, height=36))
+    session.add_background_scribble(0, testing.box_mask(0, 0, 2, 29, height=36))
     session.propagate(0, "forward")
     session.add_scribble(3, 2, [(26, 5)])
     session.propagate(3, "both")
@@ -527,9 +489,9 @@ def _corrected_session(model, variables, frames, **kwargs):
   (frame 3 starts from its marks; frame 0, interacted before, keeps its labels)."""
   session = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2],
                                            **kwargs)
-  session.add_scribble(0, 1, box(8, 6, 20, 16))
+  session.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16))
   session.add_scribble(0, 2, [(25, 20)])
-  session.add_background_scribble(0, box(0, 0, 2, 29))
+  session.add_background_scribble(0, testing.box_mask(0, 0, 2, 29))
   first = session.propagate(0, "backward")
   session.add_scribble(3, 1, [(14, 12)])
   session.add_background_scribble(3, [(28, 2)])
@@ -541,14 +503,14 @@ def test_re_propagation_equals_a_fresh_session_and_the_generic_step(setup, monke
   the same references, of one that stores nothing, of one that matches the frames of
   interaction through pair distances, and of the chunked `segment` step."""
   model, variables = setup
-  frames = make_frames(5)
+  frames = testing.interactive_frames(5)
   first, again, session = _corrected_session(model, variables, frames)
   np.testing.assert_array_equal(again[0], first[0])
   again = again[1:]  # A fresh session propagating once computes frame 0 too.
   fresh = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2])
-  fresh.add_scribble(0, 1, box(8, 6, 20, 16))
+  fresh.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16))
   fresh.add_scribble(0, 2, [(25, 20)])
-  fresh.add_background_scribble(0, box(0, 0, 2, 29))
+  fresh.add_background_scribble(0, testing.box_mask(0, 0, 2, 29))
   fresh.add_scribble(3, 1, [(14, 12)])
   fresh.add_background_scribble(3, [(28, 2)])
   np.testing.assert_array_equal(fresh.references, session.references)
@@ -582,7 +544,7 @@ def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, mo
   object taking part makes every cell matched again. Each propagation gives the labels and
   minima of a fresh session holding the same references (every cell matched)."""
   model, variables = setup
-  frames = make_frames(6)
+  frames = testing.interactive_frames(6)
   matched = []
   original = steps.compiled_reference_rows
 
@@ -592,8 +554,8 @@ def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, mo
 
   monkeypatch.setattr(steps, "compiled_reference_rows", recording)
   rounds = [
-      (0, lambda s: (s.add_scribble(0, 1, box(8, 6, 20, 16)),
-                     s.add_background_scribble(0, box(0, 0, 2, 29))), "forward"),
+      (0, lambda s: (s.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16)),
+                     s.add_background_scribble(0, testing.box_mask(0, 0, 2, 29))), "forward"),
       (3, lambda s: (s.add_scribble(3, 1, [(14, 12), (19, 13)]),
                      s.add_background_scribble(3, [(28, 2)])), "both"),
       (3, lambda s: s.add_background_scribble(3, [(14, 12)]), "backward"),  # Relabels a cell.
@@ -634,7 +596,7 @@ def test_global_matching_is_incremental_and_equals_matching_every_cell(setup, mo
 
 
 def test_global_chunk_size():
-  model, _ = shared_setup()
+  model, _ = testing.interactive_setup()
   assert steps.global_chunk_size(model.clone(matching_chunk_size=1000), 256) == 2**16
   assert steps.global_chunk_size(model.clone(matching_chunk_size=1000), 2**20) == 1000
   assert steps.global_chunk_size(model.clone(matching_chunk_size=None), 256) is None
@@ -658,11 +620,12 @@ def variant_model(name):
 
 @functools.cache
 def variant_setup(name):
-  """(model, variables) of a variant, random weights (`shared_setup`'s for plain FEELVOS)."""
+  """(model, variables) of a variant, random weights (plain FEELVOS:
+  `testing.interactive_setup`'s)."""
   if name == "feelvos":
-    return shared_setup()
+    return testing.interactive_setup()
   model = variant_model(name)
-  return model, random_variables(model)
+  return model, testing.random_variables(model)
 
 
 def test_only_plain_feelvos_supports_incremental_matching():
@@ -682,7 +645,7 @@ def test_a_session_of_every_model_variant(name):
   marked cells, stacked along the height as in video inference (with `global_atrous_rate`,
   which grids the reference, on the session's row of marked cells instead)."""
   model, variables = variant_setup(name)
-  first, again, session = _corrected_session(model, variables, make_frames(5))
+  first, again, session = _corrected_session(model, variables, testing.interactive_frames(5))
   np.testing.assert_array_equal(again[0], first[0])  # Interacted before: kept.
   route = routes.IncrementalRoute if name == "feelvos" else routes.GenericRoute
   assert isinstance(session._route, route)

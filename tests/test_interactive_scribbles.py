@@ -1,16 +1,16 @@
 """Scribbles in the DAVIS interactive format, the conflict rule, refining interactions and
 `clear_references` (feelvos_jax/inference/interactive/): NumPy rasterisation, and sessions of
-the tiny model of tests/test_interactive.py on 30x29 videos of 5 frames."""
+the narrow model of `testing.interactive_setup` on its 30x29 videos of 5 frames."""
 import numpy as np
 import pytest
 
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax.inference import interactive
 from feelvos_jax.inference.interactive import scribbles
-from tests import test_interactive
-from tests.test_interactive import HEIGHT
-from tests.test_interactive import NUM_FRAMES
-from tests.test_interactive import WIDTH
+from feelvos_jax.inference.interactive import steps
+from tests import testing
+
+NUM_FRAMES, HEIGHT, WIDTH = testing.INTERACTIVE_SHAPE
 
 
 def davis(paths_by_frame, num_frames=NUM_FRAMES):
@@ -50,8 +50,8 @@ def test_bad_scribbles_name_the_frame_and_object(data, message):
 
 @pytest.fixture(name="session")
 def session_fixture():
-  model, variables = test_interactive.shared_setup()
-  return interactive.InteractiveSession(model, variables, test_interactive.make_frames(7),
+  model, variables = testing.interactive_setup()
+  return interactive.InteractiveSession(model, variables, testing.interactive_frames(7),
                                         object_ids=[1, 2])
 
 
@@ -138,13 +138,13 @@ def test_a_correction_does_not_remove_an_unstroked_object():
   """Round 1 marks objects 1 and 2 on frame 0; round 2 draws a background stroke beside
   object 1 on frame 3 only. Starting frame 3 from its labels keeps object 2 on every frame
   (marks alone on frame 3 would give object 2 no local match and no previous probability)."""
-  model, variables = test_interactive.shared_setup()
+  model, variables = testing.interactive_setup()
   variables = keeping_head(variables, model.decoder_channels)
-  session = interactive.InteractiveSession(model, variables, test_interactive.make_frames(9),
+  session = interactive.InteractiveSession(model, variables, testing.interactive_frames(9),
                                            object_ids=[1, 2])
-  session.add_scribble(0, 1, test_interactive.box(8, 6, 20, 16))
-  session.add_scribble(0, 2, test_interactive.box(22, 18, 29, 27))
-  session.add_background_scribble(0, test_interactive.box(0, 0, 3, 29))
+  session.add_scribble(0, 1, testing.box_mask(8, 6, 20, 16))
+  session.add_scribble(0, 2, testing.box_mask(22, 18, 29, 27))
+  session.add_background_scribble(0, testing.box_mask(0, 0, 3, 29))
   before = session.propagate(0, "forward")
   object2 = (before == 2).sum(axis=(1, 2))
   assert (object2 > 20).all(), object2
@@ -155,3 +155,16 @@ def test_a_correction_does_not_remove_an_unstroked_object():
   assert ((after == 2).sum(axis=(1, 2)) >= 0.5 * object2).all()
   assert (after == 1).any(axis=(1, 2)).all()
   assert (after[3][stroke] == 0).all()
+
+
+def test_chain_weights_fade_the_new_interaction_towards_an_earlier_one():
+  """From frame 5 of 10, an earlier interaction at 8 (forward) and none backward: weight 1
+  before the anchor and where nothing is stored, |t - 8| / (|t - 8| + |t - 5|) past it."""
+  stored = set(range(10)) - {9}
+  forward, backward = steps.chain_weights(5, 10, "both", {8}, stored, False)
+  assert forward == {6: 1.0, 7: 1.0, 8: 0.0, 9: 1.0}  # 9 has no stored prediction.
+  assert backward == {4: 1.0, 3: 1.0, 2: 1.0, 1: 1.0, 0: 1.0}
+  (forward,) = steps.chain_weights(5, 10, "forward", {8}, set(range(10)), False)
+  assert forward[9] == pytest.approx(1 / (1 + 4))
+  assert steps.chain_weights(5, 10, "forward", {8}, stored, True) == [{6: 1.0, 7: 1.0}]
+  assert steps.chain_weights(0, 3, "backward", set(), stored, False) == [{}]

@@ -8,6 +8,8 @@ so the benchmarks that run where TensorFlow is not installed can use `random_bat
 - Propagation: `small_config`, `shared_setup` (session-cached model and propagators),
   `map_reading_variables` (a head with decisive masks), `make_video`, `annotations_of`, `run`,
   on `SIZE` x `SIZE` frames.
+- Interactive sessions: `interactive_setup`, `random_variables`, `interactive_frames`,
+  `box_mask`, `INTERACTIVE_SHAPE`.
 - Compilation: `count_traces`, `unoptimized`.
 - Dataset builders: `build`, `examples`, `assert_matches`, `MAX_MEAN_JPEG_ERROR`.
 """
@@ -264,3 +266,54 @@ def save_checkpoint(config: ml_collections.ConfigDict, model, variables, workdir
   checkpointer = checkpointing.Checkpointer(os.fspath(workdir), keep=1)
   checkpointer.save(step, state, config)
   checkpointer.close()
+
+
+# ------------------------------------------------------------------ interactive sessions
+INTERACTIVE_SHAPE = (5, 30, 29)
+"""(frames, height, width) of the interactive sessions' videos (`interactive_frames`)."""
+
+
+@functools.cache
+def interactive_setup():
+  """(model, variables): the narrow model of `small_config`, `random_variables`."""
+  model = models.build_model(small_config().model)
+  return model, random_variables(model)
+
+
+def random_variables(model, seed=0):
+  """Random weights without compiling `model.init` (seconds instead of half a minute): shapes
+  from `jax.eval_shape`, values from NumPy: kernels N(0, 2 / fan_in), biases N(0, 0.1^2),
+  batch-norm scales 1 and running statistics mean 0, variance 1."""
+  shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)},
+                          *models.example_inputs(model))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    if name == "mean":
+      return np.zeros(leaf.shape, np.float32)
+    if name.endswith("kernel"):
+      return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape).astype(
+          np.float32)
+    return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def interactive_frames(seed=0, height=INTERACTIVE_SHAPE[1]):
+  """[T, height, 29, 3] uint8 noise with a bright box moving right by one pixel per frame."""
+  rng = np.random.default_rng(seed)
+  num_frames, _, width = INTERACTIVE_SHAPE
+  frames = rng.integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+  for t in range(num_frames):
+    frames[t, 8:20, 6 + t:16 + t] = 230
+  return frames
+
+
+def box_mask(top, left, bottom, right, height=INTERACTIVE_SHAPE[1]):
+  """[height, INTERACTIVE_SHAPE[2]] bool, True on rows top..bottom-1, columns left..right-1."""
+  mask = np.zeros((height, INTERACTIVE_SHAPE[2]), bool)
+  mask[top:bottom, left:right] = True
+  return mask

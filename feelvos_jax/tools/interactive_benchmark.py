@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from feelvos_jax.inference import interactive
-from feelvos_jax.inference.interactive import session as session_module
+from feelvos_jax.inference.interactive import scribbles
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_root", None, "The DAVIS-layout folder (written by "
@@ -45,7 +45,7 @@ flags.DEFINE_bool("make_dataset", False, "Write --dataset_root from synthetic_vo
                   "validation first.")
 flags.DEFINE_integer("num_videos", 0, "Videos to evaluate (0: all).")
 flags.DEFINE_integer("max_interactions", 8, "Interactions per video (the package allows 16).")
-flags.DEFINE_enum("background_prior", "far", list(session_module.BACKGROUND_PRIORS),
+flags.DEFINE_enum("background_prior", "far", list(scribbles.BACKGROUND_PRIORS),
                   "The session's background prior.")
 flags.DEFINE_bool("stop_at_interacted", False, "Stop each propagation at the nearest "
                   "previously interacted frame.")

@@ -4,11 +4,8 @@ API: `train_and_evaluate(config, workdir)` (what `main.py` runs), `validate_conf
 `create_train_state` (= `init_fn_and_abstract_state` + `materialize_train_state`),
 `compile_train_step` / `train_step`, `load_pretrained`, `object_iou`.
 
-The loss follows `config.model.head`: bootstrapped cross-entropy of the segmentation head's
-logits ("feelvos"), PML's triplet loss on the embeddings ("nearest_neighbor", whose
-nearest-neighbour vote then gives the logits of the training IoU), or for the memory models
-("stm", "rde") the cross-entropy of the current frame read from the reference and previous
-frames (RDE: plus its guidance and self-correction losses, `_memory_loss`).
+The loss follows `config.model.head` (`training.objectives`: each head's training forward pass
+and loss).
 
 The SPMD recipe of big_vision: `jax.eval_shape` of the initialiser gives the state's shapes, from
 which the shardings follow (`training.sharding`); `jax.jit(init, out_shardings=...)` creates the
@@ -42,6 +39,7 @@ from feelvos_jax import models
 from feelvos_jax.evaluation import split_evaluation
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import losses
+from feelvos_jax.training import objectives
 from feelvos_jax.training import optimizers
 from feelvos_jax.training import sharding
 from feelvos_jax.training import weights
@@ -198,84 +196,6 @@ def load_pretrained(state: TrainState, path: str, backbone: str, *,
                        batch_stats=jax.tree.map(place, batch_stats, state.batch_stats))
 
 
-def _embed_training_frames(module: flax.linen.Module, batch: dict[str, jax.Array],
-                           num_slots: int) -> dict[str, jax.Array]:
-  """The three frames embedded in one call: `segment`'s inputs for the current frame (all but
-  `num_objects`), the previous frame's ground truth as its prediction (one-hot, all zeros
-  where IGNORE_LABEL)."""
-  batch_size = batch["current_frame"].shape[0]
-  frames = jnp.concatenate(
-      [batch["reference_frame"], batch["previous_frame"], batch["current_frame"]], axis=0)
-  features, embeddings = module.embed(frames, train=True)
-  reference_embedding, previous_embedding, current_embedding = jnp.split(embeddings, 3, axis=0)
-  previous_labels = batch["previous_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
-  return dict(features=features[2 * batch_size:], embeddings=current_embedding,
-              reference_embedding=reference_embedding,
-              reference_labels=batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE],
-              previous_embedding=previous_embedding, previous_labels=previous_labels,
-              previous_probs=jax.nn.one_hot(previous_labels, num_slots))
-
-
-def _forward(module: flax.linen.Module, batch: dict[str, jax.Array],
-             num_slots: int) -> jax.Array:
-  """Training forward pass: the current frame segmented against the reference and the
-  previous frame -> logits [B, h, w, K]."""
-  inputs = _embed_training_frames(module, batch, num_slots)
-  return module.segment(**inputs, num_objects=batch["num_objects"], train=True)
-
-
-def _forward_nearest_neighbor(module: flax.linen.Module, batch: dict[str, jax.Array],
-                              num_slots: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """PML training forward pass: (current embeddings [B, h, w, E], reference embeddings
-  [B, h, w, E], vote logits [B, h, w, K] of the current frame for the metrics, computed
-  without gradient)."""
-  inputs = _embed_training_frames(module, batch, num_slots)
-  current_embedding, reference_embedding = inputs["embeddings"], inputs["reference_embedding"]
-  for key in ("embeddings", "reference_embedding", "previous_embedding"):
-    inputs[key] = jax.lax.stop_gradient(inputs[key])
-  logits = module.segment(**inputs, num_objects=batch["num_objects"], train=True)
-  return current_embedding, reference_embedding, logits
-
-
-def _forward_memory(module: flax.linen.Module, batch: dict[str, jax.Array], num_slots: int,
-                    rng: jax.Array) -> dict[str, jax.Array]:
-  """Memory-model training forward pass (STM, RDE): memory = (reference, previous) frames with
-  their ground-truth masks (one-hot, all zeros where IGNORE_LABEL), query = the current frame.
-
-  STM: {logits}. RDE: `RDE.rde_forward`'s entries with the reference mask perturbed
-  (`losses.perturb_masks`, self-correction) plus true_reference_values, the reference
-  encoded from its true mask."""
-  frames = jnp.stack([batch["reference_frame"], batch["previous_frame"]], axis=1)
-  probs = jax.nn.one_hot(jnp.stack([batch["reference_labels"], batch["previous_labels"]], 1),
-                         num_slots)
-  if not module.recurrent_embedding:
-    return {"logits": module(batch["current_frame"], frames, probs, batch["num_objects"],
-                             train=True)}
-  perturbed = losses.perturb_masks(probs[:, 0], rng)
-  outputs = module.rde_forward(batch["current_frame"], frames,
-                               probs.at[:, 0].set(perturbed), batch["num_objects"], train=True)
-  _, outputs["true_reference_values"] = module.encode_memory(batch["reference_frame"],
-                                                             probs[:, 0], train=True)
-  return outputs
-
-
-def _memory_loss(outputs: dict[str, jax.Array], labels: jax.Array,
-                 config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
-  """(loss, logits for the metrics) of `_forward_memory`'s outputs: STM's cross-entropy; for
-  RDE the cross-entropy of the STM and the RDE readings, plus the unbiased guidance loss (the
-  RDE read drawn to the STM read) and the self-correction loss (the perturbed reference's
-  values drawn to the true ones), weighted by config.loss.rde_*_weight."""
-  if "rde_logits" not in outputs:
-    return losses.cross_entropy_loss(outputs["logits"], labels, config.loss), outputs["logits"]
-  loss = (losses.cross_entropy_loss(outputs["stm_logits"], labels, config.loss)
-          + losses.cross_entropy_loss(outputs["rde_logits"], labels, config.loss))
-  loss += config.loss.rde_guidance_weight * losses.channel_kl_divergence(
-      outputs["rde_read"], outputs["stm_read"])
-  loss += config.loss.rde_correction_weight * losses.channel_kl_divergence(
-      outputs["memory_values"][:, 0], outputs["true_reference_values"])
-  return loss, outputs["rde_logits"]
-
-
 def object_iou(logits: jax.Array, labels: jax.Array, num_objects: jax.Array) -> jax.Array:
   """Mean IoU over the real objects of a batch, at stride 4.
 
@@ -313,36 +233,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   or, for `config.model.head = "nearest_neighbor"`, active_triplets (valid anchors whose
   triplet hinge is positive; the anchors are drawn with a key folded from the state's rng).
   """
-  num_slots = 1 + config.model.max_objects
   matching_rng = jax.random.fold_in(state.rng, state.step)
   nearest_neighbor = config.model.head == "nearest_neighbor"
-  memory_model = config.model.head in ("stm", "rde")
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    if memory_model:
-      outputs, mutated = state.apply_fn(
-          variables, batch, num_slots, jax.random.fold_in(matching_rng, 2),
-          method=_forward_memory, mutable=["batch_stats"])
-      loss, logits = _memory_loss(outputs, batch["current_labels"], config)
-      fraction = jnp.float32(1.0)
-    elif nearest_neighbor:
-      (current, reference, logits), mutated = state.apply_fn(
-          variables, batch, num_slots, method=_forward_nearest_neighbor,
-          mutable=["batch_stats"], rngs={"matching": matching_rng})
-      loss, fraction = losses.triplet_loss(
-          current, batch["current_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE], reference,
-          batch["reference_labels"][:, ::FEATURE_STRIDE, ::FEATURE_STRIDE],
-          jax.random.fold_in(matching_rng, 1), num_slots=num_slots,
-          margin=config.loss.triplet_margin,
-          anchors_per_object=config.loss.triplet_anchors_per_object)
-    else:
-      logits, mutated = state.apply_fn(
-          variables, batch, num_slots,
-          method=_forward, mutable=["batch_stats"], rngs={"matching": matching_rng})
-      loss, fraction = losses.segmentation_loss(logits, batch["current_labels"], state.step,
-                                                config.loss)
-    return loss, (logits, mutated.get("batch_stats", state.batch_stats), fraction)
+    return objectives.loss_and_logits(state.apply_fn, variables, batch, state.step,
+                                      matching_rng, config)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, batch_stats, fraction)), grads = grad_fn(state.params)

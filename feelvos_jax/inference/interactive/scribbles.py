@@ -20,6 +20,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
@@ -266,3 +267,49 @@ def reference_index(slots: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, n
   labels = np.full(size, IGNORE_LABEL, np.int32)
   labels[:marked.size] = slots.reshape(-1)[marked]
   return index, labels
+
+
+BACKGROUND_PRIORS = ("far", "border", "none")
+"""The values of `background_prior`: which unmarked cells of a frame holding object marks
+but no background mark count as background (docs/interactive.md)."""
+
+PRIOR_FAR_FRACTION = 0.25
+"""'far' prior: cells farther than this fraction of the frame's longer side (in cells) from
+every object mark of their frame."""
+
+PRIOR_BORDER_MARGIN = 2
+"""'border' prior: cells of the frame's outer ring at least this many cells from every object
+mark of their frame."""
+
+PRIOR_GRID = 2
+"""Prior cells are taken on a grid of this step (every PRIOR_GRID-th row and column) to keep
+the reference row short."""
+
+
+def with_background_prior(references: np.ndarray, size: tuple[int, int],
+                          prior: str) -> np.ndarray:
+  """References [T, h, w] uint8 (object ids, 0 background, IGNORE_LABEL unmarked) of frames
+  of `size` (H, W) plus the background prior's cells, marked 0, on every frame holding object
+  marks but no background mark; a copy. `prior` is one of `BACKGROUND_PRIORS`: 'far' (cells
+  farther than PRIOR_FAR_FRACTION of the longer side from every object mark), 'border' (the
+  outer ring, PRIOR_BORDER_MARGIN cells or more from every object mark) or 'none'; only cells
+  on the PRIOR_GRID grid are added."""
+  references = references.copy()
+  if prior == "none":
+    return references
+  rows, cols = -(-size[0] // FEATURE_STRIDE), -(-size[1] // FEATURE_STRIDE)
+  grid = np.zeros((rows, cols), bool)
+  grid[::PRIOR_GRID, ::PRIOR_GRID] = True
+  for marks in references[:, :rows, :cols]:
+    objects = (marks != IGNORE_LABEL) & (marks != 0)
+    if not objects.any() or (marks == 0).any():
+      continue
+    distance = ndimage.distance_transform_edt(~objects)
+    if prior == "far":
+      chosen = distance > PRIOR_FAR_FRACTION * max(rows, cols)
+    else:
+      ring = np.ones((rows, cols), bool)
+      ring[1:-1, 1:-1] = False
+      chosen = ring & (distance >= PRIOR_BORDER_MARGIN)
+    marks[chosen & grid & (marks == IGNORE_LABEL)] = 0
+  return references

@@ -34,7 +34,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import IGNORE_LABEL
@@ -56,22 +55,6 @@ HEAD_CACHE_BYTES = 2**30
 
 MINIMA_CACHE_BYTES = 2**28
 """Default bound of the stored global-matching minima (256 MiB)."""
-
-BACKGROUND_PRIORS = ("far", "border", "none")
-"""The values of `background_prior`: which unmarked cells of a frame holding object marks
-but no background mark count as background (docs/interactive.md)."""
-
-PRIOR_FAR_FRACTION = 0.25
-"""'far' prior: cells farther than this fraction of the frame's longer side (in cells) from
-every object mark of their frame."""
-
-PRIOR_BORDER_MARGIN = 2
-"""'border' prior: cells of the frame's outer ring at least this many cells from every object
-mark of their frame."""
-
-PRIOR_GRID = 2
-"""Prior cells are taken on a grid of this step (every PRIOR_GRID-th row and column) to keep
-the reference row short."""
 
 _CONFLICT = -2
 """`_claims` value of a cell claimed by two labels in one interaction."""
@@ -116,8 +99,8 @@ class InteractiveSession:
         against every reference pixel at each propagation. Unused by the generic route.
       background_prior: on a frame holding object marks but no background mark, which
         unmarked cells are matched as background until marked otherwise: 'far' (those far
-        from every object mark, `PRIOR_FAR_FRACTION`), 'border' (the frame's outer ring away
-        from the object marks) or 'none'. Never shown in `references`.
+        from every object mark), 'border' (the frame's outer ring away from the object marks)
+        or 'none' (`scribbles.with_background_prior`). Never shown in `references`.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -132,8 +115,8 @@ class InteractiveSession:
     for name, value in budgets.items():
       if not scribbles.is_int(value) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    if background_prior not in BACKGROUND_PRIORS:
-      raise ValueError(f"background_prior must be one of {BACKGROUND_PRIORS}, got "
+    if background_prior not in scribbles.BACKGROUND_PRIORS:
+      raise ValueError(f"background_prior must be one of {scribbles.BACKGROUND_PRIORS}, got "
                        f"{background_prior!r}")
     self.background_prior = background_prior
     pad_multiple = max(FEATURE_STRIDE,
@@ -366,7 +349,9 @@ class InteractiveSession:
     objects_per_chunk, num_chunks = host_loop.bucket_slots(len(present),
                                                              self._object_buckets)
     num_slots = objects_per_chunk * num_chunks
-    weights = self._chain_weights(from_frame, direction, stop_at_interacted)
+    weights = steps.chain_weights(from_frame, self.num_frames, direction,
+                                  set(self._interacted) - {from_frame}, set(self._probs),
+                                  stop_at_interacted)
     chains = [list(chain) for chain in weights]
     start, from_marks = self._start(from_frame, slots[from_frame], present, num_slots)
     state, run = self._route.start(routes.Propagation(
@@ -401,31 +386,6 @@ class InteractiveSession:
         "objects": len(present), "seconds": time.perf_counter() - began})
     return self.labels
 
-  def _chain_weights(self, from_frame: int, direction: str,
-                     stop_at_interacted: bool) -> list[dict[int, float]]:
-    """Per chain, {frame: the new prediction's weight}, in stepping order."""
-    earlier = set(self._interacted) - {from_frame}
-    chains = []
-    if direction in ("forward", "both"):
-      chains.append(range(from_frame + 1, self.num_frames))
-    if direction in ("backward", "both"):
-      chains.append(range(from_frame - 1, -1, -1))
-    weights = []
-    for chain in chains:
-      anchor, chain_weights = None, {}
-      for frame in chain:
-        if frame in earlier:
-          if stop_at_interacted:
-            break
-          anchor = frame
-        if anchor is None or frame not in self._probs:
-          chain_weights[frame] = 1.0
-        else:
-          behind, ahead = abs(frame - anchor), abs(frame - from_frame)
-          chain_weights[frame] = behind / (behind + ahead)
-      weights.append(chain_weights)
-    return weights
-
   def _start(self, frame: int, frame_slots: np.ndarray, present: tuple[int, ...],
              num_slots: int) -> tuple[dict[str, np.ndarray], bool]:
     """(the state at the frame of interaction, whether it holds the marks alone): its current
@@ -459,28 +419,9 @@ class InteractiveSession:
 
   def effective_references(self) -> np.ndarray:
     """[T, h, w] uint8: the references plus the background prior's cells (0) on every frame
-    holding object marks but no background mark (`background_prior`)."""
-    references = self._references.copy()
-    if self.background_prior == "none":
-      return references
-    rows = -(-self.height // FEATURE_STRIDE)
-    cols = -(-self.width // FEATURE_STRIDE)
-    grid = np.zeros((rows, cols), bool)
-    grid[::PRIOR_GRID, ::PRIOR_GRID] = True
-    for frame in range(self.num_frames):
-      marks = references[frame, :rows, :cols]
-      objects = (marks != IGNORE_LABEL) & (marks != 0)
-      if not objects.any() or (marks == 0).any():
-        continue
-      distance = ndimage.distance_transform_edt(~objects)
-      if self.background_prior == "far":
-        prior = distance > PRIOR_FAR_FRACTION * max(rows, cols)
-      else:
-        ring = np.ones((rows, cols), bool)
-        ring[1:-1, 1:-1] = False
-        prior = ring & (distance >= PRIOR_BORDER_MARGIN)
-      marks[prior & grid & (marks == IGNORE_LABEL)] = 0
-    return references
+    holding object marks but no background mark (`scribbles.with_background_prior`)."""
+    return scribbles.with_background_prior(self._references, (self.height, self.width),
+                                           self.background_prior)
 
   def warm_up(self, max_reference_pixels: int, num_objects: int) -> float:
     """Compiles every step a propagation may take, up front: for each reference bucket up to

@@ -323,3 +323,35 @@ def compiled_cell_maps(window: int, dilation: int, num_slots: int) -> Callable[.
         lax.dynamic_index_in_dim(embeddings, frame, keepdims=False), cell_index, cell_labels,
         window=window, dilation=dilation, num_slots=num_slots)
   return jax.jit(frame_cell_maps)
+
+
+def chain_weights(from_frame: int, num_frames: int, direction: str, interacted: set[int],
+                  predicted: set[int], stop_at_interacted: bool) -> list[dict[int, float]]:
+  """The weight of the new prediction of each frame a propagation visits (MiVOS-style fusion
+  with the stored one): per chain ('forward': from_frame + 1 .. T - 1, 'backward':
+  from_frame - 1 .. 0, 'both': the two), {frame: weight} in stepping order. A frame without a
+  stored prediction (not in `predicted`), or not yet past an earlier frame of interaction
+  (`interacted`) in this chain, gets 1; past one (the anchor) it gets
+  |frame - anchor| / (|frame - anchor| + |frame - from_frame|), so the newer interaction
+  fades out towards the earlier. `stop_at_interacted` ends a chain at an earlier frame of
+  interaction."""
+  chains = []
+  if direction in ("forward", "both"):
+    chains.append(range(from_frame + 1, num_frames))
+  if direction in ("backward", "both"):
+    chains.append(range(from_frame - 1, -1, -1))
+  weights = []
+  for chain in chains:
+    anchor, weights_of_chain = None, {}
+    for frame in chain:
+      if frame in interacted:
+        if stop_at_interacted:
+          break
+        anchor = frame
+      if anchor is None or frame not in predicted:
+        weights_of_chain[frame] = 1.0
+      else:
+        behind, ahead = abs(frame - anchor), abs(frame - from_frame)
+        weights_of_chain[frame] = behind / (behind + ahead)
+    weights.append(weights_of_chain)
+  return weights
