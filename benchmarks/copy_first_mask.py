@@ -5,8 +5,8 @@
 
 Scores, with the official semi-supervised protocol (`feelvos_jax.evaluation`), the prediction
 that pastes each object's first-appearance mask into every later frame, on the evaluation split
-of the configured dataset: the floor a VOS model must clear by following motion. Prints the table and appends a record to
-`benchmarks/results/copy_first_mask.jsonl` (`benchmarks.records`).
+of the configured dataset: the floor a VOS model must clear by following motion. Prints the
+table and appends a record to `benchmarks/results/copy_first_mask.jsonl` (`benchmarks.records`).
 """
 import sys
 

@@ -33,10 +33,11 @@ TITLES: dict[str, str] = {
     "segment": "Segmenting a video file (python -m feelvos_jax.segment)",
     "peers": "Side by side with the peers: Cutie, DeAOT, STCN",
     "interactive": "Interactive segmentation",
+    "interactive_davis": "Interactive segmentation: the DAVIS interactive protocol",
     "layers": "Depthwise and 1x1 convolutions",
     "notebooks": "Notebook tests",
     "variants": "Model variants: FEELVOS, PML, CFBI options, STM, RDE-VOS",
-    "memory_length": "Memory models against video length: STM and RDE-VOS",
+    "memory_length": "Memory against video length: FEELVOS, STM and RDE-VOS",
     "copy_first_mask": "Copy-the-first-mask baseline",
     "precision": "bfloat16 against float32: J&F of one checkpoint",
     "synthetic_training": "Training runs on the synthetic set",
@@ -278,6 +279,13 @@ TARGETS: tuple[Target, ...] = (
     Target("memory_length", "peak RSS / shortest video's", "RDE: peak memory on a "
            "5000-frame video within 5 % of a 50-frame one", at_most=1.05, kind="memory",
            where=(("head", "rde"), ("frames", 5000))),
+    Target("interactive_davis", "J&F after 1", "DAVIS interactive protocol on synthetic "
+           "videos: J&F after the first interaction >= 0.80", at_least=0.80, kind="accuracy"),
+    Target("interactive_davis", "J&F after 5", "DAVIS interactive protocol on synthetic "
+           "videos: J&F after five interactions >= 0.90", at_least=0.90, kind="accuracy"),
+    Target("interactive_davis", "largest drop", "DAVIS interactive protocol: no sequence's "
+           "J&F drops by more than 0.02 from one interaction to the next", at_most=0.02,
+           kind="accuracy"),
     Target("memory_length", "peak RSS / shortest video's", "FEELVOS: peak memory on a "
            "5000-frame video within 5 % of a 50-frame one", at_most=1.05, kind="memory",
            where=(("head", "feelvos"), ("frames", 5000))),

@@ -3,11 +3,11 @@
 A video has 1..max_objects textured objects painted over a textured background seen by a slowly
 moving camera. Objects are painted in depth order (object 1 farthest, N nearest), so they occlude
 each other. Scenarios (see `video_scenario`) add an object born after frame 0, as in YouTube-VOS,
-and/or an object that leaves the frame and comes back. Long videos (`motion_period` shorter than
-the video) repeat their motion pattern, so the exiting object leaves and returns once per
-period, and `appearance_drift` slowly changes each object's colours over the video. Layouts are re-drawn (from the same
-generator, so deterministically) until every object's first appearance is large enough to serve
-as a reference and the scenario's event really happens.
+and/or an object that leaves the frame and comes back. Long videos (`motion_period` shorter than the
+video) repeat their motion pattern, so the exiting object leaves and returns once per period, and
+`appearance_drift` slowly changes each object's colours over the video. Layouts are re-drawn (from
+the same generator, so deterministically) until every object's first appearance is large enough to
+serve as a reference and the scenario's event really happens.
 """
 import dataclasses
 from typing import Sequence

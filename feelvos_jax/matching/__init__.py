@@ -2,8 +2,8 @@
 
 Modules: `distances` (the FEELVOS distance, rescaled squared distances, argument checks),
 `global_maps` (global matching, dense nearest distances for few references), `sharded` (global
-matching split over a mesh axis with `jax.shard_map`), `fused` (the Pallas kernel of global
-matching on CUDA), `local_maps` (windowed local matching), `cfbi` (CFBI's background matching, fg/bg bias,
+matching split over a mesh axis with `jax.shard_map`), `fused` (the Pallas kernel of global matching
+on CUDA), `local_maps` (windowed local matching), `cfbi` (CFBI's background matching, fg/bg bias,
 multi-local windows, atrous references, instance guidance), `incremental` (local matching from
 stored pair distances and marked cells, for interactive re-propagation), `memory_read` (STM's
 space-time memory read, chunked, and its `jax.shard_map` form).

@@ -80,7 +80,8 @@ def _global_matching_sharded(query: jax.Array, reference: jax.Array,
     rows = sharded(*_place(mesh, in_specs, (padded, reference, reference_labels) + keys))
     return jax.device_put(rows, jax.sharding.NamedSharding(mesh, spec()))[:height]
 
-  labels = global_maps.reference_pixel_labels(reference_labels, num_objects, max_reference_pixels, rng)
+  labels = global_maps.reference_pixel_labels(
+      reference_labels, num_objects, max_reference_pixels, rng)
   padding = -labels.shape[0] % num_devices
   pixels = jnp.pad(reference.reshape(-1, channels), ((0, padding), (0, 0)))
   labels = jnp.pad(labels, (0, padding), constant_values=-1)

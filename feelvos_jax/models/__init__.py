@@ -85,8 +85,9 @@ def example_inputs(model: nn.Module) -> tuple[jax.Array, ...]:
   """Small zero inputs in the argument order of `FEELVOS.__call__`, for `model.init`: frames
   [1, S, S, 3] (S = 4 x max(4, output stride)), embeddings, labels and probabilities at stride 4,
   num_objects [1]; for a memory model (`STM.__call__`) frames, two memory frames
-  [1, 2, S, S, 3] with their probabilities [1, 2, S, S, K] and num_objects. The parameters do not depend on the
-  spatial size, so one size serves every run (training initialises with it too)."""
+  [1, 2, S, S, 3] with their probabilities [1, 2, S, S, K] and num_objects. The parameters do
+  not depend on the spatial size, so one size serves every run (training initialises with it
+  too)."""
   size = 4 * max(FEATURE_STRIDE, model.output_stride)
   if getattr(model, "is_memory_model", False):
     frames = jnp.zeros((1, size, size, 3), jnp.float32)

@@ -26,9 +26,9 @@ Frames are decoded in a background thread, segmented by `inference.host_loop.run
 (memory flat in the video's length) and written by a separate process (masks, CSV, overlays:
 `segment_outputs.OutputsProcess`), so decoding and writing overlap the device work. A
 progress bar (frames/s, ETA) is drawn when stderr is a terminal; one summary line per video
-and one for the run are printed. More objects than `model.max_objects` run in chunks. Bad input ends the run with one line `error: ...` naming
-the file and frame at fault (`--verbosity=1`: the traceback). Design notes:
-docs/own_videos.md.
+and one for the run are printed. More objects than `model.max_objects` run in chunks. Bad
+input ends the run with one line `error: ...` naming the file and frame at fault
+(`--verbosity=1`: the traceback). Design notes: docs/own_videos.md.
 """
 import collections
 import dataclasses

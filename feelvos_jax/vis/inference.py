@@ -14,7 +14,8 @@ instance's memory takes the detection's embedding and box. Weights (alpha, beta,
 (1, 2, 10), the authors' `match_coeff`. `embedding_weight` (1 in the paper) scales log p:
 0 matches by box overlap and category alone (the detector without its tracking head).
 The video-level result of an instance: its score is the mean of its frames' detection
-scores, its category the most frequent of its frames' categories, its masks pasted at the video's full resolution and thresholded at 0.5.
+scores, its category the most frequent of its frames' categories, its masks pasted at the
+video's full resolution and thresholded at 0.5.
 """
 import dataclasses
 import functools
