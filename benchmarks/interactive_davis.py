@@ -6,16 +6,13 @@ interaction, recorded.
         --dataset_root=/tmp/davis_synthetic --num_videos=10 [--background_prior=far]
         [--stop_at_interacted] [--max_interactions=8] [--no_write] [--results_dir=DIR]
 
-Runs `feelvos_jax.tools.interactive_benchmark` (its flags; the folder is written first when it
-lacks the sequence table) with the latest checkpoint of `--workdir`, then appends one record
-to `benchmarks/results/interactive_davis.jsonl` (kind "accuracy") per run. Needs
-`davisinteractive` (install as that tool's docstring says). Targets (`benchmarks.report`):
-J&F after the first interaction >= 0.80, after the fifth >= 0.90, no sequence dropping by more
-than 0.02 from one interaction to the next.
+Runs `feelvos_jax.tools.interactive_benchmark` (its flags and its `run_from_flags`) with the latest
+checkpoint of `--workdir`, then appends one record to `benchmarks/results/interactive_davis.jsonl`
+(kind "accuracy") per run. Needs `davisinteractive` (install as that tool's docstring says). Targets
+(`benchmarks.report`): J&F after the first interaction >= 0.80, after the fifth >= 0.90, no sequence
+dropping by more than 0.02 from one interaction to the next.
 """
-import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -51,16 +48,7 @@ def main(argv):
   del argv
   run = records.Run("interactive_davis", sys.argv[1:], write=not _NO_WRITE.value,
                     directory=_RESULTS_DIR.value)
-  root = os.path.expanduser(FLAGS.dataset_root)
-  if not os.path.exists(os.path.join(root, interactive_benchmark.METADATA)):
-    began = time.perf_counter()
-    table = interactive_benchmark.make_dataset(root, FLAGS.num_videos)
-    print(f"Wrote {len(table)} videos to {root} in {time.perf_counter() - began:.0f} s")
-  output = FLAGS.output or os.path.join(FLAGS.workdir, "interactive_benchmark")
-  summary = interactive_benchmark.run(
-      root, FLAGS.workdir, output, max_interactions=FLAGS.max_interactions,
-      background_prior=FLAGS.background_prior, stop_at_interacted=FLAGS.stop_at_interacted,
-      warm_up_pixels=FLAGS.warm_up_pixels, num_videos=FLAGS.num_videos)
+  summary, _ = interactive_benchmark.run_from_flags()
   figures = figures_of(summary)
   for name, value in figures.items():
     print(f"{name}: {value['value']}{' ' + value['unit'] if value['unit'] else ''}")

@@ -282,8 +282,9 @@ def run(root: str, workdir: str, output: str, *, max_interactions: int,
   return summary
 
 
-def main(argv):
-  del argv
+def run_from_flags() -> tuple[dict, str]:
+  """`run` as the command-line flags ask, writing the folder first under --make_dataset or
+  when it lacks the sequence table: (the summary of `run`, the output folder)."""
   root = os.path.expanduser(FLAGS.dataset_root)
   if FLAGS.make_dataset or not os.path.exists(os.path.join(root, METADATA)):
     began = time.perf_counter()
@@ -294,6 +295,12 @@ def main(argv):
                 background_prior=FLAGS.background_prior,
                 stop_at_interacted=FLAGS.stop_at_interacted,
                 warm_up_pixels=FLAGS.warm_up_pixels, num_videos=FLAGS.num_videos)
+  return summary, output
+
+
+def main(argv):
+  del argv
+  summary, output = run_from_flags()
   print("interaction  " + "  ".join(f"{i:>5}" for i in sorted(summary["j_and_f"])))
   print("J&F          " + "  ".join(f"{summary['j_and_f'][i]:5.3f}"
                                      for i in sorted(summary["j_and_f"])))
