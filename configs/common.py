@@ -69,6 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.memory_frames = 20  # STM inference memory cap (annotated + every N-th frame, besides the previous one).
   config.model.memory_every = 5  # STM: every N-th frame joins the inference memory (paper: 5).
   config.model.memory_key_dim = 0  # Memory key channels (0: encoder channels / 8, STM's 128; RDE-VOS: 64).
+  config.model.rde_affinity = "dot"  # RDE non-local affinity: "dot" (authors' theta.phi / N) or "softmax" (bounded; docs/models.md).
   # CFBI options (Yang et al., ECCV 2020) for the FEELVOS head; each off by default.
   config.model.background_matching = False  # Also match each object against the pixels NOT of it.
   config.model.matching_bias = False  # Learnable fg/bg biases b: d = 1 - 2 / (1 + exp(||e_p - e_q||^2 + b)).
@@ -93,6 +94,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.max_frame_gap = 1  # Previous/current frames at most this far apart (paper: 1).
   config.dataset.max_skip = 0  # Curriculum: the gap limit grows from max_frame_gap to this (STM: 25); 0 disables.
   config.dataset.max_skip_ramp_steps = 0  # Steps over which the gap limit grows linearly to max_skip.
+  config.dataset.clip_frames = 2  # RDE training: annotated frames between reference and previous aggregated into the RDE (authors: 5-frame clips, 3 aggregations).
   config.dataset.static_frames = False  # STM pre-training: previous/current = affine warps of the reference frame.
   config.dataset.min_object_pixels = 10  # Reject samples whose reference objects have fewer stride-4 pixels.
   config.dataset.shuffle_buffer = 256  # Videos in the tf.data shuffle buffer.

@@ -14,6 +14,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from feelvos_jax.training import train  # noqa: E402
 from tests import testing  # noqa: E402
 
 
@@ -69,3 +70,17 @@ def _unoptimized_marker(request):
     return
   with testing.unoptimized():
     yield
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory):
+  """(workdir, `testing.numpy_state` of the final state) of `testing.tiny_config` trained on
+  `testing.fake_videos` without interruption, compiled `unoptimized`: the reference of the
+  resume and fault tests, which train the same way (marked `unoptimized`, or in processes
+  started with JAX_DISABLE_MOST_OPTIMIZATIONS=1)."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  with pytest.MonkeyPatch.context() as patch, testing.unoptimized():
+    patch.setattr(train, "_load_videos",
+                  lambda dataset_config, split, decoders=None: testing.fake_videos())
+    state = train.train_and_evaluate(testing.tiny_config(), str(workdir), evaluate=False)
+  return workdir, testing.numpy_state(state)

@@ -74,7 +74,7 @@ def _write_lock(workdir, **holder):
 
 def _environment(unoptimized=False):
   """The drivers' environment; `unoptimized` compiles without XLA's optimizations (faster), for
-  runs whose parameters are never compared with this process's."""
+  runs whose parameters are compared only with runs compiled the same way."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
   if unoptimized:
@@ -256,6 +256,7 @@ def test_two_runs_on_one_workdir_the_second_is_refused_naming_the_first(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 def test_sigterm_save_and_stop_releases_the_lock(tmp_path, monkeypatch, in_memory_videos):
   original = input_pipeline.create_train_dataset
 
@@ -359,17 +360,6 @@ def test_unreadable_checksums_fail_the_restore_naming_them(tmp_path):
   assert "there is no older checkpoint to fall back to" in last
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_run(tmp_path_factory):
-  """(workdir, final state as numpy) of `testing.tiny_config` trained without interruption."""
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train, "_load_videos",
-                  lambda dataset_config, split, decoders=None: testing.fake_videos())
-    state = train.train_and_evaluate(testing.tiny_config(), os.fspath(workdir), evaluate=False)
-  return workdir, jax.tree.map(np.asarray, jax.device_get(state.params))
-
-
 @pytest.fixture
 def in_memory_videos(monkeypatch):
   monkeypatch.setattr(train, "_load_videos",
@@ -377,6 +367,7 @@ def in_memory_videos(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 def test_training_refuses_a_damaged_latest_checkpoint_until_it_is_deleted(
     tmp_path, uninterrupted_run, in_memory_videos):
   """No silent fall back to step 2: the error names the file and the folder to delete; then
@@ -399,10 +390,12 @@ def test_training_refuses_a_damaged_latest_checkpoint_until_it_is_deleted(
   shutil.rmtree(folder)
   state = train.train_and_evaluate(config, os.fspath(workdir), evaluate=False)
   assert int(state.step) == 4
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), uninterrupted_run[1])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               uninterrupted_run[1]["params"])
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 @pytest.mark.parametrize("fault, steps_left", [
     pytest.param("save_started", ([2], [2, 4]), id="save_started"),
     pytest.param("before_checksums", ([2],), id="before_checksums"),
@@ -411,7 +404,7 @@ def test_training_refuses_a_damaged_latest_checkpoint_until_it_is_deleted(
 def test_kill_9_during_a_checkpoint_write_resumes_from_the_newest_complete_checkpoint(
     tmp_path, uninterrupted_run, in_memory_videos, caplog, fault, steps_left):
   workdir = tmp_path / "run"
-  process = _start(_TRAIN_DRIVER, workdir, testing.tiny_config().seed, fault)
+  process = _start(_TRAIN_DRIVER, workdir, testing.tiny_config().seed, fault, unoptimized=True)
   output = process.communicate(timeout=600)[0]
   assert process.returncode == -signal.SIGKILL, output[-3000:]
   checkpointer = checkpointing.Checkpointer(os.fspath(workdir), keep=3)
@@ -421,7 +414,8 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_newest_complete_check
     state = train.train_and_evaluate(testing.tiny_config(), os.fspath(workdir), evaluate=False)
   assert f"Stale lock {workdir / '.lock'}: its holder (pid {process.pid}" in caplog.text
   assert int(state.step) == 4
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), uninterrupted_run[1])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               uninterrupted_run[1]["params"])
   checkpointer = checkpointing.Checkpointer(os.fspath(workdir), keep=3)
   assert checkpointer.all_steps() == [2, 4]
   for step in (2, 4):

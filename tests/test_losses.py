@@ -266,3 +266,20 @@ def test_triplet_loss_gradient_matches_numpy_hinge():
   np.testing.assert_allclose(grad_anchor[0, 0, 0], [-2.0, 3.0], atol=1e-6)
   np.testing.assert_allclose(grad_reference[0, 0], [[2, 0], [0, 0], [0, -3], [0, 0]],
                              atol=1e-6)
+
+
+def test_channel_kl_divergence_matches_the_authors_mean_reduction():
+  """sum_c p_t log(p_t / p_s) over [B, M, h, w, C], divided by every element (PyTorch's
+  `nn.KLDivLoss()` of log_softmax(student) against softmax(teacher), reduction "mean")."""
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(2, 2, 3, 3, 4, 7)) * 3
+
+  def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  p_student, p_teacher = softmax(student), softmax(teacher)
+  expected = np.sum(p_teacher * np.log(p_teacher / p_student)) / student.size
+  got = losses.channel_kl_divergence(jnp.asarray(student), jnp.asarray(teacher))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert float(losses.channel_kl_divergence(jnp.asarray(teacher), jnp.asarray(teacher))) == 0.0

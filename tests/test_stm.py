@@ -112,6 +112,63 @@ def test_memory_cap_below_the_annotated_frames_is_refused():
                              first_frame))
 
 
+@pytest.mark.parametrize("affinity", ["dot", "softmax"])
+def test_non_local_block_matches_numpy(affinity):
+  """x + W(A g(pool x)), A = theta(x) phi(pool x)^T / N ("dot") or its softmax over the
+  pooled positions, 1x1x1 convs with bias, pool = 1x2x2 max pool; random weights."""
+  from feelvos_jax.models import rde  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 2, 4, 6, 6)).astype(np.float32)
+  module = rde.NonLocal(affinity=affinity)
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.5, jnp.float32),
+                        module.init(jax.random.key(0), jnp.asarray(x))["params"])
+  got = module.apply({"params": params}, jnp.asarray(x))
+
+  def conv(name, y):
+    return y @ np.asarray(params[name]["kernel"][0, 0, 0]) + np.asarray(params[name]["bias"])
+
+  def pool(y):  # [B, T, H, W, C] -> [B, T * H/2 * W/2, C]
+    b, t, h, w, c = y.shape
+    return y.reshape(b, t, h // 2, 2, w // 2, 2, c).max(axis=(3, 5)).reshape(b, -1, c)
+
+  theta = conv("theta", x).reshape(2, -1, 3)
+  phi, g = pool(conv("phi", x)), pool(conv("g", x))
+  affinities = np.einsum("bqc,bkc->bqk", theta, phi)
+  if affinity == "softmax":
+    affinities = np.exp(affinities - affinities.max(-1, keepdims=True))
+    affinities /= affinities.sum(-1, keepdims=True)
+  else:
+    affinities /= phi.shape[1]
+  y = np.einsum("bqk,bkc->bqc", affinities, g).reshape(2, 2, 4, 6, 3)
+  np.testing.assert_allclose(got, x + conv("W", y), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_rde_affinity_is_refused_naming_the_key():
+  config = _memory_config("rde").model
+  config.rde_affinity = "cosine"
+  with pytest.raises(ValueError, match="config.model.rde_affinity"):
+    models.build_model(config)
+
+
+def test_fresh_rde_aggregation_is_a_bounded_running_mean():
+  """At initialisation the RDE stays near the scale of its inputs over many frames (the
+  authors' default initialisation grows it cubically) and starts as the mean of the two
+  inputs plus a non-negative ASPP residual."""
+  from feelvos_jax.models import rde  # pylint: disable=g-import-not-at-top
+  module = rde.SpatioTemporalAggregation()
+  rng = np.random.default_rng(0)
+  inputs = jnp.asarray(rng.normal(size=(60, 1, 2, 4, 4, 8)), jnp.float32)
+  variables = module.init(jax.random.key(0), inputs[0])
+  kernel = variables["params"]["compress"]["kernel"]
+  np.testing.assert_array_equal(kernel[:, 1, 1], np.stack([np.eye(8) / 2] * 2))
+  assert not np.asarray(variables["params"]["non_local"]["W"]["kernel"]).any()
+  apply = jax.jit(module.apply)
+  state = inputs[0, :, 0]
+  for frame in inputs[1:]:
+    state = apply(variables, jnp.stack([state, frame[:, 1]], axis=1))
+  assert np.isfinite(state).all() and np.abs(state).max() < 10 * np.abs(inputs).max()
+
+
 @pytest.mark.slow
 def test_rde_state_has_one_size_after_10_and_1000_frames():
   config = _memory_config("rde")
@@ -137,6 +194,8 @@ def test_rde_state_has_one_size_after_10_and_1000_frames():
     return jax.lax.fori_loop(0, num_frames, step, start)
 
   states = [run(n) for n in (10, 1000)]
+  first = np.abs(np.asarray(run(0)["extra_values"])).max()
+  assert np.abs(np.asarray(states[1]["extra_values"])).max() < 10 * first  # Bounded.
   sizes = [{k: (v.shape, v.dtype) for k, v in state.items()} for state in states]
   assert sizes[0] == sizes[1]
   assert sizes[0]["extra_keys"][0] == (2, 1, 1, 16)  # [S, h16, w16, C_k]: one RDE slot.
@@ -144,6 +203,7 @@ def test_rde_state_has_one_size_after_10_and_1000_frames():
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 @pytest.mark.parametrize("head", ["stm", "rde"])
 def test_train_restore_evaluate_export_and_bundle(head, tmp_path, monkeypatch):
   from feelvos_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
@@ -210,16 +270,67 @@ def test_max_skip_curriculum_grows_the_gap_limit():
   assert int(input_pipeline.train_settings(config).gap_limit(100)) == 1
 
 
+def test_clip_indices_are_the_annotated_frames_before_the_previous_one():
+  from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top (TF)
+  annotated = np.array([True, False, True, True, False, True])
+  def indices(previous, clip_frames):
+    return input_pipeline._clip_indices(annotated, previous, clip_frames).numpy().tolist()
+  assert indices(5, 2) == [2, 3]
+  assert indices(5, 4) == [0, 0, 2, 3]
+  assert indices(3, 3) == [0, 0, 2]
+  assert indices(0, 2) == [0, 0]
+
+
+def test_rde_samples_carry_the_clip_before_the_previous_frame():
+  """Object 7 of `fake_videos` starts at column 20 + t in frame t: without rescaling or flips,
+  the clip's labels show it at the columns of the two frames before the previous one."""
+  from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top (TF)
+  config = testing.tiny_config().dataset
+  config.crop_size, config.max_scale, config.random_flip = (36, 40), 1.0, False
+  samples = input_pipeline.make_train_samples(
+      config, testing.fake_videos(2, 6), max_objects=2, seed=0, clip_frames=2)
+
+  def frame_of(labels):  # Frame index of labels [h, w] from object 7's (slot 2) first column.
+    return int(np.argmax((labels == 2).any(axis=0))) - 20
+
+  seen = set()
+  for sample in samples.take(12).as_numpy_iterator():
+    assert sample["clip_frames"].shape == (2, 36, 40, 3)
+    assert sample["clip_labels"].shape == (2, 36, 40)
+    previous = frame_of(sample["previous_labels"])
+    assert [frame_of(labels) for labels in sample["clip_labels"]] == [
+        max(previous - 2, 0), max(previous - 1, 0)]
+    seen.add(previous)
+  assert len(seen) > 2
+  assert "clip_frames" not in next(input_pipeline.make_train_samples(
+      config, testing.fake_videos(1, 3), max_objects=2, seed=0).as_numpy_iterator())
+
+
+def test_clip_frames_reach_rde_training_only():
+  from feelvos_jax.training import train  # pylint: disable=g-import-not-at-top
+  config = _memory_config("rde")
+  assert train.clip_frames(config) == 2
+  config.model.head = "stm"
+  assert train.clip_frames(config) == 0
+  config.model.head, config.dataset.clip_frames = "rde", -1
+  with pytest.raises(ValueError, match="config.dataset.clip_frames"):
+    train.validate_config(config)
+
+
 @pytest.mark.slow
 def test_static_frames_warp_the_reference_frame():
   from feelvos_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top (TF)
   config = testing.tiny_config().dataset
   config.static_frames = True
   samples = input_pipeline.make_train_samples(config, testing.fake_videos(2, 3), max_objects=2,
-                                              seed=0)
+                                              seed=0, clip_frames=2)
   for sample in samples.take(3).as_numpy_iterator():
     reference = set(np.unique(sample["reference_labels"]).tolist())
-    for name in ("previous", "current"):
-      assert set(np.unique(sample[f"{name}_labels"]).tolist()) <= reference | {255}
-      assert not np.array_equal(sample[f"{name}_frame"], sample["reference_frame"])
+    warps = [(sample[f"{name}_frame"], sample[f"{name}_labels"])
+             for name in ("previous", "current")] + list(zip(sample["clip_frames"],
+                                                             sample["clip_labels"]))
+    for frame, labels in warps:
+      assert set(np.unique(labels).tolist()) <= reference | {255}
+      assert not np.array_equal(frame, sample["reference_frame"])
+    assert not np.array_equal(sample["clip_frames"][0], sample["clip_frames"][1])
     assert (sample["current_labels"] == 1).any()

@@ -42,12 +42,6 @@ def transform_batches(monkeypatch, transform):
   monkeypatch.setattr(input_pipeline, "create_train_dataset", patched)
 
 
-def numpy_state(state):
-  return jax.tree.map(np.asarray, jax.device_get(
-      {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-       "opt_state": state.opt_state, "rng": state.rng}))
-
-
 def assert_trees_equal(actual, expected):
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
@@ -100,7 +94,7 @@ def single_device_step(initial_state):
   config = testing.tiny_config()
   state, metrics = _one_step(config, initial_state, testing.random_batch(config),
                              jax.devices()[:1])
-  return numpy_state(state), metrics
+  return testing.numpy_state(state), metrics
 
 
 @pytest.mark.slow
@@ -114,20 +108,9 @@ def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_s
   for name, value in expected_metrics.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               numpy_state(state), expected_state)
+               testing.numpy_state(state), expected_state)
   specs = {leaf.sharding.spec for leaf in jax.tree.leaves(state.params)}
   assert (sharding.P() in specs) and ((len(specs) > 1) == (fsdp > 1))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_run(tmp_path_factory):
-  """(workdir, final state as numpy) of `testing.tiny_config` trained without interruption."""
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  with pytest.MonkeyPatch.context() as patch, testing.unoptimized():
-    patch.setattr(train, "_load_videos",
-                  lambda dataset_config, split, decoders=None: testing.fake_videos())
-    state = train.train_and_evaluate(testing.tiny_config(), str(workdir), evaluate=False)
-  return workdir, numpy_state(state)
 
 
 @pytest.mark.slow
@@ -149,7 +132,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, in_memor
   checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
   assert checkpointer.all_steps() == [2]
   checkpointer.close()
-  resumed = numpy_state(train.train_and_evaluate(config, str(tmp_path), evaluate=False))
+  resumed = testing.numpy_state(train.train_and_evaluate(config, str(tmp_path), evaluate=False))
   assert int(resumed["step"]) == 4
   assert_trees_equal(resumed, expected)
 
@@ -169,9 +152,9 @@ def test_sigterm_saves_and_returns(tmp_path, monkeypatch, in_memory_videos):
   assert int(state.step) == 2
   checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
   assert checkpointer.all_steps() == [2]
-  assert_trees_equal(numpy_state(checkpointer.restore(2, jax.tree.map(
+  assert_trees_equal(testing.numpy_state(checkpointer.restore(2, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))),
-                     numpy_state(state))
+                     testing.numpy_state(state))
   checkpointer.close()
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 

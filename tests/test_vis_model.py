@@ -96,6 +96,7 @@ def _tiny_model():
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 def test_losses_are_finite_and_trainable_on_a_tiny_batch():
   model = _tiny_model()
   batch_size, height, width, slots = 1, 64, 64, 3

@@ -26,6 +26,7 @@ from configs import synthetic
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax import models
 from feelvos_jax.inference import video_propagation
+from feelvos_jax.training import train
 
 SIZE = 32
 """Height and width of the propagation tests' videos (the tiny backbone needs no padding)."""
@@ -89,18 +90,31 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
   """A global batch in the `train.TRAIN_KEYS` layout with random content, for smoke tests and
   benchmarks: config.batch_size samples of uniform random uint8 frames of
   config.dataset.crop_size, labels uniform in 0..config.model.max_objects with 10% of the
-  pixels IGNORE_LABEL, and num_objects = max_objects."""
+  pixels IGNORE_LABEL, and num_objects = max_objects; for RDE also clip_frames
+  [B, C, H, W, 3] and clip_labels [B, C, H, W] (C = `train.clip_frames(config)`)."""
   rng = np.random.default_rng(seed)
-  height, width = config.dataset.crop_size
+  crop = tuple(config.dataset.crop_size)
   size = config.batch_size
-  batch = {name: rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
-           for name in ("reference_frame", "previous_frame", "current_frame")}
-  for name in ("reference_labels", "previous_labels", "current_labels"):
-    labels = rng.integers(0, config.model.max_objects + 1, (size, height, width))
+  clip = train.clip_frames(config)
+  shapes = {"": (size,) + crop, "clip_": (size, clip) + crop}
+  prefixes = ("reference_", "previous_", "current_") + (("clip_",) if clip else ())
+  batch = {}
+  for prefix in prefixes:
+    shape = shapes.get(prefix, shapes[""])
+    batch[prefix + ("frames" if prefix == "clip_" else "frame")] = rng.integers(
+        0, 256, shape + (3,), dtype=np.uint8)
+    labels = rng.integers(0, config.model.max_objects + 1, shape)
     labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
-    batch[name] = labels.astype(np.int32)
+    batch[prefix + "labels"] = labels.astype(np.int32)
   batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
   return batch
+
+
+def numpy_state(state) -> dict:
+  """A `train.TrainState` as a dict of numpy trees (step, params, batch_stats, opt_state, rng)."""
+  return jax.tree.map(np.asarray, jax.device_get(
+      {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+       "opt_state": state.opt_state, "rng": state.rng}))
 
 
 def small_config() -> ml_collections.ConfigDict:

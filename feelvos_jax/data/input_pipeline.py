@@ -33,6 +33,10 @@ Training sample (one per visit of a video), as in FEELVOS:
   rest are dropped: their pixels become 255 in all three frames and `dropped_objects` counts them.
   Objects absent from the reference frame cannot be matched (FEELVOS only segments the objects of
   its reference), so their pixels in the previous and current frames become 255 (ignored).
+- Memory clip (RDE training, `clip_frames` = C > 0): the C annotated frames just before the
+  previous frame, in time order, cropped like the pair (the front padded with the earliest of
+  them, or with the previous frame when none precedes it); with static_frames, C more affine
+  warps of the reference. Their labels are remapped like the others.
 - Rejection. As in the official code, a candidate whose reference frame shows an object with
   fewer than min_object_pixels pixels at stride 4 (`labels[::4, ::4]`), or no object at all
   (a crop missing every object), is rejected and the reference frame and its augmentation are
@@ -193,6 +197,15 @@ def _choose_pair(annotated: tf.Tensor, max_frame_gap: int | tf.Tensor, key: tf.T
   return flat // num_frames, flat % num_frames
 
 
+def _clip_indices(annotated: tf.Tensor, previous: tf.Tensor, clip_frames: int) -> tf.Tensor:
+  """The `clip_frames` annotated frames before `previous`, ascending, [C] int32; the front
+  repeats the earliest of them, or `previous` when none precedes it."""
+  before = tf.cast(tf.where(annotated[:previous])[:, 0], tf.int32)
+  earliest = tf.cond(tf.size(before) > 0, lambda: before[0], lambda: tf.cast(previous, tf.int32))
+  padded = tf.concat([tf.fill([clip_frames], earliest), before], axis=0)
+  return padded[tf.size(padded) - clip_frames:]
+
+
 def _object_counts(labels: tf.Tensor) -> tf.Tensor:
   """Pixels per label value 0..255 of int32 labels, [256] int32."""
   return tf.math.bincount(tf.reshape(labels, [-1]), minlength=_NUM_LABEL_VALUES,
@@ -201,7 +214,7 @@ def _object_counts(labels: tf.Tensor) -> tf.Tensor:
 
 def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings: TrainSettings,
                  max_objects: int, base_key: tf.Tensor, max_attempts: int,
-                 samples_per_step: int = 1) -> dict[str, tf.Tensor]:
+                 samples_per_step: int = 1, clip_frames: int = 0) -> dict[str, tf.Tensor]:
   """One training sample of `video`, a pure function of (base_key, sample_index)."""
   frames = video["video"]["frames"]
   segmentations = video["video"]["segmentations"][..., 0]
@@ -225,6 +238,10 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
         _frame_at(frames, previous), segmentations[previous], pair_window, settings.crop_size)
     current_frame, current_labels = augmentation.augment_frame(
         _frame_at(frames, current), segmentations[current], pair_window, settings.crop_size)
+    clip = [augmentation.augment_frame(_frame_at(frames, index), segmentations[index],
+                                       pair_window, settings.crop_size)
+            for index in tf.unstack(_clip_indices(annotated, previous, clip_frames),
+                                    num=clip_frames)]
 
   def reference_candidate(attempt):
     frame_key, window_key = tf.unstack(tf.random.experimental.stateless_split(
@@ -259,6 +276,10 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
         reference_frame, reference_labels, previous_key)
     current_frame, current_labels = augmentation.random_affine(
         reference_frame, reference_labels, current_key)
+    clip_key = tf.random.experimental.stateless_fold_in(key, 3)
+    clip = [augmentation.random_affine(reference_frame, reference_labels,
+                                       tf.random.experimental.stateless_fold_in(clip_key, index))
+            for index in range(clip_frames)]
 
   kept = large_enough & (tf.cumsum(tf.cast(large_enough, tf.int32)) <= max_objects)
   slots = tf.where(kept, tf.cumsum(tf.cast(kept, tf.int32)), IGNORE_LABEL)
@@ -267,7 +288,7 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
   num_objects = tf.size(kept_ids)
   object_ids = tf.pad(kept_ids, [[0, max_objects - num_objects]])
   object_ids.set_shape([max_objects])
-  return {
+  sample = {
       "reference_frame": reference_frame,
       "previous_frame": previous_frame,
       "current_frame": current_frame,
@@ -278,6 +299,10 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
       "dropped_objects": tf.reduce_sum(tf.cast(present, tf.int32)) - num_objects,
       "object_ids": object_ids,
   }
+  if clip_frames:
+    sample["clip_frames"] = tf.stack([image for image, _ in clip])
+    sample["clip_labels"] = tf.gather(lookup, tf.stack([labels for _, labels in clip]))
+  return sample
 
 
 def _count_videos(videos: tf.data.Dataset) -> int:
@@ -292,7 +317,7 @@ def _count_videos(videos: tf.data.Dataset) -> int:
 def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.data.Dataset, *,
                        max_objects: int, seed: int, start_index: int = 0, process_index: int = 0,
                        process_count: int = 1, max_attempts: int = MAX_ATTEMPTS,
-                       samples_per_step: int = 1) -> tf.data.Dataset:
+                       samples_per_step: int = 1, clip_frames: int = 0) -> tf.data.Dataset:
   """The endless stream of this host's training samples, unbatched, from sample `start_index`.
 
   Args:
@@ -309,12 +334,14 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
     max_attempts: reference-frame candidates per sample (see the module docstring).
     samples_per_step: this host's samples per training step (sample i belongs to step
       i // samples_per_step, which sets the gap limit of the max-skip curriculum).
+    clip_frames: C, the memory clip's frames (RDE training; module docstring); 0: none.
 
   Returns:
     Samples: reference_frame / previous_frame / current_frame [h, w, 3] uint8,
     reference_labels / previous_labels / current_labels [h, w] int32 (0 background, 1..N,
     255 ignore), num_objects [] int32 (N), dropped_objects [] int32, object_ids [max_objects]
-    int32 (dataset id of slot 1..max_objects, 0 when empty); (h, w) = crop_size.
+    int32 (dataset id of slot 1..max_objects, 0 when empty); (h, w) = crop_size; with
+    clip_frames, clip_frames [C, h, w, 3] uint8 and clip_labels [C, h, w] int32.
   """
   _hide_gpus_from_tensorflow()
   settings = train_settings(dataset_config)
@@ -323,6 +350,7 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
   config_checks.check_int(start_index, "start_index", 0)
   config_checks.check_int(process_count, "process_count", 1)
   config_checks.check_int(max_attempts, "max_attempts", 1)
+  config_checks.check_int(clip_frames, "clip_frames (config.dataset.clip_frames)", 0)
   config_checks.check_int(process_index, "process_index", 0, process_count - 1)
 
   host_videos = videos.shard(process_count, process_index)
@@ -351,7 +379,8 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
   samples = samples.map(
       lambda index, video: _make_sample(index, video, settings=settings, max_objects=max_objects,
                                         base_key=sample_key, max_attempts=max_attempts,
-                                        samples_per_step=samples_per_step),
+                                        samples_per_step=samples_per_step,
+                                        clip_frames=clip_frames),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.deterministic = True
@@ -374,7 +403,7 @@ def _log_dropped_objects(batches: Iterator[dict[str, np.ndarray]]
 def create_train_dataset(dataset_config: ml_collections.ConfigDict, videos: tf.data.Dataset, *,
                          batch_size_per_host: int, max_objects: int, seed: int,
                          start_step: int = 0, process_index: Optional[int] = None,
-                         process_count: Optional[int] = None
+                         process_count: Optional[int] = None, clip_frames: int = 0
                          ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this host's training batches (numpy), starting at batch `start_step`.
 
@@ -391,6 +420,7 @@ def create_train_dataset(dataset_config: ml_collections.ConfigDict, videos: tf.d
     start_step: first batch to produce (resuming from a checkpoint).
     process_index: this host (default `jax.process_index()`).
     process_count: number of hosts (default `jax.process_count()`).
+    clip_frames: the memory clip's frames per sample (see `make_train_samples`).
   """
   config_checks.check_int(batch_size_per_host, "batch_size_per_host", 1)
   config_checks.check_int(start_step, "start_step", 0)
@@ -399,7 +429,8 @@ def create_train_dataset(dataset_config: ml_collections.ConfigDict, videos: tf.d
   samples = make_train_samples(
       dataset_config, videos, max_objects=max_objects, seed=seed,
       start_index=start_step * batch_size_per_host, process_index=process_index,
-      process_count=process_count, samples_per_step=batch_size_per_host)
+      process_count=process_count, samples_per_step=batch_size_per_host,
+      clip_frames=clip_frames)
   batches = samples.batch(batch_size_per_host, drop_remainder=True,
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if dataset_config.prefetch:

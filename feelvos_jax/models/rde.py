@@ -14,12 +14,16 @@ value [M, h, w, C_v]), updated after every frame by the spatio-temporal aggregat
   one module for the keys and one for the values (authors' `MemCrompress`: `key_encoder`,
   `value_encoder`, `compress_key`, `compress_value`).
 
+Initialisation: W of the non-local block at zero and the squeeze conv at the mean of its two
+time steps (`temporal_mean_init`), so a fresh RDE is a running mean of its inputs and stays
+bounded over any number of frames (why: docs/models.md).
+
 `RDE` has STM's methods (`encode_query`, `encode_memory`, `read`, `decode`, `segment_memory`)
 plus `aggregate`, and its `__call__` (training) returns both readings of the query frame, the
 STM read over the memory frames and the read over (first memory frame, RDE of the others):
 `rde_forward`. The inference memory is the annotated frame(s) plus the RDE
 (`inference.memory_propagation`), so memory and time per frame stay constant.
-Losses (unbiased guidance, self-correction): `training.losses.rde_losses`.
+Losses (unbiased guidance, self-correction): `training.objectives.memory_loss`.
 """
 from typing import Any
 
@@ -28,6 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from feelvos_jax.models.stm import STM
+
+AFFINITIES = ("dot", "softmax")
+"""The non-local affinities: the authors' dot product / N, or a softmax (docs/models.md)."""
 
 ASPP_RATES = (1, 2, 4, 6)
 """Rates of the four ASPP branches (1: a 1x1x1 conv), as the authors' `ASPP3D`."""
@@ -51,8 +58,11 @@ class SpatialConv(nn.Module):
 
 
 class NonLocal(nn.Module):
-  """x + W(theta(x) phi(pool(x))^T / N g(pool(x))) on [N, T, h, w, C] (authors'
-  `NONLocalBlock3D` with `bn_layer=False`)."""
+  """x + W(A g(pool(x))) on [N, T, h, w, C], A = theta(x) phi(pool(x))^T / N with affinity
+  "dot" (authors' `NONLocalBlock3D` with `bn_layer=False`) or softmax(theta(x) phi(pool(x))^T)
+  over the pooled positions with "softmax" (Wang et al.'s embedded Gaussian); W starts at zero,
+  so the block starts as the identity (module docstring)."""
+  affinity: str = "dot"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -60,9 +70,8 @@ class NonLocal(nn.Module):
     batch, steps, height, width, channels = x.shape
     inner = max(1, channels // 2)
 
-    def dense(name, features=inner):
-      return nn.Conv(features, (1, 1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                     name=name)
+    def dense(name):
+      return nn.Conv(inner, (1, 1, 1), dtype=self.dtype, param_dtype=jnp.float32, name=name)
 
     def pooled(y):
       return nn.max_pool(y, (1, 2, 2), strides=(1, 2, 2)) if min(height, width) >= 2 else y
@@ -70,9 +79,15 @@ class NonLocal(nn.Module):
     theta = dense("theta")(x).reshape(batch, -1, inner).astype(jnp.float32)
     phi = pooled(dense("phi")(x)).reshape(batch, -1, inner).astype(jnp.float32)
     g = pooled(dense("g")(x)).reshape(batch, -1, inner).astype(jnp.float32)
-    affinity = jnp.einsum("bqc,bkc->bqk", theta, phi) / phi.shape[1]
+    affinity = jnp.einsum("bqc,bkc->bqk", theta, phi)
+    if self.affinity == "softmax":
+      affinity = jax.nn.softmax(affinity, axis=-1)
+    else:
+      affinity = affinity / phi.shape[1]
     y = jnp.einsum("bqk,bkc->bqc", affinity, g).reshape(batch, steps, height, width, inner)
-    return x + dense("W", channels)(y.astype(self.dtype))
+    out = nn.Conv(channels, (1, 1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.initializers.zeros, name="W")
+    return x + out(y.astype(self.dtype))
 
 
 class ASPP3D(nn.Module):
@@ -90,27 +105,44 @@ class ASPP3D(nn.Module):
         jnp.concatenate(branches, -1)))
 
 
+def temporal_mean_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32
+                       ) -> jax.Array:
+  """The squeeze conv's initial kernel [2, 3, 3, C, C]: the mean of the two time steps at the
+  centre tap, so that a fresh RDE is the running mean of its inputs (module docstring)."""
+  del key
+  steps, height, width, channels, features = shape
+  centre = jnp.eye(channels, features, dtype=dtype) / steps
+  return jnp.zeros(shape, dtype).at[:, height // 2, width // 2].set(centre)
+
+
 class SpatioTemporalAggregation(nn.Module):
-  """SAM + squeeze: [N, 2, h, w, C] -> [N, h, w, C] (module docstring)."""
+  """SAM + squeeze: [N, 2, h, w, C] -> [N, h, w, C] (module docstring); `affinity` as
+  `NonLocal`'s."""
+  affinity: str = "dot"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = NonLocal(dtype=self.dtype, name="non_local")(x.astype(self.dtype))
+    x = NonLocal(affinity=self.affinity, dtype=self.dtype, name="non_local")(
+        x.astype(self.dtype))
     x = x + ASPP3D(dtype=self.dtype, name="aspp")(x)
     squeezed = nn.Conv(x.shape[-1], (2, 3, 3), padding=((0, 0), (1, 1), (1, 1)),
-                       dtype=self.dtype, param_dtype=jnp.float32, name="compress")(x)
+                       dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=temporal_mean_init, name="compress")(x)
     return squeezed[:, 0]
 
 
 class RDE(STM):
-  """RDE-VOS; see the module docstring. Attributes: those of `STM`."""
+  """RDE-VOS; see the module docstring. Attributes: those of `STM`, and `affinity`, the
+  non-local affinity of the aggregation modules (`AFFINITIES`, `NonLocal`)."""
+  affinity: str = "dot"
   recurrent_embedding = True
 
   def setup(self):
     super().setup()
-    self.key_aggregation = SpatioTemporalAggregation(dtype=self.dtype)
-    self.value_aggregation = SpatioTemporalAggregation(dtype=self.dtype)
+    self.key_aggregation = SpatioTemporalAggregation(affinity=self.affinity, dtype=self.dtype)
+    self.value_aggregation = SpatioTemporalAggregation(affinity=self.affinity,
+                                                       dtype=self.dtype)
 
   def aggregate(self, rde_keys: jax.Array, rde_values: jax.Array, keys: jax.Array,
                 values: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -213,12 +213,12 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
 
 
 def channel_kl_divergence(student: jax.Array, teacher: jax.Array) -> jax.Array:
-  """Mean over positions of KL(softmax(teacher) || softmax(student)) over the last axis:
-  [..., C] each -> scalar float32 (the authors' `KLDivLoss` at temperature 1, averaged per
-  position instead of per element)."""
+  """KL(softmax(teacher) || softmax(student)) over the last axis, averaged over every element:
+  [..., C] each -> scalar float32, the per-position KL / C (the authors' `KLDivLoss` at
+  temperature 1: PyTorch's `nn.KLDivLoss()`, reduction "mean")."""
   log_student = jax.nn.log_softmax(student.astype(jnp.float32), axis=-1)
   log_teacher = jax.nn.log_softmax(teacher.astype(jnp.float32), axis=-1)
-  return jnp.mean(jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1))
+  return jnp.mean(jnp.exp(log_teacher) * (log_teacher - log_student))
 
 
 def perturb_masks(probs: jax.Array, rng: jax.Array, *, radius: int = 2) -> jax.Array:

@@ -11,10 +11,13 @@ and its loss.
   (`losses.triplet_loss`); the logits of the nearest-neighbour vote, without gradient, give the
   training IoU; fraction = active triplets.
 - "stm", "rde": the current frame read from the (reference, previous) frames with their
-  ground-truth masks, cross-entropy; RDE adds the cross-entropy of its recurrent read, the
-  unbiased guidance and the self-correction losses (`memory_loss`); fraction = 1.
+  ground-truth masks, cross-entropy; RDE's memory also holds the batch's clip frames between
+  the two (when present), which its recurrent embedding aggregates one by one as at inference,
+  and RDE adds the cross-entropy of its recurrent read, the unbiased guidance and the
+  self-correction losses (`memory_loss`); fraction = 1.
 
-The batch holds `train.TRAIN_KEYS` ([B, H, W, 3] frames, [B, H, W] labels, [B] num_objects).
+The batch holds `train.TRAIN_KEYS` ([B, H, W, 3] frames, [B, H, W] labels, [B] num_objects;
+for RDE optionally clip_frames [B, C, H, W, 3] and clip_labels [B, C, H, W]).
 """
 from typing import Any, Callable
 
@@ -68,14 +71,19 @@ def forward_nearest_neighbor(module: flax.linen.Module, batch: dict[str, jax.Arr
 def forward_memory(module: flax.linen.Module, batch: dict[str, jax.Array], num_slots: int,
                     rng: jax.Array) -> dict[str, jax.Array]:
   """Memory-model training forward pass (STM, RDE): memory = (reference, previous) frames with
-  their ground-truth masks (one-hot, all zeros where IGNORE_LABEL), query = the current frame.
+  their ground-truth masks (one-hot, all zeros where IGNORE_LABEL), with the clip frames
+  between them when the batch has them, query = the current frame.
 
   STM: {logits}. RDE: `RDE.rde_forward`'s entries with the reference mask perturbed
   (`losses.perturb_masks`, self-correction) plus true_reference_values, the reference
   encoded from its true mask."""
-  frames = jnp.stack([batch["reference_frame"], batch["previous_frame"]], axis=1)
-  probs = jax.nn.one_hot(jnp.stack([batch["reference_labels"], batch["previous_labels"]], 1),
-                         num_slots)
+  def memory(kind, clip_key):  # [B, T, ...], T = 2 + clip length.
+    clip = [batch[clip_key]] if clip_key in batch else []
+    return jnp.concatenate([batch[f"reference_{kind}"][:, None], *clip,
+                            batch[f"previous_{kind}"][:, None]], axis=1)
+
+  frames = memory("frame", "clip_frames")
+  probs = jax.nn.one_hot(memory("labels", "clip_labels"), num_slots)
   if not module.recurrent_embedding:
     return {"logits": module(batch["current_frame"], frames, probs, batch["num_objects"],
                              train=True)}

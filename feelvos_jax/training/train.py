@@ -46,8 +46,16 @@ from feelvos_jax.training import weights
 from feelvos_jax.training import workdir_lock
 
 TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_labels",
-              "previous_labels", "current_labels", "num_objects")
-"""The batch entries the train step reads (the input pipeline may add more)."""
+              "previous_labels", "current_labels", "num_objects", "clip_frames", "clip_labels")
+"""The batch entries the train step reads (the input pipeline may add more; the clip entries
+only come with model.head "rde", see `clip_frames`)."""
+
+
+def clip_frames(config: ml_collections.ConfigDict) -> int:
+  """Memory-clip frames per training sample: config.dataset.clip_frames for RDE, else 0."""
+  if config.model.head != "rde":
+    return 0
+  return config_checks.int_at_least(config.dataset, "dataset.clip_frames", 0)
 
 
 @flax.struct.dataclass
@@ -87,6 +95,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.head == "rde":
     config_checks.float_in(config, "loss.rde_guidance_weight", 0.0)
     config_checks.float_in(config, "loss.rde_correction_weight", 0.0)
+    clip_frames(config)
   if config.model.head == "nearest_neighbor":  # PML's triplet loss.
     config_checks.positive_int(config, "loss.triplet_anchors_per_object")
     config_checks.float_in(config, "loss.triplet_margin", 0.0)
@@ -405,7 +414,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       config.dataset, _load_videos(config.dataset, config.dataset.train_split,
                                    decoders=input_pipeline.LAZY_FRAME_DECODERS),
       batch_size_per_host=config.batch_size // jax.process_count(),
-      max_objects=config.model.max_objects, seed=config.seed, start_step=start_step)
+      max_objects=config.model.max_objects, seed=config.seed, start_step=start_step,
+      clip_frames=clip_frames(config))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
