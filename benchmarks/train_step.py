@@ -1,7 +1,8 @@
 """Compiled FEELVOS train-step time per backbone, and the synthetic demo's step beside its input.
 
     python -m benchmarks.train_step [--backbones=tiny,resnet50,xception65] [--crop=465] \\
-        [--batch=1] [--steps=5] [--depthwise=platform|both] [--lower_for=cuda] [--no_write] \\
+        [--batch=1] [--steps=5] [--depthwise=platform|both] [--lower_for=cuda] \\
+        [--synthetic_rows="model.head=rde;model.head=rde+dataset.clip_frames=0"] [--no_write] \\
         [--results_dir=DIR]
 
 For each backbone: the paper's config (configs/common.py) with that backbone, crops of
@@ -11,12 +12,15 @@ operation counts of the lowered and the optimised modules: what a compile-time p
 from; `--lower_for=cuda` also counts the program lowered for another platform, without its
 device) and the median wall time of --steps compiled steps (after one untimed step). Then
 configs/synthetic.py as it trains (tiny backbone, its crop and batch) with the rate of its
-input pipeline (synthetic_vos/small, frames decoded lazily) beside it. With --depthwise=both
+input pipeline (synthetic_vos/small, frames decoded lazily) beside it, and one more synthetic
+row per `--synthetic_rows` entry (config overrides joined by '+', e.g. another head: the
+before/after of a training-step change in one process). With --depthwise=both
 every row is also timed with XLA's grouped depthwise convolution forced, in the same process
 (the A/B of `layers.depthwise_conv_same`). Prints a table and appends one record per row to
 `benchmarks/results/train_step.jsonl` (`benchmarks.records`).
 """
 import argparse
+import ast
 import contextlib
 import resource
 import statistics
@@ -24,6 +28,7 @@ import time
 from typing import Sequence
 
 import jax
+import ml_collections
 
 from benchmarks import machine
 from benchmarks import records
@@ -81,6 +86,28 @@ def time_train_step(config, steps: int, other_platforms: Sequence[str] = ()) -> 
           "stablehlo_ops": stablehlo_ops(lowered), "hlo_instructions": optimised,
           "step_s": step_s, "steps_per_s": 1 / step_s,
           "examples_per_s": config.batch_size / step_s, **other}
+
+
+def with_overrides(config, overrides: str):
+  """`config` with '+'-joined `key.path=value` overrides set (values parsed as Python
+  literals, else kept as strings); raises ValueError naming an override without '=' and
+  KeyError naming a key the config lacks."""
+  for override in filter(None, overrides.split("+")):
+    if "=" not in override:
+      raise ValueError(f"--synthetic_rows: {override!r} is not key.path=value")
+    path, text = override.split("=", 1)
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node = config
+    *parents, leaf = path.split(".")
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise KeyError(f"--synthetic_rows: the config has no key {path!r}")
+    node[leaf] = value
+  return config
 
 
 def input_batches_per_second(config, count: int) -> float:
@@ -143,6 +170,9 @@ def main() -> None:
                       help="Comma-separated other platforms (e.g. cuda, tpu) to lower each "
                            "paper-config step for as well, recording the operation count of "
                            "the program that platform's compiler would get.")
+  parser.add_argument("--synthetic_rows", default="",
+                      help="';'-separated extra configs/synthetic.py rows, each '+'-joined "
+                           "config overrides (e.g. 'model.head=rde+dataset.clip_frames=0').")
   records.add_arguments(parser)
   args = parser.parse_args()
   run = records.Run("train_step", write=not args.no_write, directory=args.results_dir)
@@ -158,6 +188,9 @@ def main() -> None:
       config.batch_size = args.batch * jax.device_count()
       configs.append((f"{backbone}, paper config", config))
   configs.append(("tiny, configs/synthetic.py", synthetic.get_config()))
+  for overrides in filter(None, args.synthetic_rows.split(";")):
+    configs.append((f"tiny, configs/synthetic.py, {overrides.replace('+', ', ')}",
+                    with_overrides(synthetic.get_config(), overrides)))
 
   rows = []
   for name, config in configs:

@@ -95,17 +95,19 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
   rng = np.random.default_rng(seed)
   crop = tuple(config.dataset.crop_size)
   size = config.batch_size
-  clip = train.clip_frames(config)
-  shapes = {"": (size,) + crop, "clip_": (size, clip) + crop}
-  prefixes = ("reference_", "previous_", "current_") + (("clip_",) if clip else ())
-  batch = {}
-  for prefix in prefixes:
-    shape = shapes.get(prefix, shapes[""])
-    batch[prefix + ("frames" if prefix == "clip_" else "frame")] = rng.integers(
-        0, 256, shape + (3,), dtype=np.uint8)
+
+  def frames_and_labels(shape):
+    frames = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
     labels = rng.integers(0, config.model.max_objects + 1, shape)
     labels[rng.random(labels.shape) < 0.1] = IGNORE_LABEL
-    batch[prefix + "labels"] = labels.astype(np.int32)
+    return frames, labels.astype(np.int32)
+
+  batch = {}
+  for name in ("reference", "previous", "current"):
+    batch[f"{name}_frame"], batch[f"{name}_labels"] = frames_and_labels((size,) + crop)
+  clip = train.clip_frames(config)
+  if clip:
+    batch["clip_frames"], batch["clip_labels"] = frames_and_labels((size, clip) + crop)
   batch["num_objects"] = np.full((size,), config.model.max_objects, np.int32)
   return batch
 
