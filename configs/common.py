@@ -70,6 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.memory_every = 5  # STM: every N-th frame joins the inference memory (paper: 5).
   config.model.memory_key_dim = 0  # Memory key channels (0: encoder channels / 8, STM's 128; RDE-VOS: 64).
   config.model.rde_affinity = "dot"  # RDE non-local affinity: "dot" (authors' theta.phi / N) or "softmax" (bounded; docs/models.md).
+  config.model.rde_norm = "none"  # RDE scale per aggregation: "none" (authors') or "inputs" (bounded on any video length; docs/models.md).
   # CFBI options (Yang et al., ECCV 2020) for the FEELVOS head; each off by default.
   config.model.background_matching = False  # Also match each object against the pixels NOT of it.
   config.model.matching_bias = False  # Learnable fg/bg biases b: d = 1 - 2 / (1 + exp(||e_p - e_q||^2 + b)).

@@ -31,6 +31,7 @@ def get_config():
   config.model.head_kernel_size = 5
   config.model.freeze_backbone_batch_norm = False
   config.model.rde_affinity = "softmax"  # From scratch at 3e-3 the authors' "dot" diverged (docs/models.md).
+  config.model.rde_norm = "inputs"  # Unscaled, the RDE grew ~3x per frame at inference (docs/models.md).
 
   config.dataset.name = "synthetic_vos/small"
   config.dataset.crop_size = (96, 96)

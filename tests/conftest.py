@@ -1,8 +1,9 @@
 """Test-wide setup: 8 fake CPU devices for sharding tests, TF kept off accelerators, one
-persistent JAX compilation cache for the session, and the `unoptimized` marker.
+persistent JAX compilation cache for the session, the `unoptimized` marker, and the module order.
 
 `XLA_FLAGS` must be set before jax is first imported, which is why this lives in conftest.
 """
+import collections
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,6 +17,21 @@ import pytest  # noqa: E402
 
 from feelvos_jax.training import train  # noqa: E402
 from tests import testing  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+  """Modules with more `slow` tests run first, then those with more tests; each module's tests
+  keep their order. Under pytest-xdist's `--dist loadfile` a free worker takes the next module,
+  so starting with the costly ones leaves the many cheap ones to even out the end instead of one
+  long module running alone (pytest.ini turns off xdist's own reordering, by test count only,
+  which left the few-but-long end-to-end modules to the end)."""
+  del config
+  def module(item):
+    return item.nodeid.split("::")[0]
+  slow = collections.Counter(module(item) for item in items
+                             if item.get_closest_marker("slow") is not None)
+  count = collections.Counter(module(item) for item in items)
+  items.sort(key=lambda item: (-slow[module(item)], -count[module(item)]))  # Stable sort.
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -330,6 +330,7 @@ def test_bias_and_attention_start_as_the_plain_model():
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 def test_all_options_train_one_step_and_propagate():
   config = synthetic.get_config()
   config.model.update(tiny_config(background_matching=True, matching_bias=True,

@@ -301,6 +301,7 @@ def test_segment_feeds_features_global_previous_local_to_one_head(tiny):
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized
 def test_training_gradients_are_finite_and_batch_stats_update(tiny):
   model, variables = tiny.model, tiny.variables
   num_objects = np.asarray(tiny.inputs["num_objects"])

@@ -68,12 +68,13 @@ def test_object_iou_matches_numpy():
 
 @pytest.fixture(scope="module")
 def initial_state():
-  """The initial state of `testing.tiny_config` on all 8 devices (the runs below compile the
-  same initialiser)."""
+  """The initial state of `testing.tiny_config` on all 8 devices, compiled `unoptimized` as
+  the sharded-step test that compares steps compiled alike."""
   config = testing.tiny_config()
   mesh = sharding.create_mesh(config.mesh)
   model = models.build_model(config.model)
-  return train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
+  with testing.unoptimized():
+    return train.create_train_state(config, model, jax.random.PRNGKey(config.seed), mesh)
 
 
 def _one_step(config, state, batch, devices):
@@ -92,12 +93,14 @@ def _one_step(config, state, batch, devices):
 @pytest.fixture(scope="module")
 def single_device_step(initial_state):
   config = testing.tiny_config()
-  state, metrics = _one_step(config, initial_state, testing.random_batch(config),
-                             jax.devices()[:1])
+  with testing.unoptimized():
+    state, metrics = _one_step(config, initial_state, testing.random_batch(config),
+                               jax.devices()[:1])
   return testing.numpy_state(state), metrics
 
 
 @pytest.mark.slow
+@pytest.mark.unoptimized  # Sharded and single-device steps compiled alike, compared.
 @pytest.mark.parametrize("fsdp", [1, 2])
 def test_sharded_step_matches_single_device(fsdp, initial_state, single_device_step):
   config = testing.tiny_config()

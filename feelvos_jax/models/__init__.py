@@ -24,6 +24,7 @@ from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax.models.feelvos import FEELVOS
 from feelvos_jax.models.nearest_neighbor import NearestNeighborVOS
 from feelvos_jax.models.rde import AFFINITIES as RDE_AFFINITIES
+from feelvos_jax.models.rde import NORMS as RDE_NORMS
 from feelvos_jax.models.rde import RDE
 from feelvos_jax.models.resnet import ResNet
 from feelvos_jax.models.stm import ENCODER_DEPTHS as STM_ENCODER_DEPTHS
@@ -133,8 +134,9 @@ def _memory_model(model_config: ml_collections.ConfigDict) -> STM | RDE:
                  dtype=DTYPES[model_config.dtype])
   if model_config.head == "stm":
     return STM(**options)
-  return RDE(**options, affinity=config_checks.one_of(model_config, "model.rde_affinity",
-                                                      RDE_AFFINITIES))
+  return RDE(**options,
+             affinity=config_checks.one_of(model_config, "model.rde_affinity", RDE_AFFINITIES),
+             norm=config_checks.one_of(model_config, "model.rde_norm", RDE_NORMS))
 
 
 def _embedding_network_options(model_config: ml_collections.ConfigDict) -> dict:

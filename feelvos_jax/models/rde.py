@@ -11,6 +11,9 @@ value [M, h, w, C_v]), updated after every frame by the spatio-temporal aggregat
     enhance  x <- x + ASPP(x)  (1x3x3 convs, rates 1 (1x1x1), 2, 4, 6 to C/4 each, ReLU,
              concatenated, a 1x3x3 conv to C and ReLU; no bias)
     squeeze  RDE_t = Conv3d 2x3x3 (no temporal padding) of x      [N, 1, h, w, C]
+    rescale  (norm "inputs") each position of RDE_t to the mean L2 norm of its two inputs
+             there, so |RDE_t| never exceeds the largest frame encoding's (norm "none": the
+             authors' unscaled output)
   one module for the keys and one for the values (authors' `MemCrompress`: `key_encoder`,
   `value_encoder`, `compress_key`, `compress_value`).
 
@@ -35,6 +38,12 @@ from feelvos_jax.models.stm import STM
 
 AFFINITIES = ("dot", "softmax")
 """The non-local affinities: the authors' dot product / N, or a softmax (docs/models.md)."""
+
+NORMS = ("none", "inputs")
+"""The RDE's scale after each aggregation: the squeeze conv's output as it is (the authors'),
+or rescaled per position to the mean norm of the two inputs (`rescale_to_inputs`)."""
+
+RESCALE_EPSILON = 1e-6
 
 ASPP_RATES = (1, 2, 4, 6)
 """Rates of the four ASPP branches (1: a 1x1x1 conv), as the authors' `ASPP3D`."""
@@ -115,33 +124,49 @@ def temporal_mean_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.
   return jnp.zeros(shape, dtype).at[:, height // 2, width // 2].set(centre)
 
 
+def rescale_to_inputs(output: jax.Array, inputs: jax.Array) -> jax.Array:
+  """output [N, h, w, C] with each position's vector scaled to the mean over the time steps of
+  the input vectors' L2 norms there (inputs [N, T, h, w, C]); float32. A zero output vector
+  stays zero."""
+  output = output.astype(jnp.float32)
+  target = jnp.mean(jnp.linalg.norm(inputs.astype(jnp.float32), axis=-1, keepdims=True), 1)
+  norm = jnp.linalg.norm(output, axis=-1, keepdims=True)
+  return output * (target / jnp.maximum(norm, RESCALE_EPSILON))
+
+
 class SpatioTemporalAggregation(nn.Module):
-  """SAM + squeeze: [N, 2, h, w, C] -> [N, h, w, C] (module docstring); `affinity` as
-  `NonLocal`'s."""
+  """SAM + squeeze (+ rescale): [N, 2, h, w, C] -> [N, h, w, C] (module docstring);
+  `affinity` as `NonLocal`'s, `norm` one of `NORMS`."""
   affinity: str = "dot"
+  norm: str = "none"
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, inputs: jax.Array) -> jax.Array:
     x = NonLocal(affinity=self.affinity, dtype=self.dtype, name="non_local")(
-        x.astype(self.dtype))
+        inputs.astype(self.dtype))
     x = x + ASPP3D(dtype=self.dtype, name="aspp")(x)
     squeezed = nn.Conv(x.shape[-1], (2, 3, 3), padding=((0, 0), (1, 1), (1, 1)),
                        dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=temporal_mean_init, name="compress")(x)
-    return squeezed[:, 0]
+                       kernel_init=temporal_mean_init, name="compress")(x)[:, 0]
+    if self.norm == "inputs":
+      return rescale_to_inputs(squeezed, inputs).astype(squeezed.dtype)
+    return squeezed
 
 
 class RDE(STM):
-  """RDE-VOS; see the module docstring. Attributes: those of `STM`, and `affinity`, the
-  non-local affinity of the aggregation modules (`AFFINITIES`, `NonLocal`)."""
+  """RDE-VOS; see the module docstring. Attributes: those of `STM`, `affinity`, the
+  non-local affinity of the aggregation modules (`AFFINITIES`, `NonLocal`), and `norm`, the
+  RDE's scale after each aggregation (`NORMS`)."""
   affinity: str = "dot"
+  norm: str = "none"
   recurrent_embedding = True
 
   def setup(self):
     super().setup()
-    self.key_aggregation = SpatioTemporalAggregation(affinity=self.affinity, dtype=self.dtype)
-    self.value_aggregation = SpatioTemporalAggregation(affinity=self.affinity,
+    self.key_aggregation = SpatioTemporalAggregation(affinity=self.affinity, norm=self.norm,
+                                                     dtype=self.dtype)
+    self.value_aggregation = SpatioTemporalAggregation(affinity=self.affinity, norm=self.norm,
                                                        dtype=self.dtype)
 
   def aggregate(self, rde_keys: jax.Array, rde_values: jax.Array, keys: jax.Array,
