@@ -215,7 +215,7 @@ def test_unknown_rde_norm_is_refused_naming_the_key():
 
 
 @pytest.mark.slow
-def test_rde_state_has_one_size_after_10_and_300_frames():
+def test_rde_state_has_one_size_after_10_and_1000_frames():
   config = _memory_config("rde")
   model = models.build_model(config.model).clone(max_objects=2)
   variables = jax.jit(model.init)(jax.random.key(0), *models.example_inputs(model))
@@ -238,13 +238,13 @@ def test_rde_state_has_one_size_after_10_and_300_frames():
     start = memory_propagation.start_video(model, variables, frames, labels, num_slots=2)
     return jax.lax.fori_loop(0, num_frames, step, start)
 
-  states = [run(n) for n in (10, 300)]
+  states = [run(n) for n in (10, 1000)]
   first = np.abs(np.asarray(run(0)["extra_values"])).max()
   assert np.abs(np.asarray(states[1]["extra_values"])).max() < 10 * first  # Bounded.
   sizes = [{k: (v.shape, v.dtype) for k, v in state.items()} for state in states]
   assert sizes[0] == sizes[1]
   assert sizes[0]["extra_keys"][0] == (2, 1, 1, 16)  # [S, h16, w16, C_k]: one RDE slot.
-  assert int(states[1]["time"]) == 300 and int(jnp.sum(states[1]["memory_valid"])) == 1
+  assert int(states[1]["time"]) == 1000 and int(jnp.sum(states[1]["memory_valid"])) == 1
 
 
 @pytest.mark.slow
