@@ -180,6 +180,9 @@ def test_rescale_to_inputs_matches_numpy():
   norm = np.linalg.norm(output, axis=-1, keepdims=True)
   expected = np.where(norm > 0, output / np.where(norm > 0, norm, 1.0) * target, 0.0)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  gradients = jax.grad(lambda o, i: jnp.sum(rde.rescale_to_inputs(o, i)), argnums=(0, 1))(
+      jnp.asarray(output), jnp.zeros_like(jnp.asarray(inputs)))
+  assert all(np.isfinite(np.asarray(g)).all() for g in gradients)  # Zero vectors included.
 
 
 def test_rescaled_rde_stays_bounded_where_a_high_gain_one_diverges():

@@ -44,6 +44,7 @@ NORMS = ("none", "inputs")
 or rescaled per position to the mean norm of the two inputs (`rescale_to_inputs`)."""
 
 RESCALE_EPSILON = 1e-6
+"""The smallest norm `rescale_to_inputs` divides by or scales to (keeps its gradient finite)."""
 
 ASPP_RATES = (1, 2, 4, 6)
 """Rates of the four ASPP branches (1: a 1x1x1 conv), as the authors' `ASPP3D`."""
@@ -124,14 +125,19 @@ def temporal_mean_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.
   return jnp.zeros(shape, dtype).at[:, height // 2, width // 2].set(centre)
 
 
+def _norm(x: jax.Array) -> jax.Array:
+  """L2 norm over the last axis (kept), at least RESCALE_EPSILON: finite gradient at zero."""
+  squared = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+  return jnp.sqrt(jnp.maximum(squared, RESCALE_EPSILON ** 2))
+
+
 def rescale_to_inputs(output: jax.Array, inputs: jax.Array) -> jax.Array:
   """output [N, h, w, C] with each position's vector scaled to the mean over the time steps of
-  the input vectors' L2 norms there (inputs [N, T, h, w, C]); float32. A zero output vector
-  stays zero."""
-  output = output.astype(jnp.float32)
-  target = jnp.mean(jnp.linalg.norm(inputs.astype(jnp.float32), axis=-1, keepdims=True), 1)
-  norm = jnp.linalg.norm(output, axis=-1, keepdims=True)
-  return output * (target / jnp.maximum(norm, RESCALE_EPSILON))
+  the input vectors' L2 norms there (inputs [N, T, h, w, C]); float32. Norms below
+  RESCALE_EPSILON count as RESCALE_EPSILON, so a zero output vector stays zero and the
+  gradient stays finite."""
+  target = jnp.mean(_norm(inputs), axis=1)
+  return output.astype(jnp.float32) * (target / _norm(output))
 
 
 class SpatioTemporalAggregation(nn.Module):
