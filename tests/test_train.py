@@ -198,6 +198,20 @@ def test_missing_pretrained_file_fails_before_anything(tmp_path, in_memory_video
   assert not (tmp_path / "workdir").exists()
 
 
+def test_weights_that_do_not_fit_fail_before_the_initialiser_compiles(tmp_path, monkeypatch,
+                                                                      in_memory_videos):
+  weights_file = tmp_path / "unrelated.npz"
+  np.savez(weights_file, **{"encoder.weight": np.zeros((8, 3, 3, 3), np.float32)})
+  config = testing.tiny_config()
+  config.model.backbone, config.model.pretrained = "resnet50", str(weights_file)
+
+  def compiled(*args, **kwargs):
+    raise AssertionError("the initialiser was compiled before the weights were checked")
+  monkeypatch.setattr(train, "materialize_train_state", compiled)
+  with pytest.raises(ValueError, match=r"filled 0 of the 265 variables of the resnet50"):
+    train.train_and_evaluate(config, str(tmp_path / "workdir"), evaluate=False)
+
+
 def test_unknown_backbone_fails_before_anything(tmp_path, in_memory_videos):
   config = testing.tiny_config()
   config.model.backbone = "vgg16"

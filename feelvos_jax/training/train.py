@@ -342,12 +342,14 @@ def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
     checkpointer.check_compatible(latest, config, abstract_state)
     logging.info("Resuming from checkpoint %d in %s.", latest, checkpointer.directory)
     return checkpointer.restore(latest, abstract_state)
+  options = dict(min_backbone_fraction=config.model.pretrained_min_fraction,
+                 allow_partial=config.model.pretrained_allow_partial, head=config.model.head)
+  if config.model.pretrained:  # A file that does not fit fails before the initialiser compiles.
+    weights.load_pretrained(abstract_state.params, abstract_state.batch_stats,
+                            config.model.pretrained, config.model.backbone, **options)
   state = materialize_train_state(init, abstract_state, jax.random.PRNGKey(config.seed), mesh)
   if config.model.pretrained:
-    state = load_pretrained(state, config.model.pretrained, config.model.backbone,
-                            min_backbone_fraction=config.model.pretrained_min_fraction,
-                            allow_partial=config.model.pretrained_allow_partial,
-                            head=config.model.head)
+    state = load_pretrained(state, config.model.pretrained, config.model.backbone, **options)
   return state
 
 
