@@ -2,7 +2,8 @@
 
 API: `train_and_evaluate(config, workdir)` (what `main.py` runs), `validate_config`,
 `create_train_state` (= `init_fn_and_abstract_state` + `materialize_train_state`),
-`compile_train_step` / `train_step`, `load_pretrained`, `object_iou`.
+`compile_train_step` / `train_step`, `load_pretrained` (= `read_pretrained` +
+`place_pretrained`), `object_iou`.
 
 The loss follows `config.model.head` (`training.objectives`: each head's training forward pass
 and loss).
@@ -24,7 +25,6 @@ from typing import Any, Callable, Optional
 from absl import logging
 import flax
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -178,31 +178,48 @@ def create_train_state(config: ml_collections.ConfigDict, model: flax.linen.Modu
   return materialize_train_state(init, abstract, rng, mesh)
 
 
-def load_pretrained(state: TrainState, path: str, backbone: str, *,
+def read_pretrained(params: Any, batch_stats: Any, path: str, backbone: str, *,
                     min_backbone_fraction: float = 1.0, allow_partial: bool = False,
-                    head: str = "feelvos") -> TrainState:
-  """`state` with the variables of a pretrained file (see feelvos_jax/training/weights.py) in
-  place of their initialisation, in the same shardings; the optimizer state is untouched (it
-  does not depend on the parameter values at step 0).
+                    head: str = "feelvos") -> tuple[Any, Any]:
+  """The (params, batch_stats) trees of a pretrained file (see feelvos_jax/training/weights.py)
+  for variables shaped as `params` / `batch_stats` (arrays or `jax.ShapeDtypeStruct`s: only
+  shapes and dtypes are read, so this runs before any initialisation): the file's value where
+  it has one, the given leaf elsewhere.
 
   Logs `loaded N of M variables` with the names left unmatched on either side (WARNING when
   there are any). ValueError naming the file for what `weights.load_pretrained` refuses, e.g.
   fewer than `min_backbone_fraction` of the backbone's variables unless `allow_partial`.
   """
-  params, batch_stats = multihost_utils.process_allgather((state.params, state.batch_stats),
-                                                          tiled=True)
   params, batch_stats, report = weights.load_pretrained(
       params, batch_stats, path, backbone, min_backbone_fraction=min_backbone_fraction,
       allow_partial=allow_partial, head=head)
   level = logging.WARNING if report.missing or report.unexpected else logging.INFO
   logging.log(level, "Pretrained %s: %s", path, report.summary())
+  return params, batch_stats
 
+
+def place_pretrained(state: TrainState, loaded: tuple[Any, Any]) -> TrainState:
+  """`state` with the values of `read_pretrained(...)` (read from the state's shapes) in place of
+  their initialisation, in the same shardings; leaves the file did not fill (still
+  ShapeDtypeStructs) and the optimizer state (it does not depend on the parameter values at
+  step 0) are kept."""
   def place(value: Any, like: jax.Array) -> jax.Array:
+    if isinstance(value, jax.ShapeDtypeStruct):
+      return like
     value = np.asarray(value)
     return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
 
+  params, batch_stats = loaded
   return state.replace(params=jax.tree.map(place, params, state.params),
                        batch_stats=jax.tree.map(place, batch_stats, state.batch_stats))
+
+
+def load_pretrained(state: TrainState, path: str, backbone: str, **options: Any) -> TrainState:
+  """`place_pretrained(state, read_pretrained(...))` for `state`'s shapes; `options` as
+  `read_pretrained`'s."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (state.params, state.batch_stats))
+  return place_pretrained(state, read_pretrained(*shapes, path, backbone, **options))
 
 
 def object_iou(logits: jax.Array, labels: jax.Array, num_objects: jax.Array) -> jax.Array:
@@ -342,15 +359,15 @@ def _restore_or_initialize(checkpointer: checkpointing.Checkpointer,
     checkpointer.check_compatible(latest, config, abstract_state)
     logging.info("Resuming from checkpoint %d in %s.", latest, checkpointer.directory)
     return checkpointer.restore(latest, abstract_state)
-  options = dict(min_backbone_fraction=config.model.pretrained_min_fraction,
-                 allow_partial=config.model.pretrained_allow_partial, head=config.model.head)
-  if config.model.pretrained:  # A file that does not fit fails before the initialiser compiles.
-    weights.load_pretrained(abstract_state.params, abstract_state.batch_stats,
-                            config.model.pretrained, config.model.backbone, **options)
+  loaded = None
+  if config.model.pretrained:  # Read first: a file that does not fit fails before compiling.
+    loaded = read_pretrained(abstract_state.params, abstract_state.batch_stats,
+                             config.model.pretrained, config.model.backbone,
+                             min_backbone_fraction=config.model.pretrained_min_fraction,
+                             allow_partial=config.model.pretrained_allow_partial,
+                             head=config.model.head)
   state = materialize_train_state(init, abstract_state, jax.random.PRNGKey(config.seed), mesh)
-  if config.model.pretrained:
-    state = load_pretrained(state, config.model.pretrained, config.model.backbone, **options)
-  return state
+  return state if loaded is None else place_pretrained(state, loaded)
 
 
 def _write_train_metrics(writer: Any, step: int, fetched: list[tuple[int, dict[str, float]]],
