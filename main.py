@@ -77,10 +77,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _run() -> None:
   if _CONFIG.value.get("task", "vos") == "vis":  # Video instance segmentation (configs/ytvis.py).
+    from feelvos_jax.vis import export as vis_export  # pylint: disable=g-import-not-at-top
     from feelvos_jax.vis import train as vis_train  # pylint: disable=g-import-not-at-top
     if _MODE.value == "export":
-      raise ValueError("--mode=export is not available for video instance segmentation yet")
-    if _MODE.value == "evaluate":
+      vis_export.export(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "evaluate":
       vis_train.evaluate(_CONFIG.value, _WORKDIR.value)
     else:
       vis_train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,

@@ -53,14 +53,14 @@ def main(argv):
   params = {"dataset": config.dataset.name, "videos": len(videos), "step": step,
             "backbone": config.model.backbone}
   for name, changes in _VARIANTS.items():
-    segmenter = inference.VideoSegmenter(model, variables, tuple(config.dataset.max_size),
-                                         dataclasses.replace(base, **changes))
+    segmenter = inference.VideoSegmenter.from_model(
+        model, variables, tuple(config.dataset.max_size), dataclasses.replace(base, **changes))
     results, _ = inference.segment_videos(segmenter, videos)
     scores = metrics.evaluate(truth, results)
     print(f"{name}:\n{metrics.format_table(scores)}")
     run.append([config.dataset.name, name], {k: records.figure(v) for k, v in scores.items()},
                kind="accuracy", table="accuracy", params=dict(params, variant=name))
-  segmenter = inference.VideoSegmenter(model, variables, (640, 360), base)
+  segmenter = inference.VideoSegmenter.from_model(model, variables, (640, 360), base)
   frames = np.random.default_rng(0).integers(0, 256, (_SPEED_FRAMES.value, 360, 640, 3),
                                              dtype=np.uint8)
   segmenter.segment(frames[:2], 0)  # Compiles.

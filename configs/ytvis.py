@@ -36,12 +36,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model ---
   config.model = ml_collections.ConfigDict()
-  config.model.backbone = "resnet50"  # Paper: ResNet-50, COCO Mask R-CNN init (not imported).
+  config.model.backbone = "resnet50"  # Paper: ResNet-50 from COCO Mask R-CNN (model.pretrained: ImageNet).
   config.model.num_classes = 40  # YouTube-VIS categories (paper: 40, plus background).
   config.model.fpn_channels = 256  # Paper: FPN out_channels 256.
   config.model.fc_dim = 1024  # Paper: box head and tracking head fc_out_channels 1024.
   config.model.mask_channels = 256  # Paper: FCN mask head conv_out_channels 256.
   config.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16".
+  config.model.pretrained = ""  # torchvision ResNet .npz into the backbone (paper: COCO Mask R-CNN).
 
   # --- Targets (train_cfg) ---
   config.targets = ml_collections.ConfigDict()
@@ -72,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.max_size = (640, 360)  # Paper: img_scale (640, 360), keep ratio, padded to x32.
   config.dataset.flip_probability = 0.5  # Paper: flip_ratio 0.5 (both frames of a pair).
   config.dataset.shuffle_buffer = 64  # Videos in the tf.data shuffle buffer.
+
+  # --- Export (main.py --mode=export, feelvos_jax/vis/export.py) ---
+  config.export = ml_collections.ConfigDict()
+  config.export.platforms = ("cpu", "cuda", "tpu")  # jax.export lowering platforms of the bundle.
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # Devices on the `data` axis (batch sharded); -1: all remaining.

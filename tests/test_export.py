@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from feelvos_jax.inference import bundle as bundle_lib
 from feelvos_jax.inference import export as export_lib
+from feelvos_jax.vis import export as vis_export
 from tests import testing
 
 
@@ -114,3 +116,18 @@ def test_bad_export_config(key, value, message):
 def test_load_rejects_a_folder_without_a_bundle(tmp_path):
   with pytest.raises(FileNotFoundError, match="not an inference bundle"):
     export_lib.load(tmp_path)
+
+
+def test_a_bundle_of_another_kind_is_refused_naming_its_loader(tmp_path):
+  vis = bundle_lib.write(tmp_path / "vis", {"format": bundle_lib.VIS.format}, lambda folder: None)
+  with pytest.raises(ValueError, match=f"{vis} holds a video instance segmentation bundle, not "
+                                       f"an inference bundle: load it with "
+                                       f"feelvos_jax.vis.export.load"):
+    export_lib.load(vis)
+  vos = bundle_lib.write(tmp_path / "vos", {"format": bundle_lib.VOS.format}, lambda folder: None)
+  with pytest.raises(ValueError, match="not a video instance segmentation bundle: load it with "
+                                       "feelvos_jax.inference.export.load"):
+    vis_export.load(vos)
+  with pytest.raises(FileNotFoundError, match="not a video instance segmentation bundle: no "
+                                              "manifest.json"):
+    vis_export.load(tmp_path)

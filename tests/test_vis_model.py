@@ -1,7 +1,8 @@
 """MaskTrack R-CNN's model, targets, detection post-processing and tracker: shapes, formulas
-against NumPy, the authors' assignment rule on hand-made detections, and (slow) one training
-step, the end-to-end train -> evaluate -> results JSON run on `synthetic_vis/tiny` and the
-paper's ResNet-50 network traced for its shapes."""
+against NumPy, the authors' assignment rule on hand-made detections, and (slow) the loss and
+gradients of 8 pairs (the same with the batch sharded over 8 fake devices), the end-to-end train -> evaluate -> results JSON -> export -> bundle run on
+`synthetic_vis/tiny` (the bundle's results equal in-process ones) and the paper's ResNet-50
+network traced for its shapes."""
 import json
 import os
 import subprocess
@@ -9,13 +10,17 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from feelvos_jax.training import sharding
 from feelvos_jax.vis import detect
+from feelvos_jax.vis import export as vis_export
 from feelvos_jax.vis import heads
 from feelvos_jax.vis import inference
 from feelvos_jax.vis import losses
+from feelvos_jax.vis import train as vis_train
 from feelvos_jax.vis import train_step
 from feelvos_jax.vis.model import MaskTrackRCNN
 
@@ -95,37 +100,60 @@ def _tiny_model():
                        mask_channels=16)
 
 
+def _tiny_batch(batch_size, height=64, width=64):
+  """`batch_size` pairs: two instances (categories 1 and 2) in the same boxes, random images;
+  the first instance is in the reference frame, the second is new."""
+  boxes = np.asarray([[8, 8, 30, 28], [36, 30, 60, 60], [0, 0, 0, 0]], np.float32)
+  masks = np.zeros((height, width, 3), np.uint8)
+  masks[8:28, 8:30, 0] = 1
+  masks[30:60, 36:60, 1] = 1
+  rng = np.random.default_rng(0)
+  tile = lambda x: np.repeat(x[None], batch_size, axis=0)
+  images = lambda: rng.uniform(-1, 1, (batch_size, height, width, 3)).astype(np.float32)
+  return {"image": images(), "reference_image": images(),
+          "image_size": tile(np.asarray([height, width], np.int32)), "boxes": tile(boxes),
+          "labels": tile(np.asarray([1, 2, 0], np.int32)), "masks": tile(masks),
+          "reference_boxes": tile(boxes), "reference_labels": tile(np.asarray([1, 2, 0], np.int32)),
+          "reference_index": tile(np.asarray([1, 0, 0], np.int32))}
+
+
 @pytest.mark.slow
 @pytest.mark.unoptimized
-def test_losses_are_finite_and_trainable_on_a_tiny_batch():
+def test_losses_are_finite_trainable_and_the_same_sharded_over_8_devices():
+  """The loss and gradients of 8 pairs: finite, reaching the tracking head, and the same with
+  the batch split over the 8 fake devices (the training loop's batch sharding) as on one."""
   model = _tiny_model()
-  batch_size, height, width, slots = 1, 64, 64, 3
-  boxes = np.asarray([[[8, 8, 30, 28], [36, 30, 60, 60], [0, 0, 0, 0]]], np.float32)
-  masks = np.zeros((batch_size, height, width, slots), np.uint8)
-  masks[0, 8:28, 8:30, 0] = 1
-  masks[0, 30:60, 36:60, 1] = 1
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.uniform(-1, 1, (batch_size, height, width, 3)).astype(np.float32),
-           "reference_image": rng.uniform(-1, 1, (batch_size, height, width, 3)).astype(
-               np.float32),
-           "image_size": np.asarray([[height, width]], np.int32), "boxes": boxes,
-           "labels": np.asarray([[1, 2, 0]], np.int32), "masks": masks,
-           "reference_boxes": boxes, "reference_labels": np.asarray([[1, 2, 0]], np.int32),
-           "reference_index": np.asarray([[1, 0, 0]], np.int32)}
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, height, width, 3)))
-  loss_fn = jax.jit(jax.value_and_grad(
-      lambda p: train_step.compute_losses(model, {"params": p}, batch, jax.random.PRNGKey(1),
-                                          losses.TargetConfig(rpn_samples=16, rcnn_samples=16)),
-      has_aux=True))
-  (loss, metrics), grads = loss_fn(variables["params"])
+  batch = _tiny_batch(8)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+
+  def loss_and_grads(params, batch):
+    return jax.value_and_grad(
+        lambda p: train_step.compute_losses(model, {"params": p}, batch, jax.random.PRNGKey(1),
+                                            losses.TargetConfig(rpn_samples=16,
+                                                                rcnn_samples=16)),
+        has_aux=True)(params)
+
+  (loss, metrics), grads = jax.jit(loss_and_grads)(variables["params"], batch)
   assert np.isfinite(float(loss)) and metrics["positives"] > 0
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   track_grad = grads["track_head"]["fc2"]["kernel"]
   assert float(jnp.abs(track_grad).sum()) > 0  # The tracking loss reaches its head.
+  mesh = sharding.create_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
+  assert mesh.devices.size == 8
+  sharded_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  replicated = jax.device_put(variables["params"], sharding.replicated_sharding(mesh))
+  (sharded_loss, sharded_metrics), sharded_grads = jax.jit(loss_and_grads)(replicated,
+                                                                           sharded_batch)
+  np.testing.assert_allclose(float(sharded_loss), float(loss), rtol=1e-5)
+  for name in metrics:
+    np.testing.assert_allclose(float(sharded_metrics[name]), float(metrics[name]), rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.device_get(sharded_grads), jax.device_get(grads))
 
 
 @pytest.mark.slow
-def test_train_evaluate_and_results_json_end_to_end(tmp_path):
+def test_train_evaluate_export_and_bundle_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   overrides = ["--config.dataset.name=synthetic_vis/tiny", "--config.dataset.max_size=(64,64)",
                "--config.num_train_steps=2", "--config.log_every_steps=1",
@@ -154,6 +182,27 @@ def test_train_evaluate_and_results_json_end_to_end(tmp_path):
                            f"--annotations={predictions / 'instances.json'}"],
                           cwd=_ROOT, check=True, capture_output=True, text=True)
   assert scored.stdout.splitlines()[-1] in evaluated.stdout
+  subprocess.run(command + ["--mode=export", "--config.export.platforms=('cpu',)"], cwd=_ROOT,
+                 env=env, check=True, capture_output=True, text=True)
+  loaded = vis_export.load(workdir / "export")
+  assert sorted(p.name for p in (workdir / "export" / "functions").iterdir()) == [
+      "detect_64x64.bin"]
+  assert loaded.checkpoint_step == 2 and set(loaded.variables) == {"params", "batch_stats"}
+  model = vis_train.build_model(loaded.config)
+  variables, _ = vis_train.restore_variables(loaded.config, str(workdir), model)
+  in_process = inference.VideoSegmenter.from_model(
+      model, variables, (64, 64), vis_train.inference_config(loaded.config))
+  videos = list(vis_train.decoded_videos(vis_train.load_builder(loaded.config), "validation", 2))
+  instances = 0
+  for video in videos:
+    frames, video_id = video["video"]["frames"], int(video["video"]["id"])
+    expected, got = in_process.segment(frames, video_id), loaded.segment(frames, video_id)
+    assert [r["segmentations"] for r in got] == [r["segmentations"] for r in expected]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected],
+                               rtol=1e-5)
+    assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
+    instances += len(expected)
+  assert instances  # Detections were compared.
 
 
 @pytest.mark.slow

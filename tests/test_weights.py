@@ -11,8 +11,11 @@ import pytest
 import tensorflow as tf
 
 from configs import common
+from configs import ytvis
 from feelvos_jax.models import build_model
+from feelvos_jax.training import sharding
 from feelvos_jax.training import weights
+from feelvos_jax.vis import train as vis_train
 
 HEAD_LAYERS = 2
 BN_TF = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -378,3 +381,33 @@ def test_unreadable_files_are_errors_naming_them(resnet_variables, tmp_path):
     with pytest.raises(ValueError) as error:
       weights.load_pretrained(params, batch_stats, path, "resnet50")
     assert_one_line_naming(error, f"config.model.pretrained={path!r}", fragment)
+
+
+def test_torchvision_npz_fills_the_masktrack_pyramid_before_anything_compiles(tmp_path):
+  """configs/ytvis.py with model.pretrained: the torchvision ResNet-50 lands in the pyramid's
+  encoder (read from the abstract train state's shapes), FPN and heads keep their values; a
+  backbone the file cannot fill is refused naming the key."""
+  config = ytvis.get_config()
+  model = vis_train.build_model(config)
+  _, abstract = vis_train.abstract_train_state(
+      config, model, vis_train.create_optimizer(config), sharding.create_mesh(config.mesh))
+  state = torchvision_resnet50_state(np.random.default_rng(7))
+  config.model.pretrained = str(tmp_path / "resnet50.npz")
+  np.savez(config.model.pretrained, **state)
+  params, batch_stats = vis_train.read_pretrained(config, abstract)
+  to_flax = lambda a: np.transpose(a, (2, 3, 1, 0))
+  encoder = params["encoder"]
+  np.testing.assert_array_equal(encoder["conv1"]["kernel"], to_flax(state["conv1.weight"]))
+  np.testing.assert_array_equal(encoder["layer3_5"]["conv2"]["kernel"],
+                                to_flax(state["layer3.5.conv2.weight"]))
+  np.testing.assert_array_equal(encoder["layer2_0"]["downsample_1"]["scale"],
+                                state["layer2.0.downsample.1.weight"])
+  np.testing.assert_array_equal(batch_stats["encoder"]["layer4_2"]["bn3"]["mean"],
+                                state["layer4.2.bn3.running_mean"])
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(encoder))
+  assert all(isinstance(leaf, jax.ShapeDtypeStruct)
+             for leaf in jax.tree.leaves((params["neck"], params["track_head"])))
+  config.model.backbone = "tiny"
+  with pytest.raises(ValueError, match=r"config\.model\.backbone='tiny'.*'resnet50' or "
+                                       r"'resnet101'"):
+    vis_train.read_pretrained(config, abstract)

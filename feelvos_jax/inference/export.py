@@ -27,11 +27,7 @@ file against the manifest before reading any: a missing, truncated or changed fi
 """
 import dataclasses
 import functools
-import hashlib
-import json
-import shutil
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
-import uuid
 
 from absl import logging
 from etils import epath
@@ -45,6 +41,7 @@ from feelvos_jax import config_checks
 from feelvos_jax import console
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import models
+from feelvos_jax.inference import bundle
 from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import memory_propagation
 from feelvos_jax.inference import propagation
@@ -52,12 +49,6 @@ from feelvos_jax.training import checkpointing
 from feelvos_jax.training import integrity
 from feelvos_jax.training import workdir_lock
 
-FORMAT = "feelvos_jax.export/2"
-"""Bundle format written into manifest.json and checked by `load` (2: with checksums; `load`
-refuses other formats, asking for a new export)."""
-
-MANIFEST = "manifest.json"
-"""The bundle file that `load` reads first: format, contents and the checksums of the others."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,52 +153,40 @@ def export_functions(model: Any, variables: Any, bucket: Bucket, max_reference_f
   return serialized
 
 
-def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
-  """SHA-256 of the manifest's canonical JSON without its own "checksum" entry."""
-  content = {key: value for key, value in manifest.items() if key != "checksum"}
-  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _write_bundle(folder: epath.Path, config: ml_collections.ConfigDict, variables: Any,
-                  step: int, buckets: Sequence[Bucket],
-                  functions: Mapping[str, bytes]) -> None:
-  """Writes the bundle's files into the new `folder`, manifest.json (with their checksums)
-  last."""
-  (folder / "functions").mkdir(parents=True)
+def _write_files(folder: epath.Path, config: ml_collections.ConfigDict, variables: Any,
+                 functions: Mapping[str, bytes]) -> None:
+  """Writes the bundle's functions, weights and config into the new `folder`."""
+  (folder / "functions").mkdir()
   for file_name, data in functions.items():
     (folder / "functions" / file_name).write_bytes(bytes(data))
+  write_variables(folder, variables)
+  (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def write_variables(folder: epath.Path, variables: Any) -> None:
+  """`variables` (a pytree of arrays) into `folder`/variables (orbax StandardSave)."""
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(folder / "variables", variables)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
-  manifest = {
-      "format": FORMAT,
-      "checkpoint_step": int(step),
-      "jax_version": jax.__version__,
-      "platforms": list(config.export.platforms),
-      "max_reference_frames": int(config.export.max_reference_frames),
-      "buckets": [dict(dataclasses.asdict(b),
-                       **_function_files(b, exported_reference_frames(config)))
-                  for b in buckets],
-      "files": integrity.file_checksums(folder),
-  }
-  manifest["checksum"] = _manifest_checksum(manifest)
-  (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
-def _replace_folder(source: epath.Path, destination: epath.Path) -> None:
-  """Renames `source` to `destination`, replacing an existing bundle there.
+def read_variables(folder: epath.Path) -> Any:
+  """What `write_variables` wrote into `folder`, on the first device."""
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(folder / "variables").item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  variables = checkpointer.restore(folder / "variables", abstract)
+  checkpointer.close()
+  return variables
 
-  The previous bundle is renamed aside first (`.<name>.old-*`, read by `load` if a crash stops
-  the swap there) and deleted after, with what interrupted exports left beside `destination`.
-  """
-  if destination.exists():
-    destination.rename(destination.parent / f".{destination.name}.old-{uuid.uuid4().hex}")
-  source.rename(destination)
-  for pattern in (f".{destination.name}.old-*", f".{destination.name}.tmp-*"):
-    for leftover in destination.parent.glob(pattern):
-      shutil.rmtree(leftover)
+
+def read_function(folder: epath.Path, file_name: str) -> Any:
+  """The jitted call of the `jax.export`-serialized function `folder`/functions/`file_name`."""
+  exported = jax.export.deserialize(bytearray((folder / "functions" / file_name).read_bytes()))
+  return jax.jit(exported.call)
 
 
 def export(config: ml_collections.ConfigDict, workdir: str,
@@ -246,64 +225,21 @@ def _export(config: ml_collections.ConfigDict, workdir: str, export_dir: Optiona
                  bucket.objects_per_chunk, bucket.num_chunks, platforms)
     functions.update(export_functions(model, variables, bucket,
                                       config.export.max_reference_frames, platforms))
-  destination = epath.Path(export_dir or epath.Path(workdir) / "export")
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  temporary = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex}"
-  try:
-    _write_bundle(temporary, config, variables, step, buckets, functions)
-    _replace_folder(temporary, destination)
-  finally:
-    if temporary.exists():
-      shutil.rmtree(temporary)
+  entries = {
+      "format": bundle.VOS.format,
+      "checkpoint_step": int(step),
+      "jax_version": jax.__version__,
+      "platforms": list(platforms),
+      "max_reference_frames": int(config.export.max_reference_frames),
+      "buckets": [dict(dataclasses.asdict(b),
+                       **_function_files(b, exported_reference_frames(config)))
+                  for b in buckets],
+  }
+  destination = bundle.write(
+      export_dir or epath.Path(workdir) / "export", entries,
+      lambda folder: _write_files(folder, config, variables, functions))
   logging.info("Wrote the inference bundle of step %d to %s", step, destination)
   return destination
-
-
-def _bundle_folder(path: epath.Path) -> epath.Path:
-  """`path`, or the previous bundle beside it when a crash stopped an export's swap (`path` is
-  missing and exactly one `.<name>.old-*` folder is there)."""
-  if path.exists() or not path.parent.exists():
-    return path
-  previous = list(path.parent.glob(f".{path.name}.old-*"))
-  if len(previous) != 1:
-    return path
-  logging.warning("%s is missing: an export stopped while replacing it. Loading the previous "
-                  "bundle, left at %s; the next export writes a bundle to %s again.", path,
-                  previous[0], path)
-  return previous[0]
-
-
-def _read_manifest(folder: epath.Path) -> dict[str, Any]:
-  """The manifest of the bundle in `folder`, once it and every file it lists are verified.
-
-  Raises:
-    FileNotFoundError: `folder` has no manifest.json.
-    ValueError: the bundle has another format (another version wrote it: export again).
-    integrity.IntegrityError: manifest.json cannot be parsed or was edited, or a file it lists
-      is missing or has another size or SHA-256; the message names the file.
-  """
-  manifest_path = folder / MANIFEST
-  if not manifest_path.exists():
-    raise FileNotFoundError(f"{folder} is not an inference bundle: no {MANIFEST}")
-  try:
-    manifest = integrity.read_json(manifest_path)
-  except integrity.IntegrityError as error:
-    raise integrity.IntegrityError(f"{error}: export the checkpoint again") from error
-  if not isinstance(manifest, dict):
-    raise integrity.IntegrityError(f"{manifest_path} holds a JSON {type(manifest).__name__}, "
-                                   f"not the manifest's object")
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, this version reads "
-                     f"{FORMAT!r}: export the checkpoint again (main.py --mode=export)")
-  if manifest.get("checksum") != _manifest_checksum(manifest):
-    raise integrity.IntegrityError(f"{manifest_path} was changed after it was written (its "
-                                   f"checksum does not match its content): export the "
-                                   f"checkpoint again")
-  found = integrity.problems(folder, manifest["files"], MANIFEST)
-  if found:
-    raise integrity.IntegrityError(f"Inference bundle {folder} is damaged: {'; '.join(found)}. "
-                                   f"Export the checkpoint again.")
-  return manifest
 
 
 class ExportedModel:
@@ -318,8 +254,8 @@ class ExportedModel:
       integrity.IntegrityError: a file of the bundle is missing, truncated, changed or cannot
         be parsed; the message names it.
     """
-    self.path = _bundle_folder(epath.Path(path))
-    manifest = _read_manifest(self.path)
+    self.path = bundle.resolve(path)
+    manifest = bundle.read_manifest(self.path, bundle.VOS)
     self.manifest = manifest
     self.config = ml_collections.ConfigDict(integrity.read_json(self.path / "config.json"))
     self.checkpoint_step = manifest["checkpoint_step"]
@@ -330,20 +266,12 @@ class ExportedModel:
       bucket = Bucket(**{field: entry[field] for field in fields})
       self.buckets.append(bucket)
       self._files[bucket.name] = {"start": entry["start"], "steps": entry["steps"]}
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(self.path / "variables").item_metadata.tree
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-    self.variables = checkpointer.restore(self.path / "variables", abstract)
-    checkpointer.close()
+    self.variables = read_variables(self.path)
     self._functions = {}
 
   def _function(self, file_name: str) -> Any:
     if file_name not in self._functions:
-      exported = jax.export.deserialize(
-          bytearray((self.path / "functions" / file_name).read_bytes()))
-      self._functions[file_name] = jax.jit(exported.call)
+      self._functions[file_name] = read_function(self.path, file_name)
     return self._functions[file_name]
 
   def bucket_for(self, height: int, width: int, num_objects: int) -> Bucket:

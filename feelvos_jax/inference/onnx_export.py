@@ -23,12 +23,8 @@ StableHLO bundle (`export.export_buckets`). `load(path)` verifies the files and 
 (jax2onnx, after the rewrite of `onnx_graph`) and what it measured: docs/inference.md ("ONNX").
 """
 import dataclasses
-import hashlib
 import importlib.util
-import json
-import shutil
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
-import uuid
 
 from absl import logging
 from etils import epath
@@ -40,6 +36,7 @@ import numpy as np
 from feelvos_jax import console
 from feelvos_jax import FEATURE_STRIDE
 from feelvos_jax import models
+from feelvos_jax.inference import bundle
 from feelvos_jax.inference import export as stablehlo_export
 from feelvos_jax.inference import host_loop
 from feelvos_jax.inference import onnx_graph
@@ -48,11 +45,6 @@ from feelvos_jax.matching import global_maps
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import integrity
 from feelvos_jax.training import workdir_lock
-
-FORMAT = "feelvos_jax.onnx/1"
-"""Format written into manifest.json and checked by `load`."""
-
-MANIFEST = "manifest.json"
 
 STATE_INPUTS = ("reference_embedding", "reference_labels", "previous_embedding",
                 "previous_labels", "previous_probs")
@@ -125,11 +117,6 @@ def export_models(model: Any, variables: Any, bucket: stablehlo_export.Bucket,
   return serialized
 
 
-def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
-  content = {key: value for key, value in manifest.items() if key != "checksum"}
-  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
 def export(config: ml_collections.ConfigDict, workdir: str,
            export_dir: Optional[str] = None) -> epath.Path:
   """Writes the ONNX models of the latest checkpoint in `<workdir>/checkpoints`.
@@ -166,34 +153,23 @@ def export(config: ml_collections.ConfigDict, workdir: str,
 
 def write(destination: epath.PathLike, config: ml_collections.ConfigDict, model: Any,
           variables: Any, step: int, buckets: Sequence[stablehlo_export.Bucket]) -> None:
-  """Writes the models of `buckets` with `variables` (and the manifest, config.json) into a
-  temporary folder renamed to `destination` (replaced if it exists)."""
-  destination = epath.Path(destination)
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  temporary = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex}"
-  try:
-    temporary.mkdir()
+  """Writes the models of `buckets` with `variables`, config.json and the manifest as a bundle
+  at `destination` (`bundle.write`: replaced whole if it exists, never left half-written)."""
+  def fill(folder: epath.Path) -> None:
     for bucket in console.progress(buckets, desc="Exporting ONNX buckets", unit="bucket"):
       files = export_models(model, variables, bucket, config.export.max_reference_frames)
       for file_name, data in files.items():
-        (temporary / file_name).write_bytes(data)
-    (temporary / "config.json").write_text(config.to_json_best_effort(indent=2))
-    manifest = {
-        "format": FORMAT, "checkpoint_step": int(step), "opset": onnx_graph.OPSET,
-        "max_reference_frames": int(config.export.max_reference_frames),
-        "buckets": [dict(dataclasses.asdict(b),
-                         **_file_names(b, config.export.max_reference_frames))
-                    for b in buckets],
-        "files": integrity.file_checksums(temporary),
-    }
-    manifest["checksum"] = _manifest_checksum(manifest)
-    (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if destination.exists():
-      shutil.rmtree(destination)
-    temporary.rename(destination)
-  finally:
-    if temporary.exists():
-      shutil.rmtree(temporary)
+        (folder / file_name).write_bytes(data)
+    (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  entries = {
+      "format": bundle.ONNX.format, "checkpoint_step": int(step), "opset": onnx_graph.OPSET,
+      "max_reference_frames": int(config.export.max_reference_frames),
+      "buckets": [dict(dataclasses.asdict(b),
+                       **_file_names(b, config.export.max_reference_frames))
+                  for b in buckets],
+  }
+  bundle.write(destination, entries, fill)
 
 
 class OnnxModel:
@@ -207,22 +183,8 @@ class OnnxModel:
       ValueError: another format.
       integrity.IntegrityError: a file is missing, truncated or changed (named).
     """
-    self.path = epath.Path(path)
-    manifest_path = self.path / MANIFEST
-    if not manifest_path.exists():
-      raise FileNotFoundError(f"{self.path} holds no ONNX models: no {MANIFEST} (main.py "
-                              f"--mode=export --config.export.format=onnx writes them)")
-    manifest = integrity.read_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-      raise ValueError(f"{manifest_path}: not the manifest of ONNX models of format {FORMAT!r}"
-                       f" (export again with --config.export.format=onnx)")
-    if manifest.get("checksum") != _manifest_checksum(manifest):
-      raise integrity.IntegrityError(f"{manifest_path} was changed after it was written: "
-                                     f"export again")
-    found = integrity.problems(self.path, manifest["files"], MANIFEST)
-    if found:
-      raise integrity.IntegrityError(f"ONNX models {self.path} are damaged: "
-                                     f"{'; '.join(found)}. Export again.")
+    self.path = bundle.resolve(path)
+    manifest = bundle.read_manifest(self.path, bundle.ONNX)
     self.manifest = manifest
     self.config = ml_collections.ConfigDict(integrity.read_json(self.path / "config.json"))
     self.checkpoint_step = manifest["checkpoint_step"]

@@ -196,6 +196,15 @@ def torchvision_name(collection: str, path: Path) -> tuple[str, bool] | None:
   return f"{modules}.{_TORCH_LEAVES[collection, path[-1]]}", path[-1] == "kernel"
 
 
+def pyramid_torchvision_name(collection: str, path: Path) -> tuple[str, bool] | None:
+  """torchvision state-dict key of a MaskTrack R-CNN pyramid ResNet leaf (`vis/fpn.py`, under
+  'encoder', named as `models/resnet.py`) and whether it is a conv kernel; None elsewhere (FPN
+  and heads start from their initialisation)."""
+  if path[0] != "encoder":
+    return None
+  return torchvision_name(collection, ("backbone",) + tuple(path[1:]))
+
+
 _STM_MODULES = {"memory_encoder": "Encoder_M", "query_encoder": "Encoder_Q",
                 "memory_key_value": "KV_M_r4", "query_key_value": "KV_Q_r4",
                 "decoder": "Decoder"}
@@ -327,6 +336,7 @@ class _Format:
   leaf_name: Callable[[str, Path], tuple[str, bool] | None]
   kernel_to_flax: Callable[[np.ndarray], np.ndarray]
   backbone_roots: tuple[str, ...] = ("backbone",)
+  backbones: tuple[str, ...] = ("resnet50",)
 
 
 _TF_FORMAT = _Format("a TensorFlow checkpoint (DeepLab Xception-65 or FEELVOS)", False,
@@ -342,6 +352,9 @@ HEAD_FORMATS = {
                    _torch_kernel_to_flax, ("memory_encoder", "query_encoder")),
     "rde": _Format("the authors' RDE-VOS state dict saved as .npz", True, _load_npz, rde_name,
                    _torch_kernel_to_flax, ("query_encoder",)),
+    "masktrack": _Format("a torchvision ResNet state dict saved as .npz", True, _load_npz,
+                         pyramid_torchvision_name, _torch_kernel_to_flax, ("encoder",),
+                         ("resnet50", "resnet101")),
 }
 """Formats of the memory models (`config.model.head`), whole-model checkpoints with a ResNet-50
 encoder; their "backbone" (for `min_backbone_fraction`) is `backbone_roots`."""
@@ -411,7 +424,8 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
     allow_partial: return whatever loaded, even below `min_backbone_fraction`
       (config.model.pretrained_allow_partial).
     head: config.model.head; "stm" and "rde" read the authors' whole-model checkpoints
-      (`HEAD_FORMATS`, ResNet-50 only) instead of a backbone file.
+      (`HEAD_FORMATS`, ResNet-50 only) instead of a backbone file; "masktrack" (the VIS loop)
+      reads a torchvision ResNet-50/101 into MaskTrack R-CNN's pyramid ('encoder').
 
   Returns:
     (params, batch_stats, report): new nested dicts and a LoadReport.
@@ -423,10 +437,11 @@ def load_pretrained(params: Mapping[str, Any], batch_stats: Mapping[str, Any], p
       loaded than `min_backbone_fraction` asks, unless `allow_partial`. Each names the file.
   """
   if head in HEAD_FORMATS:
-    if backbone != "resnet50":
-      raise ValueError(f"config.model.backbone={backbone!r}: the {head.upper()} weights of "
-                       f"config.model.pretrained are for 'resnet50'")
     file_format = HEAD_FORMATS[head]
+    if backbone not in file_format.backbones:
+      raise ValueError(f"config.model.backbone={backbone!r}: config.model.pretrained holds "
+                       f"{file_format.description}, for "
+                       f"{' or '.join(repr(b) for b in file_format.backbones)}")
   elif backbone not in FORMATS:
     raise ValueError(f"config.model.backbone={backbone!r} has no pretrained weight format; "
                      f"config.model.pretrained works with {sorted(FORMATS)}")

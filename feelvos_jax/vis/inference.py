@@ -20,6 +20,7 @@ video's full resolution and thresholded at 0.5.
 import dataclasses
 import functools
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ import numpy as np
 
 from feelvos_jax.vis import anchors as anchor_ops
 from feelvos_jax.vis import annotations as annotation_io
-from feelvos_jax.vis import detect
+from feelvos_jax.vis import detect as detect_lib
 from feelvos_jax.vis import fpn
 from feelvos_jax.vis import input_pipeline
 from feelvos_jax.vis.model import MaskTrackRCNN
@@ -64,12 +65,12 @@ def frame_detections(model: MaskTrackRCNN, variables: dict, image: jax.Array,
   level_anchors = anchor_ops.pyramid_anchors([level.shape[1:3] for level in pyramid],
                                              fpn.PYRAMID_STRIDES)
   first = [level[0] for level in pyramid]
-  proposal_boxes, _, proposal_valid = detect.proposals(
+  proposal_boxes, _, proposal_valid = detect_lib.proposals(
       [(o[0], d[0]) for o, d in rpn], level_anchors, image_size, pre_nms=config.proposals,
       post_nms=config.proposals, max_proposals=config.proposals)
   class_logits, deltas = apply(apply(first, proposal_boxes, method=MaskTrackRCNN.box_rois),
                                method=MaskTrackRCNN.classify)
-  found = detect.detections(class_logits, deltas, proposal_boxes, proposal_valid, image_size,
+  found = detect_lib.detections(class_logits, deltas, proposal_boxes, proposal_valid, image_size,
                             config.score_threshold, config.nms_threshold, config.max_detections)
   found["embeddings"] = apply(apply(first, found["boxes"], method=MaskTrackRCNN.box_rois),
                               method=MaskTrackRCNN.embed)
@@ -138,33 +139,61 @@ class Tracker:
     return identities
 
 
-class VideoSegmenter:
-  """Runs a trained MaskTrack R-CNN over whole videos: `segment(frames, video_id)` -> the
-  results-file instances of the video (`vis.results`)."""
+def padded_shape(size: tuple[int, int], max_size: tuple[int, int]) -> tuple[int, int]:
+  """The padded (Hp, Wp) of a frame resized to `size` (`input_pipeline.scaled_size`):
+  `input_pipeline.padded_size(max_size)`, or, for a portrait frame it cannot hold, the square
+  of its longer side."""
+  pad = input_pipeline.padded_size(max_size)
+  if size[0] > pad[0] or size[1] > pad[1]:
+    return (max(pad), max(pad))
+  return pad
 
-  def __init__(self, model: MaskTrackRCNN, variables: dict, max_size: tuple[int, int],
+
+def padded_shapes(max_size: tuple[int, int]) -> list[tuple[int, int]]:
+  """Every shape `padded_shape` gives for `max_size`: landscape, then the portraits' square
+  (one shape when they coincide)."""
+  landscape = input_pipeline.padded_size(max_size)
+  square = (max(landscape), max(landscape))
+  return [landscape] if square == landscape else [landscape, square]
+
+
+Detect = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+"""(image [1, Hp, Wp, 3] float32, image_size [2] int32) -> `frame_detections`'s outputs."""
+
+
+class VideoSegmenter:
+  """Runs MaskTrack R-CNN over whole videos: `segment(frames, video_id)` -> the results-file
+  instances of the video (`vis.results`). The per-frame detection is `detect` (the jitted
+  model, `from_model`, or an exported bundle's function, `vis.export.load`); the tracker and
+  the mask pasting are the same for both."""
+
+  def __init__(self, detect: Detect, max_size: tuple[int, int],
                config: InferenceConfig = InferenceConfig()):
-    self.variables = variables
     self.max_size = max_size
-    self.config = config
-    self._detect = jax.jit(functools.partial(frame_detections, model, config=config))
-    self._paste = jax.jit(detect.paste_masks, static_argnums=(2, 3))
+    self.inference_config = config
+    self._detect = detect
+    self._paste = jax.jit(detect_lib.paste_masks, static_argnums=(2, 3))
+
+  @classmethod
+  def from_model(cls, model: MaskTrackRCNN, variables: dict, max_size: tuple[int, int],
+                 config: InferenceConfig = InferenceConfig()) -> "VideoSegmenter":
+    """The segmenter of `model` with `variables` ({params, batch_stats})."""
+    detect = jax.jit(functools.partial(frame_detections, model, config=config))
+    return cls(functools.partial(detect, variables), max_size, config)
 
   def segment(self, frames: np.ndarray, video_id: int) -> list[dict]:
     """frames [T, H, W, 3] uint8 -> [{video_id, category_id, score, segmentations}]."""
     num_frames, height, width = frames.shape[:3]
     size = input_pipeline.scaled_size(height, width, self.max_size)
-    pad = input_pipeline.padded_size(self.max_size)
-    if size[0] > pad[0] or size[1] > pad[1]:
-      pad = (max(pad), max(pad))
+    pad = padded_shape(size, self.max_size)
     scale = np.asarray([width / size[1], height / size[0]] * 2, np.float32)
-    tracker = Tracker(self.config)
+    tracker = Tracker(self.inference_config)
     tracks: dict[int, dict] = {}
     for t in range(num_frames):
       image = np.zeros((1,) + pad + (3,), np.float32)
       image[0, :size[0], :size[1]] = input_pipeline.normalise(
           input_pipeline.resize_frame(frames[t], size))
-      found = jax.device_get(self._detect(self.variables, image, np.asarray(size, np.int32)))
+      found = jax.device_get(self._detect(image, np.asarray(size, np.int32)))
       keep = np.flatnonzero(found["valid"])
       if not keep.size:
         continue
@@ -174,7 +203,8 @@ class VideoSegmenter:
       # All D slots at once (one compiled shape), then the kept ones.
       all_boxes = found["boxes"] * scale
       masks = np.asarray(self._paste(jnp.asarray(found["masks"]), jnp.asarray(all_boxes),
-                                     height, width))[keep] > self.config.mask_threshold
+                                     height, width))[keep]
+      masks = masks > self.inference_config.mask_threshold
       for k, identity in enumerate(identities):
         if identity < 0:
           continue

@@ -22,6 +22,7 @@ import optax
 from feelvos_jax.training import checkpointing
 from feelvos_jax.training import sharding
 from feelvos_jax.training import workdir_lock
+from feelvos_jax.training import train as vos_train
 from feelvos_jax.training.train import TrainState
 from feelvos_jax.vis import annotations as annotation_io
 from feelvos_jax.vis import inference
@@ -118,15 +119,31 @@ def abstract_train_state(config, model, tx, mesh):
   return init, abstract
 
 
+def read_pretrained(config: ml_collections.ConfigDict, abstract: TrainState):
+  """The (params, batch_stats) of `config.model.pretrained` (a torchvision ResNet-50/101 state
+  dict as .npz, into the pyramid's encoder; `training.weights`) for `abstract`'s shapes, or None
+  without one. Reads shapes only, so a file that does not fit the model is refused (ValueError
+  naming it) before anything compiles."""
+  path = config.model.get("pretrained", "")
+  if not path:
+    return None
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (abstract.params, abstract.batch_stats))
+  return vos_train.read_pretrained(*shapes, path, config.model.backbone, head="masktrack")
+
+
 def _restore_or_initialize(checkpointer, init, abstract, config, mesh) -> TrainState:
+  """The latest checkpoint's state, or a new one (with the pretrained weights, if any)."""
   latest = checkpointer.latest_step()
   if latest is not None:
     checkpointer.check_compatible(latest, config, abstract)
     logging.info("Resuming from checkpoint %d in %s.", latest, checkpointer.directory)
     return checkpointer.restore(latest, abstract)
-  return jax.jit(init, in_shardings=sharding.replicated_sharding(mesh),
-                 out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(
-                     np.asarray(jax.random.PRNGKey(config.seed)))
+  pretrained = read_pretrained(config, abstract)
+  state = jax.jit(init, in_shardings=sharding.replicated_sharding(mesh),
+                  out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(
+                      np.asarray(jax.random.PRNGKey(config.seed)))
+  return state if pretrained is None else vos_train.place_pretrained(state, pretrained)
 
 
 def load_builder(config: ml_collections.ConfigDict):
@@ -149,8 +166,8 @@ def evaluate_split(config: ml_collections.ConfigDict, model: MaskTrackRCNN, vari
   """Segments `config.dataset.eval_split`, writes `results.json` and `results.zip` into
   `output_dir` (and the split's ground truth as `instances.json` when it has some) and returns
   the YouTube-VIS metrics (none without ground truth) plus `frames_per_second`."""
-  segmenter = inference.VideoSegmenter(model, variables, tuple(config.dataset.max_size),
-                                       inference_config(config))
+  segmenter = inference.VideoSegmenter.from_model(
+      model, variables, tuple(config.dataset.max_size), inference_config(config))
   videos = list(decoded_videos(builder, config.dataset.eval_split, config.num_eval_videos))
   results, fps = inference.segment_videos(segmenter, videos)
   results_io.write_submission(results, os.path.join(output_dir, "results.json"),
