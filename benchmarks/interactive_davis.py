@@ -53,10 +53,14 @@ def main(argv):
   for name, value in figures.items():
     print(f"{name}: {value['value']}{' ' + value['unit'] if value['unit'] else ''}")
   stop = "stop-at-interacted" if FLAGS.stop_at_interacted else "through"
+  trained = (f"scribbles-{summary['scribble_references']:g}"
+             if summary["scribble_references"] else "masks")
   run.append(
-      ["synthetic_vos-small", f"prior-{FLAGS.background_prior}", stop], figures,
+      ["synthetic_vos-small", f"trained-on-{trained}", f"prior-{FLAGS.background_prior}", stop],
+      figures,
       kind="accuracy",
       params={"videos": summary["videos"], "checkpoint step": summary["checkpoint_step"],
+              "scribble references": summary["scribble_references"],
               "max interactions": summary["max_interactions"],
               "background prior": FLAGS.background_prior,
               "stop at interacted": FLAGS.stop_at_interacted,

@@ -97,6 +97,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.max_skip_ramp_steps = 0  # Steps over which the gap limit grows linearly to max_skip.
   config.dataset.clip_frames = 2  # RDE training: annotated frames between reference and previous aggregated into the RDE (authors: 5-frame clips, 3 aggregations).
   config.dataset.static_frames = False  # STM pre-training: previous/current = affine warps of the reference frame.
+  config.dataset.scribble_references = 0.0  # Probability that a sample's reference labels are simulated scribbles (interactive).
   config.dataset.min_object_pixels = 10  # Reject samples whose reference objects have fewer stride-4 pixels.
   config.dataset.shuffle_buffer = 256  # Videos in the tf.data shuffle buffer.
   config.dataset.prefetch = 2  # Batches prefetched to the devices.

@@ -6,11 +6,13 @@ checked against each other after scaling, cropping and flipping.
 """
 import numpy as np
 import pytest
+import scipy.ndimage
 import tensorflow as tf
 
 from configs import common
 from feelvos_jax.data import augmentation
 from feelvos_jax.data import input_pipeline
+from feelvos_jax.inference.interactive import scribbles
 
 IGNORE = 255
 BACKGROUND_BLUE = 10  # Background blue: BACKGROUND_BLUE + 10 * frame index (< 100 up to 9 frames).
@@ -442,6 +444,59 @@ def test_videos_without_the_feature_spec_raise():
     next(input_pipeline.create_eval_videos(dataset_config(), no_objects))
 
 
+def test_scribble_labels_are_strokes_inside_each_region_on_the_stride4_grid():
+  rng = np.random.default_rng(0)
+  rows, cols = np.mgrid[:70, :90]
+  labels = np.zeros((70, 90), np.int32)
+  labels[(rows - 30) ** 2 + (cols - 30) ** 2 < 22 ** 2] = 1  # A disc.
+  labels[8:60, 60:84] = 2  # A rectangle.
+  labels[64:, :] = IGNORE  # Unannotated rows.
+  labels[(rng.random(labels.shape) < 0.02) & (labels == 0)] = IGNORE  # And scattered pixels.
+  labels[0, 0] = 3  # One pixel of an object: one cell, kept.
+  got = input_pipeline.scribble_labels(tf.constant(labels), 4).numpy()
+  grid = labels[::4, ::4]
+  strokes = got[::4, ::4]
+  # Each stride-4 cell spans its 4x4 pixels.
+  np.testing.assert_array_equal(got, np.repeat(np.repeat(strokes, 4, 0), 4, 1)[:70, :90])
+  assert strokes[0, 0] == 3
+  for label in range(3):
+    marked = strokes == label
+    assert 0 < marked.sum() < 0.5 * (grid == label).sum()  # Strokes, not regions.
+    assert np.all(grid[marked] == label)
+    assert scipy.ndimage.label(marked, np.ones((3, 3)))[1] == 1  # One connected stroke.
+    if label:  # Objects: along the middle, away from the region's edge.
+      assert scipy.ndimage.binary_erosion(grid == label, border_value=1)[marked].mean() > 0.8
+  assert np.all(strokes[grid == IGNORE] == IGNORE)
+  with_prior = input_pipeline.scribble_labels(tf.constant(labels), 4, True).numpy()[::4, ::4]
+  objects = (strokes != 0) & (strokes != IGNORE)
+  np.testing.assert_array_equal(with_prior[objects], strokes[objects])  # The same objects,
+  background = with_prior == 0  # the background where the session's prior puts it.
+  np.testing.assert_array_equal(
+      background, scribbles.with_background_prior(
+          np.where(objects, strokes, IGNORE)[None], (72, 92), "far")[0] == 0)
+  assert background.any()
+
+
+def test_scribble_references_replace_reference_labels_with_that_probability():
+  rectangles = {5: (2, 2, 14, 14, 0, 2), 8: (18, 4, 30, 30, 0, 2)}
+  video = make_video("two", 32, 32, 3, rectangles)
+  config = dataset_config(crop_size=(32, 32), scribble_references=0.5)
+  samples = take_samples(config, [video], 16, max_objects=2)
+  scribbled = priors = 0
+  for sample in samples:
+    reference = sample["reference_labels"]
+    full = remap(video["video"]["segmentations"][0, ..., 0], [5, 8])
+    np.testing.assert_array_equal(sample["previous_labels"], full)  # Only the reference.
+    if np.array_equal(reference, full):
+      continue
+    scribbled += 1
+    strokes = [input_pipeline.scribble_labels(tf.constant(full), 3, prior).numpy()
+               for prior in (False, True)]
+    assert any(np.array_equal(reference, option) for option in strokes)
+    priors += np.array_equal(reference, strokes[1])
+  assert 0 < scribbled < 16 and 0 < priors < scribbled
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration errors.
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +510,7 @@ def test_videos_without_the_feature_spec_raise():
     ("reference_frame", "last"),
     ("min_scale", 2.0),
     ("min_object_pixels", -1),
+    ("scribble_references", 1.5),
 ])
 def test_bad_config_raises_naming_the_key(key, value):
   config = dataset_config()

@@ -1,8 +1,9 @@
 """MaskTrack R-CNN's model, targets, detection post-processing and tracker: shapes, formulas
 against NumPy, the authors' assignment rule on hand-made detections, and (slow) the loss and
-gradients of 8 pairs (the same with the batch sharded over 8 fake devices), the end-to-end train -> evaluate -> results JSON -> export -> bundle run on
-`synthetic_vis/tiny` (the bundle's results equal in-process ones) and the paper's ResNet-50
-network traced for its shapes."""
+gradients of 8 pairs (the same with the batch sharded over 8 fake devices), the end-to-end
+train -> evaluate -> results JSON -> export -> bundle run on `synthetic_vis/tiny` (the
+bundle's results equal in-process ones) and the paper's ResNet-50 network traced for its
+shapes."""
 import json
 import os
 import subprocess

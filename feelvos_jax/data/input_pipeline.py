@@ -37,6 +37,12 @@ Training sample (one per visit of a video), as in FEELVOS:
   previous frame, in time order, cropped like the pair (the front padded with the earliest of
   them, or with the previous frame when none precedes it); with static_frames, C more affine
   warps of the reference. Their labels are remapped like the others.
+- Scribbles (`scribble_references` = p > 0, interactive segmentation): with probability p the
+  reference labels are reduced to strokes along the middle of each object and, with
+  probability 1/2 each, of the background or the interactive session's first-round background
+  prior (`scribble_labels`), everything else ignored, so the model learns to match against a
+  user's scribbles instead of a whole mask; rejection and object slots are decided on the
+  full mask.
 - Rejection. As in the official code, a candidate whose reference frame shows an object with
   fewer than min_object_pixels pixels at stride 4 (`labels[::4, ::4]`), or no object at all
   (a crop missing every object), is rejected and the reference frame and its augmentation are
@@ -90,6 +96,7 @@ class TrainSettings:
   max_skip: int = 0
   max_skip_ramp_steps: int = 0
   static_frames: bool = False
+  scribble_references: float = 0.0
 
   def gap_limit(self, step: tf.Tensor) -> tf.Tensor:
     """The largest previous/current gap at training step `step` (int64 scalar): max_frame_gap,
@@ -125,6 +132,9 @@ def train_settings(dataset_config: ml_collections.ConfigDict) -> TrainSettings:
       crop_size=crop_size, min_scale=min_scale, max_scale=max_scale,
       random_flip=bool(dataset_config.random_flip),
       static_frames=bool(dataset_config.get("static_frames", False)),
+      scribble_references=config_checks.float_in(
+          dataset_config, "dataset.scribble_references", 0.0, 1.0)
+      if "scribble_references" in dataset_config else 0.0,
       reference_frame=config_checks.one_of(dataset_config, "dataset.reference_frame",
                                            REFERENCE_FRAME_MODES), **ints)
 
@@ -212,6 +222,45 @@ def _object_counts(labels: tf.Tensor) -> tf.Tensor:
                           maxlength=_NUM_LABEL_VALUES, dtype=tf.int32)
 
 
+def skeleton_strokes(grid: np.ndarray, num_labels: int, prior_background: bool) -> np.ndarray:
+  """[h, w] int32 labels -> the skeleton (`skimage.morphology.skeletonize`, the thinning the
+  DAVIS interactive robot draws its scribbles along) of each object's region (labels
+  1..num_labels - 1), IGNORE_LABEL elsewhere; a region too small to thin is kept whole. The
+  background (0): its skeleton too, or with `prior_background` the cells the interactive
+  session's 'far' background prior marks for these object strokes
+  (`scribbles.with_background_prior`), as in a first interaction, which marks objects only."""
+  # pylint: disable=g-import-not-at-top (only scribbles need them)
+  from skimage import morphology
+  from feelvos_jax.inference.interactive import scribbles
+  strokes = np.full(grid.shape, IGNORE_LABEL, np.int32)
+  for label in range(1 if prior_background else 0, num_labels):
+    region = grid == label
+    skeleton = morphology.skeletonize(region)
+    strokes[skeleton if skeleton.any() else region] = label
+  if prior_background:
+    size = (grid.shape[0] * FEATURE_STRIDE, grid.shape[1] * FEATURE_STRIDE)
+    strokes = scribbles.with_background_prior(strokes[None], size, "far")[0]
+  return strokes
+
+
+def scribble_labels(labels: tf.Tensor, num_labels: int,
+                    prior_background: tf.Tensor | bool = False) -> tf.Tensor:
+  """Labels [H, W] int32 (0..num_labels - 1, IGNORE_LABEL elsewhere) reduced to scribbles: on
+  the stride-4 grid the model matches (`labels[::4, ::4]`), each object's region is replaced by
+  its skeleton (`skeleton_strokes`), a connected stroke one cell wide along its middle, as a
+  user or the DAVIS interactive robot draws inside each object; the background likewise, or
+  (`prior_background`, a bool scalar) the session's background prior of a first interaction;
+  every other cell becomes IGNORE_LABEL. Each cell spans its 4x4 pixels, so `[::4, ::4]` of the
+  result is the grid of strokes."""
+  grid = labels[::FEATURE_STRIDE, ::FEATURE_STRIDE]
+  strokes = tf.numpy_function(lambda g, prior: skeleton_strokes(g, num_labels, bool(prior)),
+                              [grid, prior_background], tf.int32, stateful=False)
+  strokes.set_shape(grid.shape)
+  rows = tf.range(tf.shape(labels)[0]) // FEATURE_STRIDE
+  cols = tf.range(tf.shape(labels)[1]) // FEATURE_STRIDE
+  return tf.gather(tf.gather(strokes, rows), cols, axis=1)
+
+
 def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings: TrainSettings,
                  max_objects: int, base_key: tf.Tensor, max_attempts: int,
                  samples_per_step: int = 1, clip_frames: int = 0) -> dict[str, tf.Tensor]:
@@ -288,11 +337,19 @@ def _make_sample(sample_index: tf.Tensor, video: Mapping[str, Any], *, settings:
   num_objects = tf.size(kept_ids)
   object_ids = tf.pad(kept_ids, [[0, max_objects - num_objects]])
   object_ids.set_shape([max_objects])
+  reference_labels = tf.gather(lookup, reference_labels)
+  if settings.scribble_references:
+    draw, background_draw = tf.unstack(tf.random.stateless_uniform(
+        [2], tf.random.experimental.stateless_fold_in(key, 4)))
+    reference_labels = tf.cond(
+        draw < settings.scribble_references,
+        lambda: scribble_labels(reference_labels, max_objects + 1, background_draw < 0.5),
+        lambda: reference_labels)
   sample = {
       "reference_frame": reference_frame,
       "previous_frame": previous_frame,
       "current_frame": current_frame,
-      "reference_labels": tf.gather(lookup, reference_labels),
+      "reference_labels": reference_labels,
       "previous_labels": tf.gather(lookup, previous_labels),
       "current_labels": tf.gather(lookup, current_labels),
       "num_objects": num_objects,

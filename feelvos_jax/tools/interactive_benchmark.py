@@ -267,6 +267,7 @@ def run(root: str, workdir: str, output: str, *, max_interactions: int,
     global_summary = protocol.get_global_summary(
         save_file=os.path.join(output, "davis_global_summary.json"))
   summary = {"checkpoint_step": int(step), "videos": len(table),
+             "scribble_references": float(config.dataset.get("scribble_references", 0.0)),
              "max_interactions": max_interactions, "background_prior": background_prior,
              "stop_at_interacted": stop_at_interacted, "auc": float(global_summary["auc"]),
              "j_and_f_at_60s": float(global_summary["metric_at_threshold"]["J_AND_F"]),
