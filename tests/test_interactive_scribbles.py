@@ -75,16 +75,23 @@ def test_add_scribbles_conflicts_and_refused_input(session):
 
 def test_first_round_without_background_strokes_uses_the_prior(session):
   """Object strokes alone: the 'far' prior matches distant cells as background (never shown
-  in `references`); the 'none' prior leaves them unmarked."""
+  in `references`), and keeps them when a correction adds a background stroke (which is added
+  to them, not put in their place); the 'none' prior leaves them unmarked."""
   session.add_scribbles(davis({0: [(1, [[0.3, 0.3], [0.4, 0.4]])]}))
   effective = session.effective_references()
   assert (effective[0] == 0).any() and not (session.references == 0).any()
   far = np.argwhere(effective[0] == 0)
   assert np.hypot(far[:, 0] - 3, far[:, 1] - 3).min() > 0.25 * 8
+  session.end_interaction()
+  session.add_scribbles(davis({0: [(0, [[0.45, 0.5], [0.5, 0.5]])]}))
+  stroke = session.references[0] == 0
+  corrected = session.effective_references()[0] == 0
+  assert stroke.any() and np.all(corrected[stroke])
+  np.testing.assert_array_equal(corrected & ~stroke, (effective[0] == 0) & ~stroke)
   session.background_prior = "none"
   np.testing.assert_array_equal(session.effective_references(), session.references)
   session.background_prior = "border"
-  ring = session.effective_references()[0] == 0
+  ring = (session.effective_references()[0] == 0) & ~stroke
   assert ring[0].any() and not ring[2:-2, 2:-2].any()
 
 

@@ -271,7 +271,7 @@ def reference_index(slots: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, n
 
 BACKGROUND_PRIORS = ("far", "border", "none")
 """The values of `background_prior`: which unmarked cells of a frame holding object marks
-but no background mark count as background (docs/interactive.md)."""
+count as background (docs/interactive.md)."""
 
 PRIOR_FAR_FRACTION = 0.25
 """'far' prior: cells farther than this fraction of the frame's longer side (in cells) from
@@ -289,8 +289,9 @@ the reference row short."""
 def with_background_prior(references: np.ndarray, size: tuple[int, int],
                           prior: str) -> np.ndarray:
   """References [T, h, w] uint8 (object ids, 0 background, IGNORE_LABEL unmarked) of frames
-  of `size` (H, W) plus the background prior's cells, marked 0, on every frame holding object
-  marks but no background mark; a copy. `prior` is one of `BACKGROUND_PRIORS`: 'far' (cells
+  of `size` (H, W) plus the background prior's cells, marked 0 where unmarked, on every frame
+  holding object marks (background marks or not); a copy. `prior` is one of
+  `BACKGROUND_PRIORS`: 'far' (cells
   farther than PRIOR_FAR_FRACTION of the longer side from every object mark), 'border' (the
   outer ring, PRIOR_BORDER_MARGIN cells or more from every object mark) or 'none'; only cells
   on the PRIOR_GRID grid are added."""
@@ -302,7 +303,7 @@ def with_background_prior(references: np.ndarray, size: tuple[int, int],
   grid[::PRIOR_GRID, ::PRIOR_GRID] = True
   for marks in references[:, :rows, :cols]:
     objects = (marks != IGNORE_LABEL) & (marks != 0)
-    if not objects.any() or (marks == 0).any():
+    if not objects.any():
       continue
     distance = ndimage.distance_transform_edt(~objects)
     if prior == "far":

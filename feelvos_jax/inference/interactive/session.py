@@ -97,8 +97,8 @@ class InteractiveSession:
       minima_cache_bytes: most bytes of per-frame global-matching minima kept between
         propagations (h x w x (1 + S) float32 per frame); frames beyond it are matched
         against every reference pixel at each propagation. Unused by the generic route.
-      background_prior: on a frame holding object marks but no background mark, which
-        unmarked cells are matched as background until marked otherwise: 'far' (those far
+      background_prior: on a frame holding object marks, which unmarked cells are matched
+        as background until marked otherwise: 'far' (those far
         from every object mark), 'border' (the frame's outer ring away from the object marks)
         or 'none' (`scribbles.with_background_prior`). Never shown in `references`.
     """
@@ -418,8 +418,8 @@ class InteractiveSession:
     return probs
 
   def effective_references(self) -> np.ndarray:
-    """[T, h, w] uint8: the references plus the background prior's cells (0) on every frame
-    holding object marks but no background mark (`scribbles.with_background_prior`)."""
+    """[T, h, w] uint8: the references plus the background prior's cells (0) where unmarked on
+    every frame holding object marks (`scribbles.with_background_prior`)."""
     return scribbles.with_background_prior(self._references, (self.height, self.width),
                                            self.background_prior)
 
