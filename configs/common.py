@@ -95,7 +95,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dataset.max_frame_gap = 1  # Previous/current frames at most this far apart (paper: 1).
   config.dataset.max_skip = 0  # Curriculum: the gap limit grows from max_frame_gap to this (STM: 25); 0 disables.
   config.dataset.max_skip_ramp_steps = 0  # Steps over which the gap limit grows linearly to max_skip.
-  config.dataset.clip_frames = 2  # RDE training: annotated frames between reference and previous aggregated into the RDE (authors: 5-frame clips, 3 aggregations).
+  config.dataset.clip_frames = 2  # STM/RDE training: annotated frames between reference and previous in the memory (RDE-VOS authors: 5-frame clips, 3 aggregations).
   config.dataset.static_frames = False  # STM pre-training: previous/current = affine warps of the reference frame.
   config.dataset.scribble_references = 0.0  # Probability that a sample's reference labels are simulated scribbles (interactive).
   config.dataset.min_object_pixels = 10  # Reject samples whose reference objects have fewer stride-4 pixels.

@@ -355,15 +355,45 @@ def test_rde_samples_carry_the_clip_before_the_previous_frame():
       config, testing.fake_videos(1, 3), max_objects=2, seed=0).as_numpy_iterator())
 
 
-def test_clip_frames_reach_rde_training_only():
+@pytest.mark.parametrize("head", ["stm", "rde"])
+def test_clip_frames_reach_memory_model_training_only(head):
   from feelvos_jax.training import train  # pylint: disable=g-import-not-at-top
-  config = _memory_config("rde")
+  config = _memory_config(head)
   assert train.clip_frames(config) == 2
-  config.model.head = "stm"
+  config.model.head = "feelvos"
   assert train.clip_frames(config) == 0
-  config.model.head, config.dataset.clip_frames = "rde", -1
+  config.model.head, config.dataset.clip_frames = head, -1
   with pytest.raises(ValueError, match="config.dataset.clip_frames"):
     train.validate_config(config)
+
+
+def _training_memory_lengths(config, monkeypatch):
+  """Memory frames of every STM read in one traced training loss on a random batch (positions
+  of the keys `memory_read.memory_read` sees / positions per frame)."""
+  from feelvos_jax.matching import memory_read  # pylint: disable=g-import-not-at-top
+  from feelvos_jax.training import objectives  # pylint: disable=g-import-not-at-top
+  lengths, read = [], memory_read.memory_read
+  positions = (config.dataset.crop_size[0] // 16) * (config.dataset.crop_size[1] // 16)
+
+  def spy(query_keys, memory_keys, *args, **kwargs):
+    lengths.append(memory_keys.shape[0] // positions)
+    return read(query_keys, memory_keys, *args, **kwargs)
+
+  model = models.build_model(config.model)
+  variables = jax.eval_shape(model.init, jax.random.key(0), *models.example_inputs(model))
+  monkeypatch.setattr(memory_read, "memory_read", spy)
+  batch = testing.random_batch(config)
+  jax.eval_shape(lambda v, b: objectives.loss_and_logits(model.apply, v, b, 0,
+                                                         jax.random.key(1), config),
+                 variables, batch)
+  return lengths
+
+
+@pytest.mark.parametrize("clip", [0, 3])
+def test_stm_training_reads_a_memory_of_reference_clip_and_previous(clip, monkeypatch):
+  config = _memory_config("stm")
+  config.batch_size, config.dataset.clip_frames = 2, clip
+  assert _training_memory_lengths(config, monkeypatch) == [2 + clip]
 
 
 @pytest.mark.slow

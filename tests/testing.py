@@ -90,7 +90,7 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
   """A global batch in the `train.TRAIN_KEYS` layout with random content, for smoke tests and
   benchmarks: config.batch_size samples of uniform random uint8 frames of
   config.dataset.crop_size, labels uniform in 0..config.model.max_objects with 10% of the
-  pixels IGNORE_LABEL, and num_objects = max_objects; for RDE also clip_frames
+  pixels IGNORE_LABEL, and num_objects = max_objects; for STM and RDE also clip_frames
   [B, C, H, W, 3] and clip_labels [B, C, H, W] (C = `train.clip_frames(config)`)."""
   rng = np.random.default_rng(seed)
   crop = tuple(config.dataset.crop_size)

@@ -33,7 +33,7 @@ Training sample (one per visit of a video), as in FEELVOS:
   rest are dropped: their pixels become 255 in all three frames and `dropped_objects` counts them.
   Objects absent from the reference frame cannot be matched (FEELVOS only segments the objects of
   its reference), so their pixels in the previous and current frames become 255 (ignored).
-- Memory clip (RDE training, `clip_frames` = C > 0): the C annotated frames just before the
+- Memory clip (STM and RDE training, `clip_frames` = C > 0): the C annotated frames just before the
   previous frame, in time order, cropped like the pair (the front padded with the earliest of
   them, or with the previous frame when none precedes it); with static_frames, C more affine
   warps of the reference. Their labels are remapped like the others.
@@ -391,7 +391,7 @@ def make_train_samples(dataset_config: ml_collections.ConfigDict, videos: tf.dat
     max_attempts: reference-frame candidates per sample (see the module docstring).
     samples_per_step: this host's samples per training step (sample i belongs to step
       i // samples_per_step, which sets the gap limit of the max-skip curriculum).
-    clip_frames: C, the memory clip's frames (RDE training; module docstring); 0: none.
+    clip_frames: C, the memory clip's frames (STM and RDE training; module docstring); 0: none.
 
   Returns:
     Samples: reference_frame / previous_frame / current_frame [h, w, 3] uint8,

@@ -10,14 +10,15 @@ and its loss.
 - "nearest_neighbor" (PML): the triplet loss on the current and reference embeddings
   (`losses.triplet_loss`); the logits of the nearest-neighbour vote, without gradient, give the
   training IoU; fraction = active triplets.
-- "stm", "rde": the current frame read from the (reference, previous) frames with their
-  ground-truth masks, cross-entropy; RDE's memory also holds the batch's clip frames between
-  the two (when present), which its recurrent embedding aggregates one by one as at inference,
-  and RDE adds the cross-entropy of its recurrent read, the unbiased guidance and the
-  self-correction losses (`memory_loss`); fraction = 1.
+- "stm", "rde": the current frame read from a memory of 2 + C frames with their ground-truth
+  masks, (reference, the batch's C clip frames, previous) (C = 0 when the batch has no clip),
+  cross-entropy; RDE's recurrent embedding aggregates the clip and the previous frame one by
+  one as at inference, and RDE adds the cross-entropy of its recurrent read, the unbiased
+  guidance and the self-correction losses (`memory_loss`); fraction = 1.
 
 The batch holds `train.TRAIN_KEYS` ([B, H, W, 3] frames, [B, H, W] labels, [B] num_objects;
-for RDE optionally clip_frames [B, C, H, W, 3] and clip_labels [B, C, H, W]).
+for STM and RDE optionally clip_frames [B, C, H, W, 3] and clip_labels [B, C, H, W],
+`train.clip_frames`).
 """
 from typing import Any, Callable
 

@@ -48,12 +48,19 @@ from feelvos_jax.training import workdir_lock
 TRAIN_KEYS = ("reference_frame", "previous_frame", "current_frame", "reference_labels",
               "previous_labels", "current_labels", "num_objects", "clip_frames", "clip_labels")
 """The batch entries the train step reads (the input pipeline may add more; the clip entries
-only come with model.head "rde", see `clip_frames`)."""
+only come with the memory heads "stm" and "rde", see `clip_frames`)."""
 
 
 def clip_frames(config: ml_collections.ConfigDict) -> int:
-  """Memory-clip frames per training sample: config.dataset.clip_frames for RDE, else 0."""
-  if config.model.head != "rde":
+  """Memory-clip frames C per training sample: config.dataset.clip_frames for the memory heads
+  (STM, RDE), else 0.
+
+  The clip joins the training memory between the reference and the previous frame (2 + C
+  memory frames), so STM trains on a memory of several frames as its inference memory holds
+  (the annotated frame, every N-th frame, the previous one) and RDE aggregates C + 1 frames
+  into its recurrent embedding; with C = 0 STM trained on (reference, previous) alone and
+  scored lower (docs/models.md, "Memory models")."""
+  if config.model.head not in ("stm", "rde"):
     return 0
   return config_checks.int_at_least(config.dataset, "dataset.clip_frames", 0)
 
@@ -95,7 +102,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.head == "rde":
     config_checks.float_in(config, "loss.rde_guidance_weight", 0.0)
     config_checks.float_in(config, "loss.rde_correction_weight", 0.0)
-    clip_frames(config)
+  clip_frames(config)
   if config.model.head == "nearest_neighbor":  # PML's triplet loss.
     config_checks.positive_int(config, "loss.triplet_anchors_per_object")
     config_checks.float_in(config, "loss.triplet_margin", 0.0)
