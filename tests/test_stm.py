@@ -413,3 +413,37 @@ def test_static_frames_warp_the_reference_frame():
       assert not np.array_equal(frame, sample["reference_frame"])
     assert not np.array_equal(sample["clip_frames"][0], sample["clip_frames"][1])
     assert (sample["current_labels"] == 1).any()
+
+
+@pytest.mark.parametrize("head", ["stm", "rde"])
+def test_training_reads_every_frame_from_the_frames_before_it(head):
+  """`read_every_frame` (running-average batch norm, so that the batch does not matter): query
+  t equals the model's own training forward pass on memory frames 0..t-1 (RDE: `rde_forward`,
+  whose RDE aggregates frames 1..t-1, from t = 2), the current frame the one on all T
+  frames."""
+  from feelvos_jax.training import objectives  # pylint: disable=g-import-not-at-top
+  config = _memory_config(head)
+  config.batch_size, config.model.freeze_backbone_batch_norm = 2, True
+  model = models.build_model(config.model)
+  variables = jax.jit(model.init)(jax.random.key(0), *models.example_inputs(model))
+  batch = testing.random_batch(config)
+  frames = np.concatenate([batch["reference_frame"][:, None], batch["clip_frames"],
+                           batch["previous_frame"][:, None]], 1)
+  probs = jax.nn.one_hot(np.concatenate([batch["reference_labels"][:, None],
+                                         batch["clip_labels"], batch["previous_labels"][:, None]],
+                                        1), model.num_slots)
+  outputs, _ = model.apply(variables, frames, probs, batch["current_frame"],
+                           batch["num_objects"], method=objectives.read_every_frame,
+                           mutable=["batch_stats"])
+  assert outputs["stm_logits"].shape[:2] == (2, 4)
+  queries = list(np.moveaxis(frames[:, 1:], 1, 0)) + [batch["current_frame"]]
+  for t, query in enumerate(queries, start=1):
+    if head == "rde" and t == 1:  # rde_forward needs two memory frames.
+      continue
+    expected, _ = model.apply(variables, query, frames[:, :t], probs[:, :t],
+                              batch["num_objects"], train=True, mutable=["batch_stats"],
+                              **({"method": "rde_forward"} if head == "rde" else {}))
+    expected = expected if head == "rde" else {"stm_logits": expected}
+    for key, value in expected.items():
+      if key in ("stm_logits", "rde_logits"):
+        np.testing.assert_allclose(outputs[key][:, t - 1], value, atol=1e-4, err_msg=key)

@@ -22,10 +22,12 @@ time steps (`temporal_mean_init`), so a fresh RDE is a running mean of its input
 bounded over any number of frames (why: docs/models.md).
 
 `RDE` has STM's methods (`encode_query`, `encode_memory`, `read`, `decode`, `segment_memory`)
-plus `aggregate`, and its `__call__` (training) returns both readings of the query frame, the
-STM read over the memory frames and the read over (first memory frame, RDE of the others):
-`rde_forward`. The inference memory is the annotated frame(s) plus the RDE
-(`inference.memory_propagation`), so memory and time per frame stay constant.
+plus `aggregate`; `rde_forward` reads a query frame both ways, the STM read over the memory
+frames and the read over (first memory frame, RDE of the others), and `__call__` (what
+initialises every parameter) returns its RDE logits. Training reads every frame of its clip
+both ways with these methods (`training.objectives.read_every_frame`). The inference memory
+is the annotated frame(s) plus the RDE (`inference.memory_propagation`), so memory and time
+per frame stay constant.
 Losses (unbiased guidance, self-correction): `training.objectives.memory_loss`.
 """
 from typing import Any

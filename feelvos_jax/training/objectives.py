@@ -10,11 +10,14 @@ and its loss.
 - "nearest_neighbor" (PML): the triplet loss on the current and reference embeddings
   (`losses.triplet_loss`); the logits of the nearest-neighbour vote, without gradient, give the
   training IoU; fraction = active triplets.
-- "stm", "rde": the current frame read from a memory of 2 + C frames with their ground-truth
-  masks, (reference, the batch's C clip frames, previous) (C = 0 when the batch has no clip),
-  cross-entropy; RDE's recurrent embedding aggregates the clip and the previous frame one by
-  one as at inference, and RDE adds the cross-entropy of its recurrent read, the unbiased
-  guidance and the self-correction losses (`memory_loss`); fraction = 1.
+- "stm", "rde": a memory of T = 2 + C frames with their ground-truth masks, (reference, the
+  batch's C clip frames, previous) (C = 0 when the batch has no clip); every frame after the
+  reference and the current frame is a query, read from the frames before it
+  (`read_every_frame`), cross-entropy averaged over the T queries; RDE's recurrent embedding
+  aggregates the clip and the previous frame one by one as at inference, and RDE adds the
+  cross-entropy of its recurrent reads (query t from the reference and the RDE of the frames
+  before it), the unbiased guidance and the self-correction losses (`memory_loss`);
+  fraction = 1.
 
 The batch holds `train.TRAIN_KEYS` ([B, H, W, 3] frames, [B, H, W] labels, [B] num_objects;
 for STM and RDE optionally clip_frames [B, C, H, W, 3] and clip_labels [B, C, H, W],
@@ -69,15 +72,66 @@ def forward_nearest_neighbor(module: flax.linen.Module, batch: dict[str, jax.Arr
   return current_embedding, reference_embedding, logits
 
 
+def read_every_frame(module: flax.linen.Module, memory_frames: jax.Array,
+                     memory_probs: jax.Array, current_frame: jax.Array,
+                     num_objects: jax.Array) -> dict[str, jax.Array]:
+  """The memory model's training reads of every frame after the first, as STM and RDE-VOS
+  train on every frame of their clips.
+
+  memory_frames [B, T, H, W, 3] with memory_probs [B, T, H, W, K], current_frame
+  [B, H, W, 3], num_objects [B] -> {stm_logits [B, T, h4, w4, K], stm_read
+  [B, T, M, h16, w16, C_v], memory_values [B, T, M, h16, w16, C_v]}, query t (memory frames
+  1..T-1, then the current frame) read from memory frames 0..t-1 (the current frame from all
+  T); RDE adds rde_logits and rde_read, query t read from (memory frame 0, the RDE of frames
+  1..t-1) (frame 0's encoding for t = 1), as inference reads (annotated frame, RDE). The memory
+  is encoded once; the T queries share one batched read with the later memory frames masked
+  out."""
+  batch, steps = memory_frames.shape[:2]
+  keys, values = module.encode_memory(
+      memory_frames.reshape((-1,) + memory_frames.shape[2:]),
+      memory_probs.reshape((-1,) + memory_probs.shape[2:]), train=True)
+  keys = keys.reshape((batch, steps) + keys.shape[1:])
+  values = values.reshape((batch, steps) + values.shape[1:])
+
+  def tile(x):  # [B, ...] -> [T * B, ...], query-major.
+    return jnp.tile(x, (steps,) + (1,) * (x.ndim - 1))
+
+  queries = jnp.concatenate([memory_frames[:, 1:], current_frame[:, None]], axis=1)
+  query = module.encode_query(jnp.moveaxis(queries, 1, 0).reshape((-1,) + queries.shape[2:]),
+                              train=True)
+  counts = tile(num_objects)
+  valid = jnp.arange(steps)[None, :] < jnp.arange(1, steps + 1)[:, None]  # [query, memory]
+  stm_read = module.read(query["key"], tile(keys), tile(values), jnp.repeat(valid, batch, 0))
+  outputs = dict(stm_logits=module.decode(query, stm_read, counts), stm_read=stm_read)
+  if module.recurrent_embedding:
+    first_keys, first_values = keys[:, 0].astype(jnp.float32), values[:, 0].astype(jnp.float32)
+    rde_keys, rde_values = [first_keys], [first_values]
+    for step in range(1, steps):
+      next_keys, next_values = module.aggregate(rde_keys[-1], rde_values[-1], keys[:, step],
+                                                values[:, step])
+      rde_keys.append(next_keys)
+      rde_values.append(next_values)
+    rde_read = module.read(
+        query["key"], jnp.stack([tile(first_keys), jnp.concatenate(rde_keys)], 1),
+        jnp.stack([tile(first_values), jnp.concatenate(rde_values)], 1),
+        jnp.ones((steps * batch, 2), bool))
+    outputs.update(rde_logits=module.decode(query, rde_read, counts), rde_read=rde_read)
+  outputs = {key: jnp.moveaxis(value.reshape((steps, batch) + value.shape[1:]), 0, 1)
+             for key, value in outputs.items()}
+  outputs["memory_values"] = values
+  return outputs
+
+
 def forward_memory(module: flax.linen.Module, batch: dict[str, jax.Array], num_slots: int,
                     rng: jax.Array) -> dict[str, jax.Array]:
-  """Memory-model training forward pass (STM, RDE): memory = (reference, previous) frames with
-  their ground-truth masks (one-hot, all zeros where IGNORE_LABEL), with the clip frames
-  between them when the batch has them, query = the current frame.
+  """Memory-model training forward pass (STM, RDE): memory = (reference, clip, previous)
+  frames with their ground-truth masks (one-hot, all zeros where IGNORE_LABEL), T = 2 + C
+  frames (C = 0 when the batch has no clip); queries = every memory frame after the reference
+  and the current frame (`read_every_frame`).
 
-  STM: {logits}. RDE: `RDE.rde_forward`'s entries with the reference mask perturbed
-  (`losses.perturb_masks`, self-correction) plus true_reference_values, the reference
-  encoded from its true mask."""
+  -> `read_every_frame`'s entries ([B, T, ...]); RDE's with the reference mask perturbed
+  (`losses.perturb_masks`, self-correction) plus true_reference_values [B, M, h16, w16, C_v],
+  the reference encoded from its true mask."""
   def memory(kind, clip_key):  # [B, T, ...], T = 2 + clip length.
     clip = [batch[clip_key]] if clip_key in batch else []
     return jnp.concatenate([batch[f"reference_{kind}"][:, None], *clip,
@@ -86,11 +140,10 @@ def forward_memory(module: flax.linen.Module, batch: dict[str, jax.Array], num_s
   frames = memory("frame", "clip_frames")
   probs = jax.nn.one_hot(memory("labels", "clip_labels"), num_slots)
   if not module.recurrent_embedding:
-    return {"logits": module(batch["current_frame"], frames, probs, batch["num_objects"],
-                             train=True)}
+    return read_every_frame(module, frames, probs, batch["current_frame"], batch["num_objects"])
   perturbed = losses.perturb_masks(probs[:, 0], rng)
-  outputs = module.rde_forward(batch["current_frame"], frames,
-                               probs.at[:, 0].set(perturbed), batch["num_objects"], train=True)
+  outputs = read_every_frame(module, frames, probs.at[:, 0].set(perturbed),
+                             batch["current_frame"], batch["num_objects"])
   _, outputs["true_reference_values"] = module.encode_memory(batch["reference_frame"],
                                                              probs[:, 0], train=True)
   return outputs
@@ -98,19 +151,24 @@ def forward_memory(module: flax.linen.Module, batch: dict[str, jax.Array], num_s
 
 def memory_loss(outputs: dict[str, jax.Array], labels: jax.Array,
                  config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
-  """(loss, logits for the metrics) of `forward_memory`'s outputs: STM's cross-entropy; for
-  RDE the cross-entropy of the STM and the RDE readings, plus the unbiased guidance loss (the
-  RDE read drawn to the STM read) and the self-correction loss (the perturbed reference's
-  values drawn to the true ones), weighted by config.loss.rde_*_weight."""
+  """(loss, logits [B, h4, w4, K] of the current frame for the metrics) of `forward_memory`'s
+  outputs against labels [B, T, H, W] (memory frames 1..T-1, current frame): STM's
+  cross-entropy over the T queries; for RDE the cross-entropy of the STM and the RDE readings,
+  plus the unbiased guidance loss (the RDE read drawn to the STM read) and the self-correction
+  loss (the perturbed reference's values drawn to the true ones), weighted by
+  config.loss.rde_*_weight."""
+  def flat(x):  # [B, T, ...] -> [B * T, ...]
+    return x.reshape((-1,) + x.shape[2:])
+
+  loss = losses.cross_entropy_loss(flat(outputs["stm_logits"]), flat(labels), config.loss)
   if "rde_logits" not in outputs:
-    return losses.cross_entropy_loss(outputs["logits"], labels, config.loss), outputs["logits"]
-  loss = (losses.cross_entropy_loss(outputs["stm_logits"], labels, config.loss)
-          + losses.cross_entropy_loss(outputs["rde_logits"], labels, config.loss))
+    return loss, outputs["stm_logits"][:, -1]
+  loss += losses.cross_entropy_loss(flat(outputs["rde_logits"]), flat(labels), config.loss)
   loss += config.loss.rde_guidance_weight * losses.channel_kl_divergence(
       outputs["rde_read"], outputs["stm_read"])
   loss += config.loss.rde_correction_weight * losses.channel_kl_divergence(
       outputs["memory_values"][:, 0], outputs["true_reference_values"])
-  return loss, outputs["rde_logits"]
+  return loss, outputs["rde_logits"][:, -1]
 
 
 def loss_and_logits(apply_fn: Callable[..., Any], variables: Any, batch: dict[str, jax.Array],
@@ -125,7 +183,10 @@ def loss_and_logits(apply_fn: Callable[..., Any], variables: Any, batch: dict[st
     outputs, mutated = apply_fn(
         variables, batch, num_slots, jax.random.fold_in(matching_rng, 2),
         method=forward_memory, mutable=["batch_stats"])
-    loss, logits = memory_loss(outputs, batch["current_labels"], config)
+    clip = [batch["clip_labels"]] if "clip_labels" in batch else []
+    labels = jnp.concatenate(clip + [batch["previous_labels"][:, None],
+                                     batch["current_labels"][:, None]], axis=1)
+    loss, logits = memory_loss(outputs, labels, config)
     fraction = jnp.float32(1.0)
   elif config.model.head == "nearest_neighbor":
     (current, reference, logits), mutated = apply_fn(

@@ -56,10 +56,11 @@ def clip_frames(config: ml_collections.ConfigDict) -> int:
   (STM, RDE), else 0.
 
   The clip joins the training memory between the reference and the previous frame (2 + C
-  memory frames), so STM trains on a memory of several frames as its inference memory holds
-  (the annotated frame, every N-th frame, the previous one) and RDE aggregates C + 1 frames
-  into its recurrent embedding; with C = 0 STM trained on (reference, previous) alone and
-  scored lower (docs/models.md, "Memory models")."""
+  memory frames, each after the reference also a query, `objectives.read_every_frame`), so
+  STM trains on a memory of several frames as its inference memory holds (the annotated
+  frame, every N-th frame, the previous one) and RDE aggregates C + 1 frames into its
+  recurrent embedding; with C = 0 STM trained on (reference, previous) alone and scored lower
+  (docs/models.md, "Memory models")."""
   if config.model.head not in ("stm", "rde"):
     return 0
   return config_checks.int_at_least(config.dataset, "dataset.clip_frames", 0)
