@@ -642,8 +642,9 @@ def test_only_plain_feelvos_supports_incremental_matching():
 def test_a_session_of_every_model_variant(name):
   """Strokes on frame 0 propagated forward, then clicks on frame 3 propagated both ways: every
   frame's labels are those of the model's own `segment` steps on the session's embeddings and
-  marked cells (with the background prior's), stacked along the height as in video inference (with `global_atrous_rate`,
-  which grids the reference, on the session's row of marked cells instead)."""
+  marked cells (with the background prior's), stacked along the height as in video inference
+  (with `global_atrous_rate`, which grids the reference, on the session's row of marked cells
+  instead)."""
   model, variables = variant_setup(name)
   first, again, session = _corrected_session(model, variables, testing.interactive_frames(5))
   np.testing.assert_array_equal(again[0], first[0])  # Interacted before: kept.
