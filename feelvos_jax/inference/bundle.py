@@ -15,6 +15,11 @@ all, verified before anything in them is read.
       The manifest, once it and every file it lists are verified against each other.
 
 `KINDS` names what each format is and how to write one, for the errors.
+
+The StableHLO bundles (VOS and VIS) hold the same three things, written by `write_compiled`
+and read by `read_variables` / `read_function`: `config.json`, `variables/` (orbax
+StandardSave of {'params', 'batch_stats'}) and `functions/` (`jax.export`-serialized).
+`export_platforms(config)` is their checked `config.export.platforms`.
 """
 import dataclasses
 import hashlib
@@ -25,6 +30,9 @@ import uuid
 
 from absl import logging
 from etils import epath
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
 
 from feelvos_jax.training import integrity
 
@@ -156,3 +164,44 @@ def read_manifest(folder: epath.Path, kind: Kind) -> dict[str, Any]:
                                    f"damaged: {'; '.join(problems)}. Export the checkpoint "
                                    f"again.")
   return manifest
+
+
+def export_platforms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.export.platforms as a tuple; ValueError when it is empty."""
+  platforms = tuple(config.export.platforms)
+  if not platforms:
+    raise ValueError("config.export.platforms is empty: name at least one, e.g. ('cpu',)")
+  return platforms
+
+
+def write_compiled(folder: epath.Path, config: ml_collections.ConfigDict, variables: Any,
+                   functions: Mapping[str, bytes]) -> None:
+  """Writes a StableHLO bundle's files into the new `folder`: `functions` (file name ->
+  serialized bytes) into functions/, `variables` (a pytree of arrays) into variables/, the
+  config as config.json (a `fill` for `write`)."""
+  (folder / "functions").mkdir()
+  for file_name, data in functions.items():
+    (folder / "functions" / file_name).write_bytes(bytes(data))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(folder / "variables", variables)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def read_variables(folder: epath.Path) -> Any:
+  """The variables `write_compiled` wrote into `folder`, on the first device."""
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(folder / "variables").item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  variables = checkpointer.restore(folder / "variables", abstract)
+  checkpointer.close()
+  return variables
+
+
+def read_function(folder: epath.Path, file_name: str) -> Any:
+  """The jitted call of the `jax.export`-serialized function `folder`/functions/`file_name`."""
+  exported = jax.export.deserialize(bytearray((folder / "functions" / file_name).read_bytes()))
+  return jax.jit(exported.call)

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from feelvos_jax import config_checks
 from feelvos_jax import console
@@ -153,42 +152,6 @@ def export_functions(model: Any, variables: Any, bucket: Bucket, max_reference_f
   return serialized
 
 
-def _write_files(folder: epath.Path, config: ml_collections.ConfigDict, variables: Any,
-                 functions: Mapping[str, bytes]) -> None:
-  """Writes the bundle's functions, weights and config into the new `folder`."""
-  (folder / "functions").mkdir()
-  for file_name, data in functions.items():
-    (folder / "functions" / file_name).write_bytes(bytes(data))
-  write_variables(folder, variables)
-  (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-
-def write_variables(folder: epath.Path, variables: Any) -> None:
-  """`variables` (a pytree of arrays) into `folder`/variables (orbax StandardSave)."""
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(folder / "variables", variables)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-
-
-def read_variables(folder: epath.Path) -> Any:
-  """What `write_variables` wrote into `folder`, on the first device."""
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(folder / "variables").item_metadata.tree
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-  variables = checkpointer.restore(folder / "variables", abstract)
-  checkpointer.close()
-  return variables
-
-
-def read_function(folder: epath.Path, file_name: str) -> Any:
-  """The jitted call of the `jax.export`-serialized function `folder`/functions/`file_name`."""
-  exported = jax.export.deserialize(bytearray((folder / "functions" / file_name).read_bytes()))
-  return jax.jit(exported.call)
-
-
 def export(config: ml_collections.ConfigDict, workdir: str,
            export_dir: Optional[str] = None) -> epath.Path:
   """Writes the inference bundle of the latest checkpoint in `<workdir>/checkpoints`.
@@ -207,9 +170,7 @@ def export(config: ml_collections.ConfigDict, workdir: str,
     integrity.IntegrityError: the checkpoint's files do not match their checksums.
   """
   buckets = export_buckets(config)
-  platforms = tuple(config.export.platforms)
-  if not platforms:
-    raise ValueError("config.export.platforms is empty: name at least one, e.g. ('cpu',)")
+  platforms = bundle.export_platforms(config)
   with workdir_lock.hold(workdir, "export"):
     return _export(config, workdir, export_dir, buckets, platforms)
 
@@ -237,7 +198,7 @@ def _export(config: ml_collections.ConfigDict, workdir: str, export_dir: Optiona
   }
   destination = bundle.write(
       export_dir or epath.Path(workdir) / "export", entries,
-      lambda folder: _write_files(folder, config, variables, functions))
+      lambda folder: bundle.write_compiled(folder, config, variables, functions))
   logging.info("Wrote the inference bundle of step %d to %s", step, destination)
   return destination
 
@@ -266,12 +227,12 @@ class ExportedModel:
       bucket = Bucket(**{field: entry[field] for field in fields})
       self.buckets.append(bucket)
       self._files[bucket.name] = {"start": entry["start"], "steps": entry["steps"]}
-    self.variables = read_variables(self.path)
+    self.variables = bundle.read_variables(self.path)
     self._functions = {}
 
   def _function(self, file_name: str) -> Any:
     if file_name not in self._functions:
-      self._functions[file_name] = read_function(self.path, file_name)
+      self._functions[file_name] = bundle.read_function(self.path, file_name)
     return self._functions[file_name]
 
   def bucket_for(self, height: int, width: int, num_objects: int) -> Bucket:

@@ -30,7 +30,6 @@ import ml_collections
 import numpy as np
 
 from feelvos_jax.inference import bundle
-from feelvos_jax.inference import export as vos_export
 from feelvos_jax.training import integrity
 from feelvos_jax.training import workdir_lock
 from feelvos_jax.vis import inference
@@ -75,9 +74,7 @@ def export(config: ml_collections.ConfigDict, workdir: str,
     workdir_lock.WorkdirLockedError: another run holds the workdir.
     integrity.IntegrityError: the checkpoint's files do not match their checksums.
   """
-  platforms = tuple(config.export.platforms)
-  if not platforms:
-    raise ValueError("config.export.platforms is empty: name at least one, e.g. ('cpu',)")
+  platforms = bundle.export_platforms(config)
   max_size = tuple(config.dataset.max_size)
   with workdir_lock.hold(workdir, "export"):
     model = vis_train.build_model(config)
@@ -94,14 +91,9 @@ def export(config: ml_collections.ConfigDict, workdir: str,
                       for h, w in inference.padded_shapes(max_size)},
     }
 
-    def fill(folder: epath.Path) -> None:
-      (folder / "functions").mkdir()
-      for file_name, data in functions.items():
-        (folder / "functions" / file_name).write_bytes(data)
-      vos_export.write_variables(folder, variables)
-      (folder / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-    destination = bundle.write(export_dir or epath.Path(workdir) / "export", entries, fill)
+    destination = bundle.write(
+        export_dir or epath.Path(workdir) / "export", entries,
+        lambda folder: bundle.write_compiled(folder, config, variables, functions))
   logging.info("Wrote the VIS inference bundle of step %d to %s", step, destination)
   return destination
 
@@ -123,7 +115,7 @@ class ExportedSegmenter(inference.VideoSegmenter):
     self.manifest = bundle.read_manifest(self.path, bundle.VIS)
     self.config = ml_collections.ConfigDict(integrity.read_json(self.path / "config.json"))
     self.checkpoint_step = self.manifest["checkpoint_step"]
-    self.variables = vos_export.read_variables(self.path)
+    self.variables = bundle.read_variables(self.path)
     self._functions = {}
     super().__init__(self._detect_exported, tuple(self.manifest["max_size"]),
                      vis_train.inference_config(self.config))
@@ -134,7 +126,7 @@ class ExportedSegmenter(inference.VideoSegmenter):
       raise ValueError(f"{self.path}: no detection function for {shape} frames (exported: "
                        f"{sorted(self.manifest['functions'])})")
     if shape not in self._functions:
-      self._functions[shape] = vos_export.read_function(self.path,
+      self._functions[shape] = bundle.read_function(self.path,
                                                         self.manifest["functions"][shape])
     return self._functions[shape](self.variables, image, image_size)
 
