@@ -164,14 +164,20 @@ def test_a_correction_does_not_remove_an_unstroked_object():
   assert (after[3][stroke] == 0).all()
 
 
-def test_chain_weights_fade_the_new_interaction_towards_an_earlier_one():
-  """From frame 5 of 10, an earlier interaction at 8 (forward) and none backward: weight 1
-  before the anchor and where nothing is stored, |t - 8| / (|t - 8| + |t - 5|) past it."""
+def test_chain_weights_fuse_between_the_new_interaction_and_the_nearest_earlier_one():
+  """MiVOS's fusion: from frame 5 of 10 with earlier interactions at 8 and 1, the new
+  prediction weighs |t - a| / (|t - a| + |t - 5|) (a the nearest earlier interaction) where a
+  prediction is stored, 1 where none is or no earlier interaction lies on the chain."""
   stored = set(range(10)) - {9}
   forward, backward = steps.chain_weights(5, 10, "both", {8}, stored, False)
-  assert forward == {6: 1.0, 7: 1.0, 8: 0.0, 9: 1.0}  # 9 has no stored prediction.
+  assert forward == pytest.approx({6: 2 / 3, 7: 1 / 3, 8: 0.0, 9: 1.0})  # 9 stores nothing.
   assert backward == {4: 1.0, 3: 1.0, 2: 1.0, 1: 1.0, 0: 1.0}
   (forward,) = steps.chain_weights(5, 10, "forward", {8}, set(range(10)), False)
   assert forward[9] == pytest.approx(1 / (1 + 4))
-  assert steps.chain_weights(5, 10, "forward", {8}, stored, True) == [{6: 1.0, 7: 1.0}]
+  (backward,) = steps.chain_weights(9, 10, "backward", {5, 1}, set(range(10)), False)
+  assert backward[3] == pytest.approx(2 / (2 + 6))  # Nearer to 1 (ahead) than to 5 (passed).
+  assert backward[6] == pytest.approx(1 / (1 + 3))
+  forward, backward = steps.chain_weights(5, 10, "both", {8, 1}, stored, True)
+  assert forward == pytest.approx({6: 2 / 3, 7: 1 / 3})
+  assert backward == pytest.approx({4: 3 / 4, 3: 2 / 4, 2: 1 / 4})
   assert steps.chain_weights(0, 3, "backward", set(), stored, False) == [{}]

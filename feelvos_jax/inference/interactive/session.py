@@ -317,10 +317,10 @@ class InteractiveSession:
     """Re-segments the frames from `from_frame` in `direction` with the current references.
 
     The frame of interaction starts from its current labels and probabilities (once it has
-    any), overridden on its marked cells; every other frame of a chain is fused with its
-    earlier prediction where a previously interacted frame lies between it and `from_frame`
-    (new weight |t - a| / (|t - a| + |t - from_frame|), a the nearest such frame), and
-    overwritten otherwise. See docs/interactive.md.
+    any), overridden on its marked cells; every other frame t of a chain that holds an
+    earlier prediction is fused with it when the chain meets a previously interacted frame
+    (new weight |t - a| / (|t - a| + |t - from_frame|), a the interacted frame of the chain
+    nearest to t), and overwritten on a chain that meets none. See docs/interactive.md.
 
     Args:
       from_frame: the frame of interaction (it must hold marked cells).

@@ -329,12 +329,13 @@ def chain_weights(from_frame: int, num_frames: int, direction: str, interacted: 
                   predicted: set[int], stop_at_interacted: bool) -> list[dict[int, float]]:
   """The weight of the new prediction of each frame a propagation visits (MiVOS-style fusion
   with the stored one): per chain ('forward': from_frame + 1 .. T - 1, 'backward':
-  from_frame - 1 .. 0, 'both': the two), {frame: weight} in stepping order. A frame without a
-  stored prediction (not in `predicted`), or not yet past an earlier frame of interaction
-  (`interacted`) in this chain, gets 1; past one (the anchor) it gets
-  |frame - anchor| / (|frame - anchor| + |frame - from_frame|), so the newer interaction
-  fades out towards the earlier. `stop_at_interacted` ends a chain at an earlier frame of
-  interaction."""
+  from_frame - 1 .. 0, 'both': the two), {frame: weight} in stepping order. The anchors of a
+  chain are the earlier frames of interaction (`interacted`) on it; a frame t with a stored
+  prediction (in `predicted`) gets |t - a| / (|t - a| + |t - from_frame|), a the anchor nearest
+  to t (ahead of it or passed), so the new interaction fades out towards every earlier one and
+  an anchor keeps its prediction (0); a frame without a stored prediction, or on a chain with
+  no anchor, gets 1. `stop_at_interacted` ends a chain before its first anchor (the frames up
+  to it are still fused with the weight towards it)."""
   chains = []
   if direction in ("forward", "both"):
     chains.append(range(from_frame + 1, num_frames))
@@ -342,16 +343,15 @@ def chain_weights(from_frame: int, num_frames: int, direction: str, interacted: 
     chains.append(range(from_frame - 1, -1, -1))
   weights = []
   for chain in chains:
-    anchor, weights_of_chain = None, {}
+    anchors = [frame for frame in chain if frame in interacted]
+    if stop_at_interacted and anchors:
+      chain, anchors = chain[:chain.index(anchors[0])], anchors[:1]
+    weights_of_chain = {}
     for frame in chain:
-      if frame in interacted:
-        if stop_at_interacted:
-          break
-        anchor = frame
-      if anchor is None or frame not in predicted:
+      if not anchors or frame not in predicted:
         weights_of_chain[frame] = 1.0
-      else:
-        behind, ahead = abs(frame - anchor), abs(frame - from_frame)
-        weights_of_chain[frame] = behind / (behind + ahead)
+        continue
+      behind = min(abs(frame - anchor) for anchor in anchors)
+      weights_of_chain[frame] = behind / (behind + abs(frame - from_frame))
     weights.append(weights_of_chain)
   return weights
