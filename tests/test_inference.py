@@ -293,6 +293,22 @@ def test_restore_variables_from_a_training_checkpoint(setup, tmp_path):
     checkpointing.restore_variables(config, os.fspath(tmp_path / "empty"), model)
 
 
+def test_a_workdir_relative_to_the_current_directory_restores(setup, tmp_path, monkeypatch):
+  """`--workdir=runs/a` as a user types it: Orbax alone refuses a relative checkpoint path."""
+  config, model, variables, _, _ = setup
+  testing.save_checkpoint(config, model, variables, tmp_path / "runs" / "a", 2)
+  monkeypatch.chdir(tmp_path)
+  restored, step = checkpointing.restore_variables(config, os.path.join("runs", "a"), model)
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, restored, variables)
+  checkpointer = checkpointing.Checkpointer(os.path.join("runs", "a"), keep=1)
+  try:
+    assert checkpointer.latest_step() == 2
+    assert os.fspath(checkpointer.directory) == os.fspath(tmp_path / "runs" / "a" / "checkpoints")
+  finally:
+    checkpointer.close()
+
+
 @pytest.mark.slow
 def test_run_evaluation_on_the_synthetic_set(setup, tmp_path, capsys):
   """main.py --mode=evaluate: checkpoint -> propagate the split -> PNGs, tables and CSVs."""

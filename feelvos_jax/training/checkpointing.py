@@ -109,6 +109,15 @@ class DiskFullError(OSError):
   temporary folder, which Orbax ignores when it restores."""
 
 
+def checkpoint_directory(workdir: str) -> epath.Path:
+  """`<workdir>/checkpoints`; a local workdir given relative to the current directory is made
+  absolute (Orbax refuses relative checkpoint paths), a URL (gs://...) is kept as given."""
+  workdir = os.fspath(workdir)
+  if "://" not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+  return epath.Path(workdir) / "checkpoints"
+
+
 class Checkpointer:
   """Saves and restores the TrainState of one workdir.
 
@@ -119,7 +128,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int):
     keep = config_checks.check_int(keep, "config.keep_checkpoints", 1)
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = checkpoint_directory(workdir)
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
@@ -344,7 +353,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model: nn
     integrity.IntegrityError: a file of the checkpoint does not match its checksums.
     ValueError: the checkpoint's variables do not fit `model`.
   """
-  directory = epath.Path(workdir) / "checkpoints"
+  directory = checkpoint_directory(workdir)
   manager = ocp.CheckpointManager(
       directory, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                 "config": ocp.JsonCheckpointHandler()})
