@@ -4,7 +4,8 @@ interaction, recorded.
 
     python -m benchmarks.interactive_davis --workdir=/tmp/feelvos_synthetic \
         --dataset_root=/tmp/davis_synthetic --num_videos=10 [--background_prior=far]
-        [--stop_at_interacted] [--max_interactions=8] [--no_write] [--results_dir=DIR]
+        [--stop_at_interacted] [--max_interactions=8] [--frame_candidates=not_interacted]
+        [--ground_truth_marks] [--no_write] [--results_dir=DIR]
 
 Runs `feelvos_jax.tools.interactive_benchmark` (its flags and its `run_from_flags`) with the latest
 checkpoint of `--workdir`, then appends one record to `benchmarks/results/interactive_davis.jsonl`
@@ -55,8 +56,14 @@ def main(argv):
   stop = "stop-at-interacted" if FLAGS.stop_at_interacted else "through"
   trained = (f"scribbles-{summary['scribble_references']:g}"
              if summary["scribble_references"] else "masks")
+  case = ["synthetic_vos-small", f"trained-on-{trained}-{summary['checkpoint_step']}-steps",
+          f"prior-{FLAGS.background_prior}", stop]
+  if FLAGS.frame_candidates != "any":
+    case.append(f"next-frame-{FLAGS.frame_candidates.replace('_', '-')}")
+  if FLAGS.ground_truth_marks:
+    case.append("ground-truth-marks")
   run.append(
-      ["synthetic_vos-small", f"trained-on-{trained}", f"prior-{FLAGS.background_prior}", stop],
+      case,
       figures,
       kind="accuracy",
       params={"videos": summary["videos"], "checkpoint step": summary["checkpoint_step"],
@@ -64,7 +71,9 @@ def main(argv):
               "max interactions": summary["max_interactions"],
               "background prior": FLAGS.background_prior,
               "stop at interacted": FLAGS.stop_at_interacted,
-              "warm-up pixels": FLAGS.warm_up_pixels},
+              "warm-up pixels": FLAGS.warm_up_pixels,
+              "frame candidates": FLAGS.frame_candidates,
+              "ground-truth marks": FLAGS.ground_truth_marks},
       note="J&F per interaction: mean over the videos' objects and frames (davisinteractive's "
            "report); seconds per interaction: add_scribbles + propagation, compile excluded "
            "(warm_up first)")

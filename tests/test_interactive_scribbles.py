@@ -1,6 +1,7 @@
 """Scribbles in the DAVIS interactive format, the conflict rule, refining interactions and
-`clear_references` (feelvos_jax/inference/interactive/): NumPy rasterisation, and sessions of
-the narrow model of `testing.interactive_setup` on its 30x29 videos of 5 frames."""
+`clear_references` (feelvos_jax/inference/interactive/), and the benchmark driver's frame
+candidates: NumPy rasterisation, and sessions of the narrow model of
+`testing.interactive_setup` on its 30x29 videos of 5 frames."""
 import numpy as np
 import pytest
 
@@ -181,3 +182,35 @@ def test_chain_weights_fuse_between_the_new_interaction_and_the_nearest_earlier_
   assert forward == pytest.approx({6: 2 / 3, 7: 1 / 3})
   assert backward == pytest.approx({4: 3 / 4, 3: 2 / 4, 2: 1 / 4})
   assert steps.chain_weights(0, 3, "backward", set(), stored, False) == [{}]
+
+def test_frame_candidates_offer_the_robot_the_frames_without_scribbles():
+  """The protocol's next_scribble_frame_candidates: None (every frame) under 'any'; the
+  frames not interacted on under 'not_interacted', None again once all were."""
+  from feelvos_jax.tools import interactive_benchmark  # pylint: disable=import-outside-toplevel
+  candidates = interactive_benchmark.frame_candidates
+  assert candidates("any", 5, [1, 3]) is None
+  assert candidates("not_interacted", 5, (3, 1)) == [0, 2, 4]
+  assert candidates("not_interacted", 5, ()) == [0, 1, 2, 3, 4]
+  assert candidates("not_interacted", 3, [2, 0, 1]) is None
+  with pytest.raises(ValueError, match="frame_candidates must be one of"):
+    candidates("worst", 3, [])
+
+
+def test_ground_truth_marks_replace_the_strokes_of_the_interaction(session):
+  """The driver's upper bound: each label of the annotation marks the cells it dominates, as
+  one interaction after the robot's strokes (which it replaces); unknown ids are skipped."""
+  from feelvos_jax.tools import interactive_benchmark  # pylint: disable=import-outside-toplevel
+  annotation = np.zeros((HEIGHT, WIDTH), np.int64)
+  annotation[:, :WIDTH // 2] = 1
+  annotation[2:12, -12:-2] = 2
+  annotation[-8:, -8:] = 9
+  session.add_scribbles(davis({1: [(2, [[0.05, 0.5], [0.45, 0.5]])]}))  # Object 2 over 1.
+  interactive_benchmark.mark_ground_truth(session, 1, annotation)
+  cells = {label: scribbles.mask_cells(annotation == label) for label in (0, 1, 2, 9)}
+  references = session.references[1]
+  for label in (0, 1, 2):
+    alone = cells[label] & ~np.logical_or.reduce([c for k, c in cells.items() if k != label])
+    assert alone.sum() >= 4
+    assert (references[alone] == label).all()
+  assert not (references == 9).any()
+  assert (session.references[[0, 2, 3, 4]] == IGNORE_LABEL).all()

@@ -10,7 +10,10 @@ scribbles `Scribbles/<video>/001.json`: the robot's strokes for an empty predict
 frame showing the most objects, objects only, as the protocol's first scribbles are) and the
 sequence table the package reads (`davis_interactive.json`). Then, per video, up to
 `--max_interactions` interactions: the robot's new strokes (`add_scribbles`), a propagation
-from their frame in both directions, the masks submitted. Written to `--output` (default
+from their frame in both directions, the masks submitted (offering the robot, for its next
+scribble, every frame or, under `--frame_candidates=not_interacted`, those without scribbles
+yet: the protocol's `next_scribble_frame_candidates`; `--ground_truth_marks` adds the frame's
+ground truth as marks, for an upper bound). Written to `--output` (default
 `<workdir>/interactive_benchmark`): the package's report CSV, `summary.json` (its AUC,
 J&F@60 s and curve, plus J&F per interaction, overall and per video, and the session's
 timings) and `jf_curve.png` (J&F against interactions and against time).
@@ -25,7 +28,7 @@ import json
 import os
 import time
 import types
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -50,6 +53,16 @@ flags.DEFINE_enum("background_prior", "far", list(scribbles.BACKGROUND_PRIORS),
 flags.DEFINE_bool("stop_at_interacted", False, "Stop each propagation at the nearest "
                   "previously interacted frame.")
 flags.DEFINE_integer("warm_up_pixels", 4096, "warm_up(max_reference_pixels) before timing.")
+FRAME_CANDIDATES = ("any", "not_interacted")
+"""`--frame_candidates` policies (`frame_candidates`)."""
+flags.DEFINE_enum("frame_candidates", "any", list(FRAME_CANDIDATES),
+                  "Frames the robot may draw its next scribble on (the protocol's "
+                  "next_scribble_frame_candidates): 'any' (it picks the worst of all) or "
+                  "'not_interacted' (the worst of those without scribbles yet).")
+
+flags.DEFINE_bool("ground_truth_marks", False, "Also mark each frame of interaction with "
+                  "its ground-truth labels (an upper bound: propagation after a perfect "
+                  "scribble-to-mask step).")
 
 METADATA = "davis_interactive.json"
 """The sequence table of a folder made by `make_dataset` (davisinteractive's `davis.json`
@@ -172,6 +185,19 @@ def patch_davisinteractive(table: dict[str, dict[str, Any]]) -> None:
   local.LocalStorage.get_report = numeric_report
 
 
+def frame_candidates(policy: str, num_frames: int,
+                     interacted: Sequence[int]) -> Optional[list[int]]:
+  """The frames offered to the robot for its next scribble (the protocol's
+  `next_scribble_frame_candidates`): None (every frame) under 'any'; under 'not_interacted'
+  those not in `interacted`, in order, or None once every frame was interacted on."""
+  if policy == "any":
+    return None
+  if policy not in FRAME_CANDIDATES:
+    raise ValueError(f"frame_candidates must be one of {FRAME_CANDIDATES}, got {policy!r}")
+  done = set(interacted)
+  return [frame for frame in range(num_frames) if frame not in done] or None
+
+
 def _robot():
   """davisinteractive's robot with the evaluation service's parameters."""
   patch_davisinteractive({})
@@ -184,6 +210,21 @@ def _load_frames(root: str, name: str, num_frames: int) -> np.ndarray:
   return np.stack([np.asarray(Image.open(os.path.join(root, "JPEGImages/480p", name,
                                                       f"{t:05d}.jpg")).convert("RGB"))
                    for t in range(num_frames)])
+
+
+def mark_ground_truth(session: interactive.InteractiveSession, frame: int,
+                      annotation: np.ndarray) -> None:
+  """Marks `frame` with its ground truth, `annotation` [H, W] object ids (0: background),
+  as one interaction of whole-region strokes that replaces the marks given before it; ids the
+  session does not know are skipped."""
+  session.end_interaction()
+  for label in np.unique(annotation):
+    if label == 0 or label in session.object_ids:
+      session.add_scribble(frame, int(label), annotation == label)
+
+
+def _load_annotation(root: str, name: str, frame: int) -> np.ndarray:
+  return np.asarray(Image.open(os.path.join(root, "Annotations/480p", name, f"{frame:05d}.png")))
 
 
 def _per_interaction(report) -> dict[str, Any]:
@@ -217,7 +258,8 @@ def _plot(summary: dict[str, Any], path: str) -> None:
 
 def run(root: str, workdir: str, output: str, *, max_interactions: int,
         background_prior: str, stop_at_interacted: bool, warm_up_pixels: int,
-        num_videos: int = 0) -> dict[str, Any]:
+        num_videos: int = 0, candidates: str = "any",
+        ground_truth_marks: bool = False) -> dict[str, Any]:
   """The protocol over the folder's videos; writes and returns the summary."""
   from feelvos_jax import models  # pylint: disable=import-outside-toplevel
   from feelvos_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
@@ -260,16 +302,22 @@ def run(root: str, workdir: str, output: str, *, max_interactions: int,
             object_ids=range(1, entry["num_objects"] + 1), background_prior=background_prior)
         timings[name] = session.timings
       frames = session.add_scribbles(scribble)
+      if ground_truth_marks:
+        for frame in frames:
+          mark_ground_truth(session, frame, _load_annotation(root, name, frame))
       for frame in frames:
         session.propagate(frame, "both", stop_at_interacted=stop_at_interacted)
-      protocol.submit_masks(session.labels)
+      protocol.submit_masks(session.labels, next_scribble_frame_candidates=frame_candidates(
+          candidates, session.num_frames, session.interacted_frames))
     report = protocol.get_report()
     global_summary = protocol.get_global_summary(
         save_file=os.path.join(output, "davis_global_summary.json"))
   summary = {"checkpoint_step": int(step), "videos": len(table),
              "scribble_references": float(config.dataset.get("scribble_references", 0.0)),
              "max_interactions": max_interactions, "background_prior": background_prior,
-             "stop_at_interacted": stop_at_interacted, "auc": float(global_summary["auc"]),
+             "stop_at_interacted": stop_at_interacted, "frame_candidates": candidates,
+             "ground_truth_marks": ground_truth_marks,
+             "auc": float(global_summary["auc"]),
              "j_and_f_at_60s": float(global_summary["metric_at_threshold"]["J_AND_F"]),
              "curve": global_summary["curve"], "warm_up_seconds": warm,
              **_per_interaction(report)}
@@ -295,7 +343,9 @@ def run_from_flags() -> tuple[dict, str]:
   summary = run(root, FLAGS.workdir, output, max_interactions=FLAGS.max_interactions,
                 background_prior=FLAGS.background_prior,
                 stop_at_interacted=FLAGS.stop_at_interacted,
-                warm_up_pixels=FLAGS.warm_up_pixels, num_videos=FLAGS.num_videos)
+                warm_up_pixels=FLAGS.warm_up_pixels, num_videos=FLAGS.num_videos,
+                candidates=FLAGS.frame_candidates,
+                ground_truth_marks=FLAGS.ground_truth_marks)
   return summary, output
 
 
