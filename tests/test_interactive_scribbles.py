@@ -1,12 +1,14 @@
 """Scribbles in the DAVIS interactive format, the conflict rule, refining interactions and
-`clear_references` (feelvos_jax/inference/interactive/), and the benchmark driver's frame
-candidates: NumPy rasterisation, and sessions of the narrow model of
+`clear_references`, warm_up, and the protocol's frame candidates and ground-truth marks
+(feelvos_jax/inference/interactive/): NumPy rasterisation, and sessions of the narrow model of
 `testing.interactive_setup` on its 30x29 videos of 5 frames."""
+import jax
 import numpy as np
 import pytest
 
 from feelvos_jax import IGNORE_LABEL
 from feelvos_jax.inference import interactive
+from feelvos_jax.inference.interactive import protocol
 from feelvos_jax.inference.interactive import scribbles
 from feelvos_jax.inference.interactive import steps
 from tests import testing
@@ -186,8 +188,7 @@ def test_chain_weights_fuse_between_the_new_interaction_and_the_nearest_earlier_
 def test_frame_candidates_offer_the_robot_the_frames_without_scribbles():
   """The protocol's next_scribble_frame_candidates: None (every frame) under 'any'; the
   frames not interacted on under 'not_interacted', None again once all were."""
-  from feelvos_jax.tools import interactive_benchmark  # pylint: disable=import-outside-toplevel
-  candidates = interactive_benchmark.frame_candidates
+  candidates = protocol.frame_candidates
   assert candidates("any", 5, [1, 3]) is None
   assert candidates("not_interacted", 5, (3, 1)) == [0, 2, 4]
   assert candidates("not_interacted", 5, ()) == [0, 1, 2, 3, 4]
@@ -199,13 +200,12 @@ def test_frame_candidates_offer_the_robot_the_frames_without_scribbles():
 def test_ground_truth_marks_replace_the_strokes_of_the_interaction(session):
   """The driver's upper bound: each label of the annotation marks the cells it dominates, as
   one interaction after the robot's strokes (which it replaces); unknown ids are skipped."""
-  from feelvos_jax.tools import interactive_benchmark  # pylint: disable=import-outside-toplevel
   annotation = np.zeros((HEIGHT, WIDTH), np.int64)
   annotation[:, :WIDTH // 2] = 1
   annotation[2:12, -12:-2] = 2
   annotation[-8:, -8:] = 9
   session.add_scribbles(davis({1: [(2, [[0.05, 0.5], [0.45, 0.5]])]}))  # Object 2 over 1.
-  interactive_benchmark.mark_ground_truth(session, 1, annotation)
+  protocol.mark_ground_truth(session, 1, annotation)
   cells = {label: scribbles.mask_cells(annotation == label) for label in (0, 1, 2, 9)}
   references = session.references[1]
   for label in (0, 1, 2):
@@ -214,3 +214,27 @@ def test_ground_truth_marks_replace_the_strokes_of_the_interaction(session):
     assert (references[alone] == label).all()
   assert not (references == 9).any()
   assert (session.references[[0, 2, 3, 4]] == IGNORE_LABEL).all()
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["restored", "fresh"])
+def test_after_warm_up_interactions_compile_nothing(committed):
+  """`warm_up` compiles every step an interaction takes, on the protocol's path at 128x128:
+  a new session's first propagation from object strokes (the prior adds enough background
+  cells for a reference bucket above the first, and no global-matching minima are stored
+  yet), then a correction whose chain is fused with the first round. The variables are
+  committed to a device, as a restored checkpoint's are (jit then keys on where each operand
+  lives, and host arrays beside device arrays missed the warm cache), or fresh."""
+  model, variables = testing.interactive_setup()
+  if committed:
+    variables = jax.device_put(variables, jax.devices()[0])
+  frames = np.random.default_rng(3).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
+  interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2]).warm_up(512, 2)
+  session = interactive.InteractiveSession(model, variables, frames, object_ids=[1, 2])
+  with testing.count_compiles() as compiles:
+    session.add_scribbles(davis({1: [(1, [[0.2, 0.2], [0.4, 0.3]]),
+                                     (2, [[0.6, 0.7], [0.8, 0.7]])]}, num_frames=4))
+    session.propagate(1, "both")
+    session.add_scribbles(davis({3: [(0, [[0.1, 0.9], [0.3, 0.9]])]}, num_frames=4))
+    session.propagate(3, "both")
+  assert (session.effective_references() != IGNORE_LABEL).sum() > 64
+  assert not compiles, dict(compiles)

@@ -10,7 +10,7 @@ so the benchmarks that run where TensorFlow is not installed can use `random_bat
   on `SIZE` x `SIZE` frames.
 - Interactive sessions: `interactive_setup`, `random_variables`, `interactive_frames`,
   `box_mask`, `INTERACTIVE_SHAPE`.
-- Compilation: `count_traces`, `unoptimized`.
+- Compilation: `count_traces`, `count_compiles`, `unoptimized`.
 - Dataset builders: `build`, `examples`, `assert_matches`, `MAX_MEAN_JPEG_ERROR`.
 """
 import collections
@@ -207,6 +207,23 @@ def count_traces():
 
   def listener(event, unused_duration, **kwargs):
     if event == "/jax/core/compile/jaxpr_trace_duration":
+      counts[kwargs.get("fun_name")] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield counts
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Counts XLA backend compiles by function name while inside the context (a call that
+  misses the jit cache for any reason, shapes or argument placement, compiles again)."""
+  counts = collections.Counter()
+
+  def listener(event, unused_duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
       counts[kwargs.get("fun_name")] += 1
 
   jax.monitoring.register_event_duration_secs_listener(listener)

@@ -28,7 +28,7 @@ import json
 import os
 import time
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from absl import app
 from absl import flags
@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from feelvos_jax.inference import interactive
+from feelvos_jax.inference.interactive import protocol
 from feelvos_jax.inference.interactive import scribbles
 
 FLAGS = flags.FLAGS
@@ -53,9 +54,7 @@ flags.DEFINE_enum("background_prior", "far", list(scribbles.BACKGROUND_PRIORS),
 flags.DEFINE_bool("stop_at_interacted", False, "Stop each propagation at the nearest "
                   "previously interacted frame.")
 flags.DEFINE_integer("warm_up_pixels", 4096, "warm_up(max_reference_pixels) before timing.")
-FRAME_CANDIDATES = ("any", "not_interacted")
-"""`--frame_candidates` policies (`frame_candidates`)."""
-flags.DEFINE_enum("frame_candidates", "any", list(FRAME_CANDIDATES),
+flags.DEFINE_enum("frame_candidates", "any", list(protocol.FRAME_CANDIDATES),
                   "Frames the robot may draw its next scribble on (the protocol's "
                   "next_scribble_frame_candidates): 'any' (it picks the worst of all) or "
                   "'not_interacted' (the worst of those without scribbles yet).")
@@ -185,19 +184,6 @@ def patch_davisinteractive(table: dict[str, dict[str, Any]]) -> None:
   local.LocalStorage.get_report = numeric_report
 
 
-def frame_candidates(policy: str, num_frames: int,
-                     interacted: Sequence[int]) -> Optional[list[int]]:
-  """The frames offered to the robot for its next scribble (the protocol's
-  `next_scribble_frame_candidates`): None (every frame) under 'any'; under 'not_interacted'
-  those not in `interacted`, in order, or None once every frame was interacted on."""
-  if policy == "any":
-    return None
-  if policy not in FRAME_CANDIDATES:
-    raise ValueError(f"frame_candidates must be one of {FRAME_CANDIDATES}, got {policy!r}")
-  done = set(interacted)
-  return [frame for frame in range(num_frames) if frame not in done] or None
-
-
 def _robot():
   """davisinteractive's robot with the evaluation service's parameters."""
   patch_davisinteractive({})
@@ -210,17 +196,6 @@ def _load_frames(root: str, name: str, num_frames: int) -> np.ndarray:
   return np.stack([np.asarray(Image.open(os.path.join(root, "JPEGImages/480p", name,
                                                       f"{t:05d}.jpg")).convert("RGB"))
                    for t in range(num_frames)])
-
-
-def mark_ground_truth(session: interactive.InteractiveSession, frame: int,
-                      annotation: np.ndarray) -> None:
-  """Marks `frame` with its ground truth, `annotation` [H, W] object ids (0: background),
-  as one interaction of whole-region strokes that replaces the marks given before it; ids the
-  session does not know are skipped."""
-  session.end_interaction()
-  for label in np.unique(annotation):
-    if label == 0 or label in session.object_ids:
-      session.add_scribble(frame, int(label), annotation == label)
 
 
 def _load_annotation(root: str, name: str, frame: int) -> np.ndarray:
@@ -293,8 +268,8 @@ def run(root: str, workdir: str, output: str, *, max_interactions: int,
   session: Optional[interactive.InteractiveSession] = None
   with davis_session.DavisInteractiveSession(
       davis_root=root, subset=SPLIT, max_nb_interactions=max_interactions, max_time=None,
-      report_save_dir=output) as protocol:
-    for name, scribble, new_sequence in protocol.scribbles_iterator(only_last=True):
+      report_save_dir=output) as evaluation:
+    for name, scribble, new_sequence in evaluation.scribbles_iterator(only_last=True):
       if new_sequence:
         entry = table[name]
         session = interactive.InteractiveSession(
@@ -304,13 +279,14 @@ def run(root: str, workdir: str, output: str, *, max_interactions: int,
       frames = session.add_scribbles(scribble)
       if ground_truth_marks:
         for frame in frames:
-          mark_ground_truth(session, frame, _load_annotation(root, name, frame))
+          protocol.mark_ground_truth(session, frame, _load_annotation(root, name, frame))
       for frame in frames:
         session.propagate(frame, "both", stop_at_interacted=stop_at_interacted)
-      protocol.submit_masks(session.labels, next_scribble_frame_candidates=frame_candidates(
-          candidates, session.num_frames, session.interacted_frames))
-    report = protocol.get_report()
-    global_summary = protocol.get_global_summary(
+      evaluation.submit_masks(
+          session.labels, next_scribble_frame_candidates=protocol.frame_candidates(
+              candidates, session.num_frames, session.interacted_frames))
+    report = evaluation.get_report()
+    global_summary = evaluation.get_global_summary(
         save_file=os.path.join(output, "davis_global_summary.json"))
   summary = {"checkpoint_step": int(step), "videos": len(table),
              "scribble_references": float(config.dataset.get("scribble_references", 0.0)),

@@ -13,7 +13,8 @@ through the video without recomputing an embedding.
 Modules: `session` (`InteractiveSession`, the contract), `scribbles` (clicks and masks ->
 marked cells -> reference pixels, NumPy), `steps` (the jitted pure steps: `generic_step`,
 `incremental_step`), `routes` (which step a model takes, and what the incremental one keeps
-between propagations), `cache` (`BoundedCache`). Design notes: docs/interactive.md.
+between propagations), `cache` (`BoundedCache`), `protocol` (the session's side of the DAVIS
+interactive protocol: frame candidates, ground-truth marks). Design notes: docs/interactive.md.
 """
 from feelvos_jax.inference.interactive.session import DIRECTIONS
 from feelvos_jax.inference.interactive.session import InteractiveSession

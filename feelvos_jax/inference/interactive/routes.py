@@ -120,6 +120,7 @@ class IncrementalRoute:
     self._head_variables = {"params": variables["params"]["segmentation_head"]}
     self._features, self._embeddings = features, embeddings
     self._distances, self._feature_parts, self._minima = distances, feature_parts, minima
+    self._device = next(iter(embeddings.devices()))
 
   def start(self, plan: Propagation) -> tuple[dict[str, np.ndarray], Runner]:
     """(`plan.start`, run); run stores each frame's new minima under this propagation's
@@ -150,9 +151,16 @@ class IncrementalRoute:
         cells = marked if base is None else marked & (base.references == IGNORE_LABEL)
         rows[base] = steps.compiled_reference_rows(
             self._embeddings, *scribbles.reference_index(plan.slots, cells))
+      cell_maps, pair, backward, from_cells = self._local_operands(plan, frame, previous,
+                                                                   no_maps)
+      # Committed to one device whatever made them (host start state, stand-ins, outputs of
+      # steps on restored variables): jit keys its cache on operand placement too, and a mix
+      # warm_up did not meet would compile inside a timed interaction.
+      state, cell_maps, pair, minima = jax.device_put((state, cell_maps, pair, minima),
+                                                      self._device)
       state, labels, minima = step(
           self._head_variables, state, self._features, self._embeddings, np.int32(frame),
-          self._feature_part(frame), *self._local_operands(plan, frame, previous, no_maps),
+          self._feature_part(frame), cell_maps, pair, backward, from_cells,
           *rows[base], minima, plan.num_objects, plan.valid_size)
       self._minima.put(frame, (version, minima))
       return state, labels

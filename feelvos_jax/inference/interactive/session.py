@@ -372,8 +372,8 @@ class InteractiveSession:
       if weight == 0.0:  # A previously interacted frame keeps its prediction.
         continue
       if weight < 1.0:
-        labels, probs = steps.compiled_fuse_predictions(
-            probs, self._slot_probs(frame, present, num_slots), np.float32(weight),
+        labels, probs = steps.compiled_fuse_predictions(  # Host operands, as warm_up's.
+            np.asarray(probs), self._slot_probs(frame, present, num_slots), np.float32(weight),
             np.int32(len(present)), np.array([self.height, self.width], np.int32))
       self._labels[frame] = slot_to_id[np.asarray(labels)[:self.height, :self.width]]
       self._probs[frame] = (present, np.asarray(probs)[..., :1 + len(present)])
