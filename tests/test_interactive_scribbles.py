@@ -216,7 +216,8 @@ def test_ground_truth_marks_replace_the_strokes_of_the_interaction(session):
   assert (session.references[[0, 2, 3, 4]] == IGNORE_LABEL).all()
 
 
-@pytest.mark.parametrize("committed", [True, False], ids=["restored", "fresh"])
+@pytest.mark.parametrize("committed", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["restored", "fresh"])
 def test_after_warm_up_interactions_compile_nothing(committed):
   """`warm_up` compiles every step an interaction takes, on the protocol's path at 128x128:
   a new session's first propagation from object strokes (the prior adds enough background
