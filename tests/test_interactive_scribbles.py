@@ -185,6 +185,7 @@ def test_chain_weights_fuse_between_the_new_interaction_and_the_nearest_earlier_
   assert backward == pytest.approx({4: 3 / 4, 3: 2 / 4, 2: 1 / 4})
   assert steps.chain_weights(0, 3, "backward", set(), stored, False) == [{}]
 
+
 def test_frame_candidates_offer_the_robot_the_frames_without_scribbles():
   """The protocol's next_scribble_frame_candidates: None (every frame) under 'any'; the
   frames not interacted on under 'not_interacted', None again once all were."""

@@ -201,12 +201,12 @@ def run(propagator, frames, labels, first_frame, object_ids=None):
 
 
 @contextlib.contextmanager
-def count_traces():
-  """Counts jit traces by function name while inside the context."""
+def _count_events(name: str):
+  """Counts the JAX monitoring duration events `name` by function name inside the context."""
   counts = collections.Counter()
 
   def listener(event, unused_duration, **kwargs):
-    if event == "/jax/core/compile/jaxpr_trace_duration":
+    if event == name:
       counts[kwargs.get("fun_name")] += 1
 
   jax.monitoring.register_event_duration_secs_listener(listener)
@@ -216,21 +216,15 @@ def count_traces():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-@contextlib.contextmanager
+def count_traces():
+  """Counts jit traces by function name while inside the context."""
+  return _count_events("/jax/core/compile/jaxpr_trace_duration")
+
+
 def count_compiles():
   """Counts XLA backend compiles by function name while inside the context (a call that
   misses the jit cache for any reason, shapes or argument placement, compiles again)."""
-  counts = collections.Counter()
-
-  def listener(event, unused_duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      counts[kwargs.get("fun_name")] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield counts
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+  return _count_events("/jax/core/compile/backend_compile_duration")
 
 
 @contextlib.contextmanager

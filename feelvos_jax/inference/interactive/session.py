@@ -372,8 +372,8 @@ class InteractiveSession:
       if weight == 0.0:  # A previously interacted frame keeps its prediction.
         continue
       if weight < 1.0:
-        labels, probs = steps.compiled_fuse_predictions(  # Host operands, as warm_up's.
-            np.asarray(probs), self._slot_probs(frame, present, num_slots), np.float32(weight),
+        labels, probs = steps.compiled_fuse_predictions(
+            probs, self._slot_probs(frame, present, num_slots), np.float32(weight),
             np.int32(len(present)), np.array([self.height, self.width], np.int32))
       self._labels[frame] = slot_to_id[np.asarray(labels)[:self.height, :self.width]]
       self._probs[frame] = (present, np.asarray(probs)[..., :1 + len(present)])
@@ -473,9 +473,10 @@ class InteractiveSession:
           if self.num_frames > 1:
             state, _ = run(state, 1, 0)
           jax.block_until_ready(state)
-      probs = np.zeros(shape[1:] + (1 + num_slots,), np.float32)
+      # As in propagate: a step's output probabilities fused with stored (host) ones.
       jax.block_until_ready(steps.compiled_fuse_predictions(
-          probs, probs, np.float32(0.5), np.int32(len(present)), valid))
+          state["previous_probs"], np.zeros(shape[1:] + (1 + num_slots,), np.float32),
+          np.float32(0.5), np.int32(len(present)), valid))
     for frame in (0, 1):
       self._minima.pop(frame)
       if frame in minima_before:
